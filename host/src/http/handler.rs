@@ -1,0 +1,249 @@
+//! The HTTP trigger: one request → route → admission → a fresh instance →
+//! the guest's `wasi:http/incoming-handler` → the response.
+//!
+//! Status codes the host chooses (the guest chooses all others):
+//!
+//! | case | status |
+//! |---|---|
+//! | no route matches | 404 |
+//! | request body over `request_body` | 413 |
+//! | concurrency limit and queue full, or queue timeout | 503 + `Retry-After` |
+//! | guest trapped, ran out of fuel, or hit its memory limit | 500 |
+//! | guest returned without a response, or answered with an error code | 502 |
+//! | deadline passed before the response | 504 |
+//!
+//! Every routed request gets an invocation id, returned in the
+//! `berth-invocation-id` header and attached to every log line about it.
+
+use crate::http::body::{BodyEnd, LimitedBody, ResponseBody};
+use crate::instance::{self, Tag};
+use crate::invoke::{self, InvocationId, Outcome};
+use crate::runtime::{Runtime, Service};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::Instrument;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HostOutgoingBody;
+
+/// The response header carrying the invocation id.
+pub const INVOCATION_HEADER: &str = "berth-invocation-id";
+
+/// Seconds a rejected caller is told to wait.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Serves one request.
+pub async fn handle(
+    runtime: &Arc<Runtime>,
+    req: Request<hyper::body::Incoming>,
+    local: SocketAddr,
+) -> Response<ResponseBody> {
+    let Some(service) = runtime.route(req.uri().path()) else {
+        return plain(StatusCode::NOT_FOUND, "no service is routed at this path\n");
+    };
+    let id = InvocationId::new();
+    let span = tracing::info_span!(
+        "invocation",
+        service = %service.name(),
+        invocation = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let mut response = invoke_http(runtime, service, id, req, local)
+        .instrument(span)
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(INVOCATION_HEADER, value);
+    }
+    response
+}
+
+async fn invoke_http(
+    runtime: &Arc<Runtime>,
+    service: Arc<Service>,
+    id: InvocationId,
+    mut req: Request<hyper::body::Incoming>,
+    local: SocketAddr,
+) -> Response<ResponseBody> {
+    let limits = &service.spec.limits;
+    let body_limit = limits.request_body.bytes();
+    if declared_length(&req).is_some_and(|len| len > body_limit) {
+        tracing::info!(limit = %limits.request_body, "request body over the limit");
+        return too_large(&service);
+    }
+
+    let permit = match service.admission.admit(runtime.host_slots()).await {
+        Ok(permit) => permit,
+        Err(rejection) => {
+            tracing::warn!(%rejection, "request rejected");
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is busy; retry later\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            return response;
+        }
+    };
+
+    // A request without a Host header (HTTP/1.0) still has an authority.
+    if !req.headers().contains_key(HOST)
+        && let Ok(host) = HeaderValue::from_str(&local.to_string())
+    {
+        req.headers_mut().insert(HOST, host);
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| LimitedBody::new(body, body_limit, exceeded.clone()));
+
+    let tag = Tag {
+        service: service.name().clone(),
+        invocation: id,
+    };
+    let mut store = instance::new_store(runtime.engine().engine(), &tag, limits);
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let (response_tx, response_rx) = tokio::sync::oneshot::channel();
+    let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
+    let resources = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .and_then(|req| {
+            Ok((
+                req,
+                store.data_mut().http().new_response_outparam(response_tx)?,
+            ))
+        });
+    let (wasi_req, out) = match resources {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "the request could not be handed to the guest");
+            return plain(StatusCode::BAD_REQUEST, "malformed request\n");
+        }
+    };
+    let end = Arc::new(BodyEnd::default());
+
+    let task_service = service.clone();
+    let task_end = end.clone();
+    runtime.tasks().spawn(
+        async move {
+            let _permit = permit;
+            let service = task_service;
+            let limits = &service.spec.limits;
+            let result = invoke::run_until_deadline(deadline, async {
+                let proxy = service.handler.pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, wasi_req, out)
+                    .await
+            })
+            .await;
+            let outcome = invoke::outcome(&result, &store, limits);
+            // Say whether the response body was finished before dropping
+            // the instance, which ends the body's stream either way.
+            task_end.set(!has_unfinished_body(&mut store));
+            let fuel = invoke::fuel_used(&store, limits);
+            let peak = store.data().limiter().peak();
+            if outcome.is_ok() {
+                tracing::debug!(fuel, peak_memory = peak, "invocation finished");
+            } else {
+                tracing::warn!(
+                    outcome = outcome.kind(),
+                    fuel,
+                    peak_memory = peak,
+                    "{outcome}"
+                );
+            }
+            let _ = outcome_tx.send(outcome);
+            drop(store);
+        }
+        .in_current_span(),
+    );
+
+    match response_rx.await {
+        Ok(Ok(response)) => {
+            if exceeded.load(Ordering::Acquire) {
+                return too_large(&service);
+            }
+            response.map(|inner| ResponseBody::Guest { inner, end })
+        }
+        Ok(Err(code)) => {
+            if exceeded.load(Ordering::Acquire) {
+                return too_large(&service);
+            }
+            tracing::warn!(error_code = ?code, "the guest answered with an error instead of a response");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                "the service failed to produce a response\n",
+            )
+        }
+        Err(_) => {
+            let outcome = outcome_rx
+                .await
+                .unwrap_or_else(|_| Outcome::Trap("the invocation ended abnormally".into()));
+            if exceeded.load(Ordering::Acquire) {
+                return too_large(&service);
+            }
+            match outcome {
+                Outcome::Ok => {
+                    tracing::warn!("the guest returned without setting a response");
+                    plain(
+                        StatusCode::BAD_GATEWAY,
+                        "the service returned no response\n",
+                    )
+                }
+                Outcome::Deadline { .. } => plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the service did not answer in time\n",
+                ),
+                Outcome::Trap(_) | Outcome::OutOfFuel { .. } | Outcome::MemoryLimit { .. } => {
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
+                }
+            }
+        }
+    }
+}
+
+/// Whether the guest still holds a response body it never finished (the
+/// `outgoing-body` resource is deleted when it is finished or dropped).
+fn has_unfinished_body(store: &mut Store<instance::InstanceState>) -> bool {
+    store
+        .data_mut()
+        .table()
+        .iter_mut()
+        .any(|entry| entry.is::<HostOutgoingBody>())
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(service: &Service) -> Response<ResponseBody> {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!(
+            "the request body is over this service's limit of {}\n",
+            service.spec.limits.request_body
+        ),
+    )
+}
+
+/// A short plain-text response made by the host.
+pub fn plain(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(text.to_owned()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,379 @@
+//! Instances: the per-invocation `Store` and everything in it — the WASI
+//! context (deny by default), the HTTP context, the memory limiter, fuel,
+//! the epoch deadline and the guest's log streams.
+//!
+//! An instance is made for one invocation and dropped after it; nothing a
+//! guest does survives it.
+
+use crate::invoke::InvocationId;
+use crate::limits::Limits;
+use crate::service::ServiceName;
+use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::AsyncWrite;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// The data of every instance's `Store`.
+pub struct InstanceState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: Hooks,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl InstanceState {
+    /// The memory limiter, to read the peak and whether the cap was hit.
+    pub fn limiter(&self) -> &MemoryLimiter {
+        &self.limiter
+    }
+
+    /// The instance's resource table.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+/// Adds every interface Berth provides to guests: all of WASI 0.2
+/// (`wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`,
+/// `wasi:sockets`) and `wasi:http`. What a guest may actually do through
+/// them is decided per instance by [`new_store`], and by default it is
+/// nothing beyond clocks, randomness and its own stdout/stderr.
+pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    Ok(())
+}
+
+/// Who an instance runs for: the service and the invocation.
+#[derive(Clone, Debug)]
+pub struct Tag {
+    /// The service.
+    pub service: ServiceName,
+    /// The invocation.
+    pub invocation: InvocationId,
+}
+
+/// Makes the `Store` for one invocation.
+///
+/// The WASI context is deny-by-default:
+/// - stdin is closed; stdout and stderr become log lines tagged with the
+///   service and invocation (see [`GuestOutput`]);
+/// - no environment variables, no arguments, no preopened directories;
+/// - no network: TCP, UDP and name lookups are refused, and outgoing HTTP
+///   requests fail with `HTTP-request-denied`;
+/// - wall and monotonic clocks and random numbers come from the host.
+///
+/// Limits: linear memory is capped by a [`MemoryLimiter`], the fuel budget
+/// is set, and the epoch deadline yields to the async runtime on every
+/// engine tick so a guest that never calls the host never holds a runtime
+/// thread. (The wall-clock deadline itself is enforced by the caller, which
+/// drops the invocation's future when it passes.)
+pub fn new_store(engine: &Engine, tag: &Tag, limits: &Limits) -> Store<InstanceState> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(GuestOutput::new(tag.clone(), "stdout"))
+        .stderr(GuestOutput::new(tag.clone(), "stderr"))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let state = InstanceState {
+        table: ResourceTable::new(),
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        hooks: Hooks { tag: tag.clone() },
+        limiter: MemoryLimiter::new(limits.memory.bytes()),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store
+        .set_fuel(limits.fuel)
+        .expect("the engine is configured with fuel");
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    store
+}
+
+/// `wasi:http` hooks: outgoing requests are denied.
+struct Hooks {
+    tag: Tag,
+}
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        tracing::warn!(
+            service = %self.tag.service,
+            invocation = %self.tag.invocation,
+            uri = %request.uri(),
+            "outgoing HTTP request denied: this service has no outbound allow-list"
+        );
+        Box::new(std::future::ready(Err(
+            wasmtime_wasi_http::Error::HttpRequestDenied,
+        )))
+    }
+}
+
+/// Caps an instance's linear memory (the sum over all its memories) and
+/// records its peak and whether the cap was hit.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    cap: usize,
+    total: usize,
+    peak: usize,
+    last_growth: usize,
+    denied: Option<usize>,
+}
+
+/// Largest table an instance may grow, in elements.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl MemoryLimiter {
+    fn new(cap: u64) -> Self {
+        MemoryLimiter {
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            total: 0,
+            peak: 0,
+            last_growth: 0,
+            denied: None,
+        }
+    }
+
+    /// The most linear memory the instance held at once, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+
+    /// The cap, in bytes.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// If a growth was refused, the total the guest asked for.
+    pub fn denied(&self) -> Option<usize> {
+        self.denied
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        let total = self.total.saturating_add(growth);
+        if total > self.cap {
+            self.denied = Some(total);
+            return Ok(false);
+        }
+        self.total = total;
+        self.last_growth = growth;
+        self.peak = self.peak.max(total);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total -= self.last_growth;
+        self.last_growth = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Longest line kept before it is logged anyway.
+const MAX_LINE: usize = 16 * 1024;
+
+/// A guest's stdout or stderr: every line becomes a `tracing` event (target
+/// `guest`) tagged with the service, the invocation and the stream. A last
+/// line without a newline is logged when the instance is dropped.
+#[derive(Clone)]
+pub struct GuestOutput {
+    inner: Arc<GuestOutputInner>,
+}
+
+struct GuestOutputInner {
+    tag: Tag,
+    stream: &'static str,
+    pending: Mutex<Vec<u8>>,
+}
+
+impl GuestOutput {
+    fn new(tag: Tag, stream: &'static str) -> Self {
+        GuestOutput {
+            inner: Arc::new(GuestOutputInner {
+                tag,
+                stream,
+                pending: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn write_bytes(&self, mut bytes: &[u8]) {
+        let inner = &self.inner;
+        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(pos) = bytes.iter().position(|b| *b == b'\n') {
+            pending.extend_from_slice(&bytes[..pos]);
+            inner.emit(&pending);
+            pending.clear();
+            bytes = &bytes[pos + 1..];
+        }
+        pending.extend_from_slice(bytes);
+        if pending.len() >= MAX_LINE {
+            inner.emit(&pending);
+            pending.clear();
+        }
+    }
+}
+
+impl GuestOutputInner {
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        tracing::info!(
+            target: "guest",
+            service = %self.tag.service,
+            invocation = %self.tag.invocation,
+            stream = self.stream,
+            "{line}"
+        );
+    }
+}
+
+impl Drop for GuestOutputInner {
+    fn drop(&mut self) {
+        let pending = self.pending.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !pending.is_empty() {
+            let line = std::mem::take(pending);
+            self.emit(&line);
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_caps_the_sum_and_records_the_peak() {
+        let mut l = MemoryLimiter::new(4 << 16);
+        assert!(l.memory_growing(0, 2 << 16, None).unwrap());
+        assert!(l.memory_growing(0, 1 << 16, None).unwrap());
+        assert_eq!(l.peak(), 3 << 16);
+        assert!(!l.memory_growing(2 << 16, 4 << 16, None).unwrap());
+        assert_eq!(l.denied(), Some(5 << 16));
+        assert!(l.memory_growing(1 << 16, 2 << 16, None).unwrap());
+        assert_eq!(l.peak(), 4 << 16);
+        l.memory_grow_failed(wasmtime::format_err!("os said no"))
+            .unwrap();
+        assert!(l.memory_growing(1 << 16, 2 << 16, None).unwrap());
+    }
+}

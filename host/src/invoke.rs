@@ -1,0 +1,250 @@
+//! Invocations: one call into one fresh instance, whatever triggered it.
+//!
+//! This module holds what every trigger shares: invocation ids, running a
+//! guest call under the service's wall-clock deadline, and turning what
+//! happened into an [`Outcome`] that names the cause (trap, fuel, memory,
+//! deadline) for logs, status codes and, later, usage records.
+
+use crate::instance::InstanceState;
+use crate::limits::Limits;
+use crate::units::{ByteSize, format_duration};
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wasmtime::{Store, Trap};
+
+/// A unique, time-ordered invocation id, shown as a 26-character ULID
+/// (48 bits of milliseconds since the epoch, 80 random bits).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InvocationId(u128);
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now_nanos());
+    h.finish() | 1
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// splitmix64: fast, and plenty for ids (they need to be unique, not secret).
+fn next_random() -> u64 {
+    RNG.with(|state| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+impl InvocationId {
+    /// A new id.
+    pub fn new() -> InvocationId {
+        let millis = (now_nanos() / 1_000_000) & ((1 << 48) - 1);
+        let random =
+            ((next_random() as u128) << 16 | (next_random() as u128 & 0xffff)) & ((1 << 80) - 1);
+        InvocationId(millis << 80 | random)
+    }
+}
+
+impl Default for InvocationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+impl fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = [0u8; 26];
+        for (i, c) in out.iter_mut().enumerate() {
+            let shift = 125 - 5 * i as u32;
+            *c = CROCKFORD[((self.0 >> shift) & 0x1f) as usize];
+        }
+        f.write_str(std::str::from_utf8(&out).expect("ascii"))
+    }
+}
+
+impl fmt::Debug for InvocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest did its job.
+    Ok,
+    /// The guest trapped (panic, `unreachable`, stack overflow, out-of-bounds
+    /// access, ...) or a host call it made failed fatally.
+    Trap(String),
+    /// The fuel budget ran out.
+    OutOfFuel {
+        /// The budget that was exhausted.
+        budget: u64,
+    },
+    /// The guest trapped after the memory cap refused to grow its memory.
+    MemoryLimit {
+        /// The cap.
+        cap: ByteSize,
+        /// What the guest asked for in total.
+        requested: ByteSize,
+        /// The trap that followed.
+        trap: String,
+    },
+    /// The wall-clock deadline passed; the instance was stopped.
+    Deadline {
+        /// The deadline that passed.
+        timeout: std::time::Duration,
+    },
+}
+
+impl Outcome {
+    /// A short, stable name: `ok`, `trap`, `fuel`, `memory`, `deadline`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Trap(_) => "trap",
+            Outcome::OutOfFuel { .. } => "fuel",
+            Outcome::MemoryLimit { .. } => "memory",
+            Outcome::Deadline { .. } => "deadline",
+        }
+    }
+
+    /// True for [`Outcome::Ok`].
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Trap(trap) => write!(f, "guest trapped: {trap}"),
+            Outcome::OutOfFuel { budget } => {
+                write!(f, "fuel exhausted: the budget of {budget} fuel ran out")
+            }
+            Outcome::MemoryLimit {
+                cap,
+                requested,
+                trap,
+            } => write!(
+                f,
+                "memory limit: the guest asked for {requested} of linear memory, over its limit of {cap}, then trapped: {trap}"
+            ),
+            Outcome::Deadline { timeout } => write!(
+                f,
+                "deadline passed: the invocation ran past its timeout of {}; the instance was stopped",
+                format_duration(*timeout)
+            ),
+        }
+    }
+}
+
+/// Runs `call` (a guest call on an instance) until it returns or the
+/// invocation's deadline passes. Past the deadline the call's future is
+/// dropped, which stops the guest wherever it is. Turn the result into an
+/// [`Outcome`] with [`outcome`].
+pub async fn run_until_deadline<T>(
+    deadline: tokio::time::Instant,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, Stopped> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Stopped::Error(error)),
+        Err(_elapsed) => Err(Stopped::Deadline),
+    }
+}
+
+/// Why a guest call did not return normally.
+#[derive(Debug)]
+pub enum Stopped {
+    /// It failed: a trap or a fatal host error.
+    Error(wasmtime::Error),
+    /// Its deadline passed.
+    Deadline,
+}
+
+/// The outcome of a guest call's result, with the cause named from the
+/// store's state (fuel, memory limiter).
+pub fn outcome<T>(
+    result: &Result<T, Stopped>,
+    store: &Store<InstanceState>,
+    limits: &Limits,
+) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(Stopped::Deadline) => Outcome::Deadline {
+            timeout: limits.timeout,
+        },
+        Err(Stopped::Error(error)) => classify(error, store, limits),
+    }
+}
+
+/// Names the cause of a failed guest call.
+pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, limits: &Limits) -> Outcome {
+    let trap = format!("{error:?}");
+    if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Outcome::OutOfFuel {
+            budget: limits.fuel,
+        };
+    }
+    let limiter = store.data().limiter();
+    if let Some(requested) = limiter.denied() {
+        return Outcome::MemoryLimit {
+            cap: ByteSize(limiter.cap() as u64),
+            requested: ByteSize(requested as u64),
+            trap,
+        };
+    }
+    Outcome::Trap(trap)
+}
+
+/// Fuel used so far by `store`'s invocation.
+pub fn fuel_used(store: &Store<InstanceState>, limits: &Limits) -> u64 {
+    limits.fuel - store.get_fuel().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_ordered_ulids() {
+        let a = InvocationId::new();
+        let b = InvocationId::new();
+        assert_ne!(a, b);
+        let s = a.to_string();
+        assert_eq!(s.len(), 26);
+        assert!(s.bytes().all(|c| CROCKFORD.contains(&c)));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let c = InvocationId::new();
+        assert!(c > a && c.to_string() > s);
+    }
+
+    #[test]
+    fn outcomes_explain_themselves() {
+        let o = Outcome::OutOfFuel { budget: 1000 };
+        assert_eq!(o.kind(), "fuel");
+        assert!(o.to_string().contains("fuel exhausted"));
+        assert!(o.to_string().contains("1000"));
+        let o = Outcome::Deadline {
+            timeout: std::time::Duration::from_millis(1500),
+        };
+        assert!(o.to_string().contains("1500ms"));
+    }
+}

@@ -1,0 +1,79 @@
+//! # Berth
+//!
+//! A host for microservices and functions packaged as WebAssembly
+//! components: each service runs as a sandboxed `wasi:http/proxy` component,
+//! with a fresh instance per invocation under a memory cap, a fuel budget
+//! and a wall-clock deadline.
+//!
+//! How a request is served:
+//!
+//! 1. [`manifest`] reads `berth.toml` into validated [`service`] specs.
+//! 2. [`component`] turns each `.wasm` [`artifact`] into a pre-instantiated
+//!    handler, compiling it at most once per engine thanks to the [`cache`].
+//! 3. The [`runtime`] holds the services and their [`route`] table; the
+//!    [`http`] listener routes each request there.
+//! 4. [`admission`] bounds how many instances of a service run and wait.
+//! 5. [`instance`] makes a fresh `Store` (deny-by-default WASI, limits) and
+//!    [`invoke`] runs the guest under its deadline and names the outcome.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use berth::{cache::CodeCache, component, engine, manifest::Manifest, runtime};
+//! use std::sync::Arc;
+//!
+//! let manifest = Manifest::load("berth.toml".as_ref())?;
+//! manifest.check_components()?;
+//! let engine = engine::BerthEngine::new(&engine::EngineOptions::default())?;
+//! let cache = CodeCache::new("/tmp/berth-code", engine.engine())?;
+//! let mut services = Vec::new();
+//! for entry in &manifest.services {
+//!     let bytes = std::fs::read(&entry.component)?;
+//!     let (handler, _report) = component::load_http(&engine, &cache, &bytes)?;
+//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), handler)));
+//! }
+//! let runtime = runtime::Runtime::new(engine);
+//! runtime.set_services(services)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! berth::http::serve(listener, runtime, berth::shutdown::signal()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`admission`] — per-service concurrency, wait queue, host-wide gate.
+//! - [`artifact`] — artifacts (`.wasm` components) and their digests.
+//! - [`cache`] — compiled code on disk, keyed by digest and engine.
+//! - [`cli`] — the `berth` command line.
+//! - [`component`] — loading and checking a component into a handler.
+//! - [`engine`] — the one wasmtime engine, its linker and epoch ticker.
+//! - [`http`] — the public listener, the HTTP trigger, bodies.
+//! - [`instance`] — the per-invocation `Store`: WASI context, limits, logs.
+//! - [`invoke`] — invocation ids, deadlines and outcomes.
+//! - [`limits`] — per-service resource limits and their defaults.
+//! - [`manifest`] — the `berth.toml` format and its diagnostics.
+//! - [`route`] — routes and the route table.
+//! - [`runtime`] — the loaded services and the route table that finds them.
+//! - [`service`] — service names and configuration.
+//! - [`shutdown`] — shutdown signals.
+//! - [`telemetry`] — logging.
+//! - [`units`] — byte sizes and durations.
+
+#![deny(missing_docs)]
+
+pub mod admission;
+pub mod artifact;
+pub mod cache;
+pub mod cli;
+pub mod component;
+pub mod engine;
+pub mod http;
+pub mod instance;
+pub mod invoke;
+pub mod limits;
+pub mod manifest;
+pub mod route;
+pub mod runtime;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod units;

@@ -1,0 +1,1 @@
+//! End-to-end tests: the real `berth` binary against real guest components.

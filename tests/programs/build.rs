@@ -1,0 +1,113 @@
+//! Compiles the guest fixtures in `guests/` to `wasm32-wasip2` components and
+//! exposes their paths as constants (see `lib.rs`).
+//!
+//! The guests form their own cargo workspace, built by a nested `cargo` with
+//! its own target directory under `OUT_DIR`, so their build neither sees the
+//! host's flags nor fights over its target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let guests = manifest_dir.join("guests");
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    let target_dir = out_dir.join("target");
+
+    println!("cargo:rerun-if-changed={}", guests.display());
+    ensure_target_installed();
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--workspace")
+        .arg("--target")
+        .arg(TARGET)
+        .arg("--manifest-path")
+        .arg(guests.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's settings are for the host, not for the guests.
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+        "CARGO_PROFILE_RELEASE_OPT_LEVEL",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {cargo} to build the guest fixtures: {e}"));
+    assert!(
+        status.success(),
+        "building the guest fixtures failed: {status}"
+    );
+
+    let wasm_dir = target_dir.join(TARGET).join("release");
+    let mut consts = String::new();
+    for entry in std::fs::read_dir(&guests).expect("list guests") {
+        let entry = entry.expect("guest dir entry");
+        let name = entry.file_name().into_string().expect("utf-8 guest name");
+        let is_guest = entry.path().join("Cargo.toml").exists() && name != "util";
+        if !is_guest {
+            continue;
+        }
+        let file = if name == "cli-app" {
+            format!("{name}.wasm")
+        } else {
+            format!("{}.wasm", name.replace('-', "_"))
+        };
+        let path = wasm_dir.join(&file);
+        assert!(
+            path.exists(),
+            "guest {name} was not built: {}",
+            path.display()
+        );
+        let ident = name.replace('-', "_").to_uppercase();
+        consts.push_str(&format!(
+            "/// Path of the `{name}` guest component.\npub const {ident}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    std::fs::write(out_dir.join("programs.rs"), consts).expect("write programs.rs");
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+/// A fresh machine may have Rust but not the wasm32-wasip2 standard library:
+/// add it through rustup rather than fail with a wall of `can't find crate`.
+fn ensure_target_installed() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let Some(sysroot) = sysroot else { return };
+    let libdir = Path::new(&sysroot).join("lib/rustlib").join(TARGET);
+    if libdir.exists() {
+        return;
+    }
+    println!("cargo:warning=installing the {TARGET} target with rustup");
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("the {TARGET} target is missing and rustup could not be run ({e}): install it with `rustup target add {TARGET}`")
+        });
+    assert!(status.success(), "`rustup target add {TARGET}` failed");
+}
