@@ -113,16 +113,16 @@ fn check_http_export(engine: &BerthEngine, component: &Component) -> Result<(), 
 }
 
 /// Wasmtime says "component imports instance `x`, but a matching
-/// implementation was not found in the linker"; keep the name and the kind.
+/// implementation was not found in the linker: ..."; keep the kind and the
+/// name of the first import it could not satisfy.
 fn describe_import_error(error: &wasmtime::Error) -> String {
     let text = format!("{error:#}");
-    match (text.find('`'), text.rfind('`')) {
-        (Some(a), Some(b)) if b > a => {
-            let kind = text[..a].trim().rsplit(' ').next().unwrap_or("item");
-            format!("{kind} `{}`", &text[a + 1..b])
-        }
-        _ => text,
-    }
+    let Some(a) = text.find('`') else { return text };
+    let Some(len) = text[a + 1..].find('`') else {
+        return text;
+    };
+    let kind = text[..a].trim().rsplit(' ').next().unwrap_or("item");
+    format!("{kind} `{}`", &text[a + 1..a + 1 + len])
 }
 
 #[cfg(test)]
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn import_errors_keep_the_name() {
         let e = wasmtime::format_err!(
-            "component imports instance `acme:inventory/stock@1.0.0`, but a matching implementation was not found in the linker"
+            "component imports instance `acme:inventory/stock@1.0.0`, but a matching implementation was not found in the linker: instance export `count` has the wrong type"
         );
         assert_eq!(
             describe_import_error(&e),

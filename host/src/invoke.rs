@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, WasmBacktrace};
 
 /// A unique, time-ordered invocation id, shown as a 26-character ULID
 /// (48 bits of milliseconds since the epoch, 80 random bits).
@@ -90,7 +90,12 @@ pub enum Outcome {
     Ok,
     /// The guest trapped (panic, `unreachable`, stack overflow, out-of-bounds
     /// access, ...) or a host call it made failed fatally.
-    Trap(String),
+    Trap {
+        /// What happened, on one line.
+        trap: String,
+        /// Where in the guest, when known.
+        backtrace: Option<String>,
+    },
     /// The fuel budget ran out.
     OutOfFuel {
         /// The budget that was exhausted.
@@ -104,6 +109,8 @@ pub enum Outcome {
         requested: ByteSize,
         /// The trap that followed.
         trap: String,
+        /// Where in the guest, when known.
+        backtrace: Option<String>,
     },
     /// The wall-clock deadline passed; the instance was stopped.
     Deadline {
@@ -117,7 +124,7 @@ impl Outcome {
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
-            Outcome::Trap(_) => "trap",
+            Outcome::Trap { .. } => "trap",
             Outcome::OutOfFuel { .. } => "fuel",
             Outcome::MemoryLimit { .. } => "memory",
             Outcome::Deadline { .. } => "deadline",
@@ -128,13 +135,23 @@ impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok)
     }
+
+    /// The guest's stack when it trapped, if the outcome is a trap.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            Outcome::Trap { backtrace, .. } | Outcome::MemoryLimit { backtrace, .. } => {
+                backtrace.as_deref()
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Ok => f.write_str("ok"),
-            Outcome::Trap(trap) => write!(f, "guest trapped: {trap}"),
+            Outcome::Trap { trap, .. } => write!(f, "guest trapped: {trap}"),
             Outcome::OutOfFuel { budget } => {
                 write!(f, "fuel exhausted: the budget of {budget} fuel ran out")
             }
@@ -142,6 +159,7 @@ impl fmt::Display for Outcome {
                 cap,
                 requested,
                 trap,
+                ..
             } => write!(
                 f,
                 "memory limit: the guest asked for {requested} of linear memory, over its limit of {cap}, then trapped: {trap}"
@@ -197,7 +215,18 @@ pub fn outcome<T>(
 
 /// Names the cause of a failed guest call.
 pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, limits: &Limits) -> Outcome {
-    let trap = format!("{error:?}");
+    // One line for the cause; the guest's stack (attached to the error as
+    // context) separately.
+    let backtrace = error
+        .downcast_ref::<WasmBacktrace>()
+        .map(|bt| bt.to_string());
+    let trap = error
+        .chain()
+        .map(|cause| cause.to_string())
+        .filter(|cause| Some(cause) != backtrace.as_ref())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let backtrace = backtrace.map(|bt| bt.trim_end().to_owned());
     if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
         return Outcome::OutOfFuel {
             budget: limits.fuel,
@@ -209,9 +238,10 @@ pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, limits: &
             cap: ByteSize(limiter.cap() as u64),
             requested: ByteSize(requested as u64),
             trap,
+            backtrace,
         };
     }
-    Outcome::Trap(trap)
+    Outcome::Trap { trap, backtrace }
 }
 
 /// Fuel used so far by `store`'s invocation.

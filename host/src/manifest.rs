@@ -37,7 +37,7 @@ pub struct Manifest {
     pub path: PathBuf,
     /// The directory that relative paths in the manifest start from.
     pub dir: PathBuf,
-    /// The services, in name order.
+    /// The services, in the order the manifest lists them.
     pub services: Vec<ServiceEntry>,
     source: Arc<Source>,
 }
@@ -219,12 +219,22 @@ impl Manifest {
             ));
         }
 
+        // Validate in document order, so that of two conflicting services
+        // the one written second is the one blamed.
+        let mut tables: Vec<_> = raw.service.into_iter().collect();
+        tables.sort_by_key(|(_, svc)| svc.span().start);
+
         let mut claimed: RouteTable<ServiceName> = RouteTable::new();
-        let mut services = Vec::with_capacity(raw.service.len());
-        for (name, svc) in raw.service {
+        let mut services = Vec::with_capacity(tables.len());
+        for (name, svc) in tables {
             let table_span = svc.span();
             let svc = svc.into_inner();
             let field = |f: &str| format!("service.{name}.{f}");
+            let routes_field = if svc.routes.is_some() {
+                "routes"
+            } else {
+                "route"
+            };
             let routes: Vec<Spanned<Route>> = match (svc.route, svc.routes) {
                 (Some(route), None) => vec![route],
                 (None, Some(routes)) => {
@@ -262,7 +272,7 @@ impl Manifest {
                             route.get_ref().as_str()
                         )
                     };
-                    return Err(source.diagnostic(route.span(), &field("route"), message));
+                    return Err(source.diagnostic(route.span(), &field(routes_field), message));
                 }
             }
             if svc.component.get_ref().trim().is_empty() {

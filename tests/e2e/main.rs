@@ -1,1 +1,8 @@
-//! End-to-end tests: the real `berth` binary against real guest components.
+//! End-to-end tests: the real `berth` binary, listening on `127.0.0.1:0`,
+//! against guest components built from source (`tests/programs`).
+
+mod failures;
+mod limits;
+mod serving;
+mod startup;
+mod support;

@@ -182,9 +182,10 @@ async fn invoke_http(
             )
         }
         Err(_) => {
-            let outcome = outcome_rx
-                .await
-                .unwrap_or_else(|_| Outcome::Trap("the invocation ended abnormally".into()));
+            let outcome = outcome_rx.await.unwrap_or_else(|_| Outcome::Trap {
+                trap: "the invocation ended abnormally".into(),
+                backtrace: None,
+            });
             if exceeded.load(Ordering::Acquire) {
                 return too_large(&service);
             }
@@ -200,7 +201,7 @@ async fn invoke_http(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the service did not answer in time\n",
                 ),
-                Outcome::Trap(_) | Outcome::OutOfFuel { .. } | Outcome::MemoryLimit { .. } => {
+                Outcome::Trap { .. } | Outcome::OutOfFuel { .. } | Outcome::MemoryLimit { .. } => {
                     plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
                 }
             }

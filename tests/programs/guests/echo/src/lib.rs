@@ -1,5 +1,6 @@
-//! `echo`: streams the request body back as the response body, chunk by
-//! chunk, without buffering it whole.
+//! `echo`: sends the request body back. By default it streams it chunk by
+//! chunk without buffering it whole; `/.../buffered` reads the whole body
+//! first and answers after, as most JSON APIs do.
 
 use std::io::{Read, Write};
 use wasip2::http::types::{IncomingRequest, OutgoingBody, ResponseOutparam};
@@ -8,8 +9,17 @@ struct Echo;
 
 impl wasip2::exports::http::incoming_handler::Guest for Echo {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
         let body = request.consume().expect("request body");
         let mut input = body.stream().expect("request body stream");
+        if path.contains("buffered") {
+            let mut all = Vec::new();
+            match Read::read_to_end(&mut input, &mut all) {
+                Ok(_) => util::respond(out, 200, &[], &all),
+                Err(e) => util::respond(out, 500, &[], format!("reading the body failed: {e}\n").as_bytes()),
+            }
+            return;
+        }
         let (response, out_body) = util::start(200, &[("content-type", "application/octet-stream")]);
         ResponseOutparam::set(out, Ok(response));
         let mut output = out_body.write().expect("response body stream");

@@ -1,0 +1,307 @@
+//! Test support: run the real `berth` binary and talk HTTP to it.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use berth_test_programs as programs;
+
+/// How long `berth up` may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A compiled-code cache shared by the whole run, so each fixture is
+/// compiled once rather than once per test.
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-code-cache")
+}
+
+/// A running `berth up`, killed when dropped (its output is printed if the
+/// test is failing).
+pub struct Berth {
+    child: Child,
+    pub addr: SocketAddr,
+    output: Arc<Mutex<String>>,
+    /// Holds the manifest; removed when the test ends.
+    _dir: tempfile::TempDir,
+}
+
+/// The result of a `berth` run that was expected to fail before listening.
+pub struct Failed {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+/// Writes `manifest` into a fresh directory as `berth.toml`.
+pub fn manifest_dir(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    std::fs::write(dir.path().join("berth.toml"), manifest).expect("write manifest");
+    dir
+}
+
+impl Berth {
+    /// `berth up` on `manifest` with the shared code cache.
+    pub fn up(manifest: &str) -> Berth {
+        Self::up_with(
+            manifest_dir(manifest),
+            &["--cache-dir", shared_cache().to_str().unwrap()],
+        )
+    }
+
+    /// `berth up berth.toml --listen 127.0.0.1:0 EXTRA...` in `dir`.
+    pub fn up_with(dir: tempfile::TempDir, extra: &[&str]) -> Berth {
+        let mut child = Command::new(berth_bin())
+            .args(["up", "berth.toml", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir.path())
+            .env("BERTH_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let output = output.clone();
+            move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(i) = line.find("http://")
+                        && let Some(tx) = tx.take()
+                    {
+                        let addr = line[i + 7..].trim().trim_end_matches('/').to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "berth did not start listening (exit: {status:?}); output:\n{}",
+                    output.lock().unwrap()
+                );
+            }
+        };
+        Berth {
+            child,
+            addr,
+            output,
+            _dir: dir,
+        }
+    }
+
+    /// Everything berth wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until the logs contain every one of `needles`.
+    pub fn wait_for_logs(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs();
+            if needles.iter().all(|n| logs.contains(n)) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the logs never contained all of {needles:?}:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The line of the logs about invocation `id` that contains `needle`.
+    pub fn log_line(&self, id: &str, needle: &str) -> String {
+        let logs = self.wait_for_logs(&[id, needle]);
+        logs.lines()
+            .find(|l| l.contains(id) && l.contains(needle))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no log line has both {id} and {needle:?}:\n{logs}"))
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!("---- berth output ----\n{}", self.logs());
+        }
+    }
+}
+
+/// Runs `berth up` on a manifest that must be refused before listening.
+pub fn up_fails(dir: &Path, manifest: &str) -> Failed {
+    let mut child = Command::new(berth_bin())
+        .args(["up", manifest, "--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(shared_cache())
+        .current_dir(dir)
+        .env_remove("RUST_BACKTRACE")
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth up {manifest} kept running; it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !stderr.contains("http://"),
+        "berth listened although the manifest is invalid:\n{stderr}"
+    );
+    Failed { status, stderr }
+}
+
+/// A response as the client saw it. `body` is an error when the response
+/// was cut off before its end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Result<Bytes, String>,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(self.body.as_ref().expect("complete body")).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn invocation(&self) -> String {
+        self.header("berth-invocation-id")
+            .expect("a berth-invocation-id header")
+            .to_owned()
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn send<B>(addr: SocketAddr, req: http::Request<B>) -> Reply
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
+        .await
+        .expect("no response within 60s")
+        .expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(60), response.into_body().collect())
+        .await
+        .expect("no end of body within 60s")
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    Reply {
+        status,
+        headers,
+        body,
+        elapsed: started.elapsed(),
+    }
+}
+
+pub async fn get(berth: &Berth, path: &str) -> Reply {
+    let req = http::Request::get(path)
+        .header("host", berth.addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(berth.addr, req).await
+}
+
+pub async fn post(berth: &Berth, path: &str, body: impl Into<Bytes>) -> Reply {
+    let req = http::Request::post(path)
+        .header("host", berth.addr.to_string())
+        .body(Full::new(body.into()))
+        .unwrap();
+    send(berth.addr, req).await
+}
+
+/// A manifest service table.
+pub fn service(name: &str, component: &str, route: &str, limits: &str) -> String {
+    let mut s = format!("[service.{name}]\ncomponent = {component:?}\nroute = {route:?}\n");
+    if !limits.is_empty() {
+        s.push_str(&format!("[service.{name}.limits]\n{limits}\n"));
+    }
+    s
+}
+
+/// A chunked request body (no Content-Length) made of `chunks`.
+pub fn chunked(chunks: Vec<Bytes>) -> http_body_util::StreamBody<Chunks> {
+    http_body_util::StreamBody::new(Chunks(chunks.into_iter()))
+}
+
+/// The stream behind [`chunked`].
+pub struct Chunks(std::vec::IntoIter<Bytes>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
