@@ -26,8 +26,9 @@ pub struct Berth {
     child: Child,
     pub addr: SocketAddr,
     output: Arc<Mutex<String>>,
-    /// Holds the manifest; removed when the test ends.
-    _dir: tempfile::TempDir,
+    /// Holds the manifest, if it was written for the test; removed when
+    /// the test ends.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The result of a `berth` run that was expected to fail before listening.
@@ -61,10 +62,23 @@ impl Berth {
 
     /// `berth up berth.toml --listen 127.0.0.1:0 EXTRA...` in `dir`.
     pub fn up_with(dir: tempfile::TempDir, extra: &[&str]) -> Berth {
+        let cwd = dir.path().to_path_buf();
+        Self::spawn(&cwd, "berth.toml", extra, START_TIMEOUT, Some(dir))
+    }
+
+    /// `berth up MANIFEST --listen 127.0.0.1:0 EXTRA...` in `cwd`, waiting
+    /// up to `start_timeout` for it to listen.
+    pub fn spawn(
+        cwd: &Path,
+        manifest: &str,
+        extra: &[&str],
+        start_timeout: Duration,
+        dir: Option<tempfile::TempDir>,
+    ) -> Berth {
         let mut child = Command::new(berth_bin())
-            .args(["up", "berth.toml", "--listen", "127.0.0.1:0"])
+            .args(["up", manifest, "--listen", "127.0.0.1:0"])
             .args(extra)
-            .current_dir(dir.path())
+            .current_dir(cwd)
             .env("BERTH_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::null())
@@ -92,7 +106,7 @@ impl Berth {
                 }
             }
         });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
+        let addr = match rx.recv_timeout(start_timeout) {
             Ok(addr) => addr.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
