@@ -9,7 +9,9 @@ use std::convert::Infallible;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     eprintln!("listening on http://{}", listener.local_addr().unwrap());
     loop {
@@ -17,7 +19,8 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = service_fn(|_req| async {
-                let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"Hello, world!\n")));
+                let mut response =
+                    hyper::Response::new(Full::new(Bytes::from_static(b"Hello, world!\n")));
                 response
                     .headers_mut()
                     .insert("content-type", "text/plain".parse().unwrap());

@@ -16,11 +16,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
             let mut all = Vec::new();
             match Read::read_to_end(&mut input, &mut all) {
                 Ok(_) => util::respond(out, 200, &[], &all),
-                Err(e) => util::respond(out, 500, &[], format!("reading the body failed: {e}\n").as_bytes()),
+                Err(e) => util::respond(
+                    out,
+                    500,
+                    &[],
+                    format!("reading the body failed: {e}\n").as_bytes(),
+                ),
             }
             return;
         }
-        let (response, out_body) = util::start(200, &[("content-type", "application/octet-stream")]);
+        let (response, out_body) =
+            util::start(200, &[("content-type", "application/octet-stream")]);
         ResponseOutparam::set(out, Ok(response));
         let mut output = out_body.write().expect("response body stream");
         let mut buf = vec![0u8; 64 * 1024];

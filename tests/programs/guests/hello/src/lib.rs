@@ -12,12 +12,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         println!("hello handled {path}");
         eprintln!("hello says hi on stderr");
         let body = format!("hello from berth: {path}\n");
-        util::respond(
-            out,
-            200,
-            &[("content-type", "text/plain")],
-            body.as_bytes(),
-        );
+        util::respond(out, 200, &[("content-type", "text/plain")], body.as_bytes());
     }
 }
 

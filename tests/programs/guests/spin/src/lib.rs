@@ -13,7 +13,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Spin {
             let (response, body) = util::start(200, &[("content-type", "text/plain")]);
             ResponseOutparam::set(out, Ok(response));
             let mut stream = body.write().expect("response body stream");
-            stream.write_all(b"the first part of a body that never ends\n").expect("write");
+            stream
+                .write_all(b"the first part of a body that never ends\n")
+                .expect("write");
             stream.flush().expect("flush");
             util::spin_forever();
         }
