@@ -42,15 +42,10 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '_'))
-            .unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let digits: String = digits.chars().filter(|c| *c != '_').collect();
-        let n: u64 = digits.parse().map_err(|_| {
+        let (n, unit) = split_number(s).ok_or_else(|| {
             format!("invalid size {s:?}: expected a number with a unit like \"128MiB\"")
         })?;
-        let multiplier: u64 = match unit.trim() {
+        let multiplier: u64 = match unit {
             "" | "B" => 1,
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
@@ -86,15 +81,10 @@ impl fmt::Display for ByteSize {
 /// `"2m"`). A bare number is refused, since its unit would be a guess.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '_'))
-        .unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let digits: String = digits.chars().filter(|c| *c != '_').collect();
-    let n: u64 = digits.parse().map_err(|_| {
+    let (n, unit) = split_number(s).ok_or_else(|| {
         format!("invalid duration {s:?}: expected a number with a unit like \"30s\"")
     })?;
-    let d = match unit.trim() {
+    let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
@@ -111,6 +101,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(d)
+}
+
+/// Splits `"128 MiB"` into `(128, "MiB")`; digits may be grouped with `_`.
+fn split_number(s: &str) -> Option<(u64, &str)> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '_'))
+        .unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let digits: String = digits.chars().filter(|c| *c != '_').collect();
+    Some((digits.parse().ok()?, unit.trim()))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.

@@ -119,17 +119,9 @@ async fn concurrency_limit_queues_then_rejects_with_503_and_retry_after() {
         "/sleep",
         "concurrency = 1\nqueue = 1\nqueue_timeout = \"10s\"",
     ));
-    let addr = berth.addr;
-    let request = |ms: u32| {
-        let req = http::Request::get(format!("/sleep?ms={ms}"))
-            .header("host", "berth")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        tokio::spawn(send(addr, req))
-    };
-    let running = request(1500);
+    let running = spawn_get(&berth, "/sleep?ms=1500");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued = request(10);
+    let queued = spawn_get(&berth, "/sleep?ms=10");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // One running, one waiting: the third is turned away at once.
     let rejected = get(&berth, "/sleep?ms=10").await;
@@ -155,14 +147,7 @@ async fn queue_timeout_is_503() {
         "/sleep",
         "concurrency = 1\nqueue = 5\nqueue_timeout = \"200ms\"",
     ));
-    let addr = berth.addr;
-    let running = tokio::spawn(async move {
-        let req = http::Request::get("/sleep?ms=1500")
-            .header("host", "berth")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        send(addr, req).await
-    });
+    let running = spawn_get(&berth, "/sleep?ms=1500");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let waited = get(&berth, "/sleep?ms=10").await;
     assert_eq!(waited.status, 503);
@@ -218,18 +203,7 @@ async fn spinning_guests_do_not_starve_other_services() {
         ]
         .concat(),
     );
-    let spinners: Vec<_> = (0..2)
-        .map(|_| {
-            let addr = berth.addr;
-            tokio::spawn(async move {
-                let req = http::Request::get("/spin")
-                    .header("host", "berth")
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap();
-                send(addr, req).await
-            })
-        })
-        .collect();
+    let spinners: Vec<_> = (0..2).map(|_| spawn_get(&berth, "/spin")).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::new();
     for _ in 0..20 {

@@ -117,13 +117,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         "timeout = \"10s\"",
     ));
     let addr = berth.addr;
-    let in_flight = tokio::spawn(async move {
-        let req = http::Request::get("/sleep?ms=1500")
-            .header("host", "berth")
-            .body(http_body_util::Full::new(Bytes::new()))
-            .unwrap();
-        send(addr, req).await
-    });
+    let in_flight = spawn_get(&berth, "/sleep?ms=1500");
     // Let the request reach the guest before asking berth to stop.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || {

@@ -284,6 +284,17 @@ pub async fn get(berth: &Berth, path: &str) -> Reply {
     send(berth.addr, req).await
 }
 
+/// A GET sent in the background, for requests that must be in flight
+/// while the test does something else.
+pub fn spawn_get(berth: &Berth, path: &str) -> tokio::task::JoinHandle<Reply> {
+    let addr = berth.addr;
+    let req = http::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    tokio::spawn(send(addr, req))
+}
+
 pub async fn post(berth: &Berth, path: &str, body: impl Into<Bytes>) -> Reply {
     let req = http::Request::post(path)
         .header("host", berth.addr.to_string())
