@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 /// Host-wide engine settings.
 #[derive(Debug, Clone)]
@@ -38,6 +40,9 @@ pub struct EngineOptions {
     pub stack_keep_resident: ByteSize,
     /// Initialize linear memories from copy-on-write images.
     pub memory_init_cow: bool,
+    /// Reset pool slots by scanning for the pages a guest actually touched
+    /// (Linux `PAGEMAP_SCAN`, kernel 6.7+; ignored where unsupported).
+    pub pagemap_scan: bool,
 }
 
 impl Default for EngineOptions {
@@ -50,6 +55,7 @@ impl Default for EngineOptions {
             table_keep_resident: ByteSize::mib(1),
             stack_keep_resident: ByteSize::mib(2),
             memory_init_cow: true,
+            pagemap_scan: true,
         }
     }
 }
@@ -97,7 +103,12 @@ fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
         .table_elements(100_000)
         .linear_memory_keep_resident(options.memory_keep_resident.bytes() as usize)
         .table_keep_resident(options.table_keep_resident.bytes() as usize)
-        .async_stack_keep_resident(options.stack_keep_resident.bytes() as usize);
+        .async_stack_keep_resident(options.stack_keep_resident.bytes() as usize)
+        .pagemap_scan(if options.pagemap_scan {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        });
     pool
 }
 

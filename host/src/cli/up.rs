@@ -48,6 +48,11 @@ pub struct UpArgs {
     /// pool slot.
     #[arg(long, hide = true)]
     memory_keep_resident: Option<ByteSize>,
+
+    /// Engine tuning, for benchmarks: reset pool slots without scanning for
+    /// touched pages.
+    #[arg(long, hide = true)]
+    no_pagemap_scan: bool,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -62,6 +67,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
         pooling: !args.no_pooling,
         memory_init_cow: !args.no_cow,
+        pagemap_scan: !args.no_pagemap_scan,
         memory_keep_resident: args
             .memory_keep_resident
             .unwrap_or(defaults.memory_keep_resident),
