@@ -137,3 +137,22 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         berth.logs()
     );
 }
+
+/// Instances share pool slots that are reset between requests (by scanning
+/// for the pages a guest wrote); no write may survive into the next one.
+#[tokio::test]
+async fn nothing_survives_from_one_instance_to_the_next() {
+    let berth = Berth::up(&service(
+        "iso",
+        programs::ISOLATION,
+        "/iso",
+        "concurrency = 8",
+    ));
+    for _ in 0..50 {
+        assert_eq!(get(&berth, "/iso").await.text(), "count=1 clean\n");
+    }
+    let concurrent: Vec<_> = (0..32).map(|_| spawn_get(&berth, "/iso")).collect();
+    for reply in concurrent {
+        assert_eq!(reply.await.unwrap().text(), "count=1 clean\n");
+    }
+}
