@@ -1,8 +1,10 @@
 //! Artifacts: `.wasm` components, immutable and named by the sha256 digest
-//! of their bytes.
+//! of their bytes, and the content-addressed [`ArtifactStore`] that keeps
+//! them on disk.
 
 use sha2::{Digest as _, Sha256};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// The sha256 digest of an artifact's bytes, shown as `sha256:<hex>`.
@@ -112,6 +114,94 @@ pub fn check_component(bytes: &[u8]) -> Result<(), NotAComponent> {
     }
 }
 
+/// Artifacts on disk, one file per digest:
+///
+/// ```text
+/// <dir>/<sha256 hex>.wasm
+/// ```
+///
+/// A new artifact is written to a temporary file, synced, and renamed to
+/// its digest only once it is whole; reads check the bytes against the
+/// name, so a damaged file is reported, never served.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+}
+
+/// An artifact that cannot be read back as stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file is missing or unreadable.
+    #[error("artifact {digest} cannot be read: {source}")]
+    Io {
+        /// The artifact.
+        digest: Digest,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's bytes no longer hash to its name.
+    #[error("artifact {digest} is damaged: its bytes hash to {actual}")]
+    Damaged {
+        /// The artifact.
+        digest: Digest,
+        /// What they hash to now.
+        actual: Digest,
+    },
+}
+
+impl ArtifactStore {
+    /// A store in `dir` (created if missing). Temporary files left by a
+    /// crash mid-write are removed.
+    pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<ArtifactStore> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(ArtifactStore { dir })
+    }
+
+    /// Where the artifact `digest` lives.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.wasm", digest.hex()))
+    }
+
+    /// Whether the artifact is stored.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Reads an artifact, checking its bytes against its digest.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, ReadError> {
+        let bytes = std::fs::read(self.path(digest)).map_err(|source| ReadError::Io {
+            digest: *digest,
+            source,
+        })?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(ReadError::Damaged {
+                digest: *digest,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Stores `bytes` under their digest, durably (temporary file, sync,
+    /// rename, sync the directory). Storing an artifact that is already
+    /// there, intact, changes nothing.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+        if self.read(digest).is_ok() {
+            return Ok(());
+        }
+        crate::cache::write_atomic(&self.path(digest), bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +217,30 @@ mod tests {
         assert_eq!(d.hex().parse::<Digest>().unwrap(), d);
         assert!("sha256:xyz".parse::<Digest>().is_err());
         assert_eq!(d.short().len(), 12);
+    }
+
+    #[test]
+    fn store_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"hello world");
+        assert!(!store.contains(&digest));
+        store.put(&digest, b"hello world").unwrap();
+        assert!(store.contains(&digest));
+        assert_eq!(store.read(&digest).unwrap(), b"hello world");
+        store.put(&digest, b"hello world").unwrap();
+
+        std::fs::write(store.path(&digest), b"hello w0rld").unwrap();
+        assert!(matches!(store.read(&digest), Err(ReadError::Damaged { .. })));
+        // Putting it again repairs it.
+        store.put(&digest, b"hello world").unwrap();
+        assert_eq!(store.read(&digest).unwrap(), b"hello world");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // A temporary file left by a crash is cleaned up on open.
+        std::fs::write(dir.path().join(".tmp-1-2-x.wasm"), b"half").unwrap();
+        ArtifactStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -81,9 +81,15 @@ pub fn engine_key(engine: &Engine) -> String {
 
 impl CodeCache {
     /// A cache in `dir` (created if missing) for code compiled by `engine`.
+    /// Temporary files left by a crash mid-write are removed.
     pub fn new(dir: impl Into<PathBuf>, engine: &Engine) -> std::io::Result<CodeCache> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(CodeCache {
             dir,
             engine_key: engine_key(engine),

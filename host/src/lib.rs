@@ -29,10 +29,10 @@
 //! for entry in &manifest.services {
 //!     let bytes = std::fs::read(&entry.component)?;
 //!     let (handler, _report) = component::load_http(&engine, &cache, &bytes)?;
-//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), handler)));
+//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, handler)));
 //! }
 //! let runtime = runtime::Runtime::new(engine);
-//! runtime.set_services(services)?;
+//! runtime.replace_all(services)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! berth::http::serve(listener, runtime, berth::shutdown::signal()).await?;
 //! # Ok(()) }
@@ -60,11 +60,15 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod admission;
+pub mod api;
 pub mod artifact;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod component;
+pub mod control;
 pub mod engine;
 pub mod http;
 pub mod instance;
@@ -75,5 +79,6 @@ pub mod route;
 pub mod runtime;
 pub mod service;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod units;

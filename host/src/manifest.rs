@@ -21,7 +21,7 @@
 
 use crate::limits::Limits;
 use crate::route::{Route, RouteTable};
-use crate::service::{ServiceName, ServiceSpec};
+use crate::service::{ServiceConfig, ServiceName, ServiceSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -287,8 +287,10 @@ impl Manifest {
             services.push(ServiceEntry {
                 spec: ServiceSpec {
                     name,
-                    routes: routes.into_iter().map(Spanned::into_inner).collect(),
-                    limits: svc.limits,
+                    config: ServiceConfig {
+                        routes: routes.into_iter().map(Spanned::into_inner).collect(),
+                        limits: svc.limits,
+                    },
                 },
                 component,
                 build: svc.build,
@@ -379,8 +381,8 @@ mod tests {
         let s = &m.services[0];
         assert_eq!(s.spec.name.as_str(), "hello");
         assert_eq!(s.component, Path::new("dir/hello.wasm"));
-        assert_eq!(s.spec.routes, vec![Route::parse("/hello/...").unwrap()]);
-        assert_eq!(s.spec.limits, Limits::default());
+        assert_eq!(s.spec.config.routes, vec![Route::parse("/hello/...").unwrap()]);
+        assert_eq!(s.spec.config.limits, Limits::default());
         assert!(s.build.is_none());
     }
 
@@ -401,9 +403,9 @@ workdir = "api"
         )
         .unwrap();
         let s = &m.services[0];
-        assert_eq!(s.spec.routes.len(), 2);
-        assert_eq!(s.spec.limits.memory, ByteSize::mib(64));
-        assert_eq!(s.spec.limits.concurrency, 4);
+        assert_eq!(s.spec.config.routes.len(), 2);
+        assert_eq!(s.spec.config.limits.memory, ByteSize::mib(64));
+        assert_eq!(s.spec.config.limits.concurrency, 4);
         assert_eq!(
             s.build.as_ref().unwrap().workdir.as_deref(),
             Some(Path::new("api"))

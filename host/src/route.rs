@@ -190,6 +190,16 @@ impl<T> RouteTable<T> {
         }
     }
 
+    /// The owner of exactly `route`, if it is claimed.
+    pub fn owner(&self, route: &Route) -> Option<&T> {
+        let map = if route.is_prefix() {
+            &self.prefix
+        } else {
+            &self.exact
+        };
+        map.get(route.base()).map(|(_, owner)| owner)
+    }
+
     /// Every route with its owner, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Route, &T)> {
         self.exact

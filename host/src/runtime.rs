@@ -1,22 +1,30 @@
 //! The runtime: the engine, the services it runs and the route table that
-//! finds them. The table is swapped atomically as a whole, so a request sees
-//! either the old set of services or the new one, never a mix.
+//! finds them.
+//!
+//! The set of services and its route table are one immutable snapshot,
+//! swapped atomically: a request sees either the old set or the new one,
+//! never a mix, and a request already running keeps the `Arc<Service>` it
+//! started with, so it finishes on the revision it began on.
 
 use crate::admission::Admission;
 use crate::component::HttpHandler;
 use crate::engine::BerthEngine;
+use crate::limits::Limits;
 use crate::route::{Route, RouteTable};
 use crate::service::{ServiceName, ServiceSpec};
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-/// A service that is loaded and ready to serve.
+/// A service revision that is loaded and ready to serve.
 pub struct Service {
     /// Its name, routes and limits.
     pub spec: ServiceSpec,
+    /// The revision number this is (1 for `berth up`).
+    pub revision: u32,
     /// Its pre-instantiated component.
     pub handler: HttpHandler,
     /// Its admission control.
@@ -25,11 +33,12 @@ pub struct Service {
 
 impl Service {
     /// A service from its configuration and its loaded component.
-    pub fn new(spec: ServiceSpec, handler: HttpHandler) -> Self {
-        let limits = &spec.limits;
+    pub fn new(spec: ServiceSpec, revision: u32, handler: HttpHandler) -> Self {
+        let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
         Service {
             spec,
+            revision,
             handler,
             admission,
         }
@@ -39,24 +48,57 @@ impl Service {
     pub fn name(&self) -> &ServiceName {
         &self.spec.name
     }
+
+    /// The limits its invocations run under.
+    pub fn limits(&self) -> &Limits {
+        &self.spec.config.limits
+    }
 }
 
-/// Two services claim the same route.
-#[derive(Debug, thiserror::Error)]
-#[error("route {route} is claimed by both `{first}` and `{second}`")]
+/// A route is claimed by another service.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("route {route} is already claimed by service `{owner}`")]
 pub struct RouteConflict {
     /// The route.
     pub route: Route,
-    /// The service that claimed it first.
-    pub first: ServiceName,
-    /// The one that claimed it too.
-    pub second: ServiceName,
+    /// The service that holds it.
+    pub owner: ServiceName,
+}
+
+/// One consistent view of the services and their routes.
+#[derive(Default)]
+struct Snapshot {
+    services: HashMap<ServiceName, Arc<Service>>,
+    routes: RouteTable<Arc<Service>>,
+}
+
+impl Snapshot {
+    fn build(services: HashMap<ServiceName, Arc<Service>>) -> Result<Snapshot, RouteConflict> {
+        let mut routes = RouteTable::new();
+        // Name order, so that which of two conflicting services is blamed
+        // does not depend on hashing.
+        let mut ordered: Vec<_> = services.values().collect();
+        ordered.sort_by(|a, b| a.name().cmp(b.name()));
+        for service in ordered {
+            for route in &service.spec.config.routes {
+                if let Err(owner) = routes.insert(route.clone(), service.clone()) {
+                    return Err(RouteConflict {
+                        route: route.clone(),
+                        owner: owner.name().clone(),
+                    });
+                }
+            }
+        }
+        Ok(Snapshot { services, routes })
+    }
 }
 
 /// The engine and the services it serves.
 pub struct Runtime {
     engine: BerthEngine,
-    routes: ArcSwap<RouteTable<Arc<Service>>>,
+    snapshot: ArcSwap<Snapshot>,
+    /// Serializes writers: each builds the next snapshot from the current.
+    writer: Mutex<()>,
     host_slots: Arc<Semaphore>,
     tasks: TaskTracker,
 }
@@ -67,7 +109,8 @@ impl Runtime {
         let host_slots = Arc::new(Semaphore::new(engine.max_instances() as usize));
         Arc::new(Runtime {
             engine,
-            routes: ArcSwap::from_pointee(RouteTable::new()),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
             host_slots,
             tasks: TaskTracker::new(),
         })
@@ -90,34 +133,78 @@ impl Runtime {
     }
 
     /// Replaces the whole set of services at once.
-    pub fn set_services(&self, services: Vec<Arc<Service>>) -> Result<(), RouteConflict> {
-        let mut table = RouteTable::new();
-        for service in services {
-            for route in &service.spec.routes {
-                if let Err(first) = table.insert(route.clone(), service.clone()) {
-                    return Err(RouteConflict {
-                        route: route.clone(),
-                        first: first.name().clone(),
-                        second: service.name().clone(),
-                    });
-                }
+    pub fn replace_all(&self, services: Vec<Arc<Service>>) -> Result<(), RouteConflict> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let services = services
+            .into_iter()
+            .map(|s| (s.name().clone(), s))
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot::build(services)?));
+        Ok(())
+    }
+
+    /// Routes `service` in place of any service of the same name, in one
+    /// atomic switch. Fails, changing nothing, if another service holds one
+    /// of its routes. Returns the revision it replaced.
+    pub fn upsert(&self, service: Arc<Service>) -> Result<Option<Arc<Service>>, RouteConflict> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut services = self.snapshot.load().services.clone();
+        let old = services.insert(service.name().clone(), service);
+        self.snapshot.store(Arc::new(Snapshot::build(services)?));
+        Ok(old)
+    }
+
+    /// Whether `routes` are free for service `name` (held by nobody, or by
+    /// `name` itself).
+    pub fn check_routes(&self, name: &ServiceName, routes: &[Route]) -> Result<(), RouteConflict> {
+        let snapshot = self.snapshot.load();
+        for route in routes {
+            if let Some(owner) = snapshot.routes.owner(route)
+                && owner.name() != name
+            {
+                return Err(RouteConflict {
+                    route: route.clone(),
+                    owner: owner.name().clone(),
+                });
             }
         }
-        self.routes.store(Arc::new(table));
         Ok(())
+    }
+
+    /// Stops routing to service `name`; requests already running finish.
+    pub fn remove(&self, name: &ServiceName) -> Option<Arc<Service>> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut services = self.snapshot.load().services.clone();
+        let old = services.remove(name)?;
+        let snapshot = Snapshot::build(services).expect("removing a service frees routes");
+        self.snapshot.store(Arc::new(snapshot));
+        Some(old)
+    }
+
+    /// The service routed under `name`.
+    pub fn service(&self, name: &ServiceName) -> Option<Arc<Service>> {
+        self.snapshot.load().services.get(name).cloned()
+    }
+
+    /// Every routed service, in name order.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let mut all: Vec<_> = self.snapshot.load().services.values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
     }
 
     /// The service whose route matches `path` best.
     pub fn route(&self, path: &str) -> Option<Arc<Service>> {
-        self.routes.load().lookup(path).map(|(_, s)| s.clone())
+        self.snapshot.load().routes.lookup(path).map(|(_, s)| s.clone())
     }
 
     /// The longest deadline of any service: how long draining may take.
     pub fn max_timeout(&self) -> Duration {
-        self.routes
+        self.snapshot
             .load()
-            .iter()
-            .map(|(_, s)| s.spec.limits.timeout)
+            .services
+            .values()
+            .map(|s| s.limits().timeout)
             .max()
             .unwrap_or_default()
     }

@@ -78,20 +78,61 @@ impl fmt::Display for ServiceName {
     }
 }
 
-/// The configuration of a service: everything but its component.
+/// How a service runs, apart from its name and its component: what one
+/// revision records besides the artifact.
+///
+/// ```json
+/// {"routes": ["/hello/..."], "limits": {"memory": "64MiB", "timeout": "10s"}}
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    /// The service's name.
-    pub name: ServiceName,
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
     /// The HTTP routes it claims (at least one).
     pub routes: Vec<Route>,
     /// The limits every invocation runs under.
+    #[serde(default)]
     pub limits: Limits,
+}
+
+impl ServiceConfig {
+    /// Checks what serde cannot: that there is a route, and no route twice.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.routes.is_empty() {
+            return Err("a service needs at least one route".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if self.routes[..i].contains(route) {
+                return Err(format!("route {route} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service's name and configuration: everything but its component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// The service's name.
+    pub name: ServiceName,
+    /// Its routes and limits.
+    pub config: ServiceConfig,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_validation() {
+        let ok: ServiceConfig = serde_json::from_str(r#"{"routes": ["/a", "/b/..."]}"#).unwrap();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.limits, Limits::default());
+        let dup: ServiceConfig = serde_json::from_str(r#"{"routes": ["/a", "/a"]}"#).unwrap();
+        assert!(dup.validate().unwrap_err().contains("twice"));
+        let none: ServiceConfig = serde_json::from_str(r#"{"routes": []}"#).unwrap();
+        assert!(none.validate().is_err());
+        assert!(serde_json::from_str::<ServiceConfig>(r#"{"routes": ["/a"], "x": 1}"#).is_err());
+    }
 
     #[test]
     fn names() {

@@ -1,5 +1,6 @@
-//! Human-readable quantities used in manifests and on the command line:
-//! byte sizes (`"128MiB"`) and durations (`"30s"`).
+//! Human-readable quantities used in manifests, the API and on the command
+//! line: byte sizes (`"128MiB"`), durations (`"30s"`) and timestamps
+//! (milliseconds since the Unix epoch, shown as RFC 3339).
 
 use std::fmt;
 use std::str::FromStr;
@@ -127,6 +128,44 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, to the
+/// millisecond: `2026-11-23T21:08:00.123Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +192,14 @@ mod tests {
         );
         assert_eq!(ByteSize::mib(128).to_string(), "128MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_467_123_456), "2026-11-23T20:52:03.456Z");
+        assert!(now_ms() > 1_700_000_000_000);
     }
 
     #[test]

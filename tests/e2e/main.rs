@@ -1,9 +1,11 @@
 //! End-to-end tests: the real `berth` binary, listening on `127.0.0.1:0`,
 //! against guest components built from source (`tests/programs`).
 
+mod control;
 mod examples;
 mod failures;
 mod limits;
 mod serving;
 mod startup;
+mod host;
 mod support;

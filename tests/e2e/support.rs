@@ -20,11 +20,14 @@ pub fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-code-cache")
 }
 
-/// A running `berth up`, killed when dropped (its output is printed if the
-/// test is failing).
+/// A running `berth up` or `berth serve`, killed when dropped (its output
+/// is printed if the test is failing).
 pub struct Berth {
     child: Child,
+    /// The public listener.
     pub addr: SocketAddr,
+    /// The admin listener (`berth serve` only).
+    pub admin: Option<SocketAddr>,
     output: Arc<Mutex<String>>,
     /// Holds the manifest, if it was written for the test; removed when
     /// the test ends.
@@ -75,10 +78,22 @@ impl Berth {
         start_timeout: Duration,
         dir: Option<tempfile::TempDir>,
     ) -> Berth {
-        let mut child = Command::new(berth_bin())
-            .args(["up", manifest, "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["up", manifest, "--listen", "127.0.0.1:0"])
             .args(extra)
-            .current_dir(cwd)
+            .current_dir(cwd);
+        Self::start(cmd, start_timeout, dir, false)
+    }
+
+    /// Starts `cmd` (a `berth` invocation) and waits until it prints the
+    /// address of its public listener and, with `admin`, of its admin API.
+    pub fn start(
+        mut cmd: Command,
+        start_timeout: Duration,
+        dir: Option<tempfile::TempDir>,
+        admin: bool,
+    ) -> Berth {
+        let mut child = cmd
             .env("BERTH_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::null())
@@ -91,14 +106,13 @@ impl Berth {
         std::thread::spawn({
             let output = output.clone();
             move || {
-                let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(i) = line.find("http://")
-                        && let Some(tx) = tx.take()
+                    if line.starts_with("berth: ")
+                        && let Some(i) = line.find("http://")
                     {
                         let addr = line[i + 7..].trim().trim_end_matches('/').to_owned();
-                        let _ = tx.send(addr);
+                        let _ = tx.send((line.contains("admin"), addr));
                     }
                     let mut out = output.lock().unwrap();
                     out.push_str(&line);
@@ -106,24 +120,37 @@ impl Berth {
                 }
             }
         });
-        let addr = match rx.recv_timeout(start_timeout) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "berth did not start listening (exit: {status:?}); output:\n{}",
-                    output.lock().unwrap()
-                );
+        let deadline = Instant::now() + start_timeout;
+        let (mut public, mut admin_addr) = (None, None);
+        while public.is_none() || (admin && admin_addr.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((true, addr)) => admin_addr = Some(addr.parse().expect("admin address")),
+                Ok((false, addr)) => public = Some(addr.parse().expect("listen address")),
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "berth did not start listening (exit: {status:?}); output:\n{}",
+                        output.lock().unwrap()
+                    );
+                }
             }
-        };
+        }
         Berth {
             child,
-            addr,
+            addr: public.unwrap(),
+            admin: admin_addr,
             output,
             _dir: dir,
         }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Everything berth wrote to stderr so far.

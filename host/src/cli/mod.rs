@@ -1,8 +1,20 @@
 //! The `berth` command line: one module per command.
+//!
+//! `up` and `serve` run a host; the other commands talk to a running host
+//! through its admin API (`--host`/`BERTH_HOST`, token in `BERTH_TOKEN`).
 
+mod deploy;
+mod inspect;
+mod ls;
+mod output;
+mod revisions;
+mod rm;
+mod rollback;
+mod serve;
 mod up;
 
-use clap::{Parser, Subcommand};
+use crate::client::Client;
+use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Berth: a WebAssembly host for microservices and functions.
@@ -17,6 +29,42 @@ pub struct Cli {
 enum Command {
     /// Run the services of a manifest in the foreground.
     Up(up::UpArgs),
+    /// Run the long-lived host: durable state, admin API, live deploys.
+    Serve(serve::ServeArgs),
+    /// Deploy a service (or every service of a manifest) to a host.
+    Deploy(deploy::DeployArgs),
+    /// List the services of a host.
+    Ls(ls::LsArgs),
+    /// Show one service.
+    Inspect(inspect::InspectArgs),
+    /// List the revisions of a service.
+    Revisions(revisions::RevisionsArgs),
+    /// Switch a service back to an older revision.
+    Rollback(rollback::RollbackArgs),
+    /// Remove a service.
+    Rm(rm::RmArgs),
+}
+
+/// How client commands reach a host.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The host's admin API.
+    #[arg(long, env = "BERTH_HOST", default_value = "http://127.0.0.1:3001", global = true)]
+    host: String,
+
+    /// The admin API's bearer token.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.host, self.token.clone()).map_err(anyhow::Error::msg)
+    }
 }
 
 /// Parses the command line, runs the command, and turns its error into a
@@ -38,6 +86,13 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Deploy(args) => deploy::run(args).await,
+            Command::Ls(args) => ls::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
+            Command::Revisions(args) => revisions::run(args).await,
+            Command::Rollback(args) => rollback::run(args).await,
+            Command::Rm(args) => rm::run(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

@@ -96,11 +96,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
             "loaded"
         );
-        services.push(Arc::new(Service::new(entry.spec.clone(), handler)));
+        services.push(Arc::new(Service::new(entry.spec.clone(), 1, handler)));
     }
     let count = services.len();
     let runtime = Runtime::new(engine);
-    runtime.set_services(services)?;
+    runtime.replace_all(services)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -115,7 +115,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 /// Runs each service's build command, in manifest order, stopping at the
 /// first that fails.
-fn build(manifest: &Manifest) -> anyhow::Result<()> {
+pub(super) fn build(manifest: &Manifest) -> anyhow::Result<()> {
     for entry in &manifest.services {
         let Some(spec) = &entry.build else { continue };
         let dir = match &spec.workdir {

@@ -14,6 +14,10 @@
 //!
 //! Every routed request gets an invocation id, returned in the
 //! `berth-invocation-id` header and attached to every log line about it.
+//!
+//! Two paths belong to the host on every listener and are never routed to
+//! a service: `/healthz` (the process is up) and `/readyz` (it serves its
+//! services).
 
 use crate::http::body::{BodyEnd, LimitedBody, ResponseBody};
 use crate::instance::{self, Tag};
@@ -42,6 +46,9 @@ pub async fn handle(
     req: Request<hyper::body::Incoming>,
     local: SocketAddr,
 ) -> Response<ResponseBody> {
+    if let Some(response) = health(req.uri().path()) {
+        return response;
+    }
     let Some(service) = runtime.route(req.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no service is routed at this path\n");
     };
@@ -69,7 +76,7 @@ async fn invoke_http(
     mut req: Request<hyper::body::Incoming>,
     local: SocketAddr,
 ) -> Response<ResponseBody> {
-    let limits = &service.spec.limits;
+    let limits = service.limits();
     let body_limit = limits.request_body.bytes();
     if declared_length(&req).is_some_and(|len| len > body_limit) {
         tracing::info!(limit = %limits.request_body, "request body over the limit");
@@ -133,7 +140,7 @@ async fn invoke_http(
         async move {
             let _permit = permit;
             let service = task_service;
-            let limits = &service.spec.limits;
+            let limits = service.limits();
             let result = invoke::run_until_deadline(deadline, async {
                 let proxy = service.handler.pre.instantiate_async(&mut store).await?;
                 proxy
@@ -233,9 +240,20 @@ fn too_large(service: &Service) -> Response<ResponseBody> {
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!(
             "the request body is over this service's limit of {}\n",
-            service.spec.limits.request_body
+            service.limits().request_body
         ),
     )
+}
+
+/// The host's own health endpoints, the same on every listener: a listener
+/// only accepts once its services are loaded, so answering at all means
+/// ready.
+pub fn health(path: &str) -> Option<Response<ResponseBody>> {
+    match path {
+        "/healthz" => Some(plain(StatusCode::OK, "ok\n")),
+        "/readyz" => Some(plain(StatusCode::OK, "ready\n")),
+        _ => None,
+    }
 }
 
 /// A short plain-text response made by the host.

@@ -1,10 +1,13 @@
-//! The public HTTP listener: accepts connections, serves each request
-//! through [`handler::handle`], and drains in-flight requests on shutdown.
+//! HTTP listeners: accepting connections, serving each request with a
+//! handler, and draining in-flight requests on shutdown. The public
+//! listener serves [`handler::handle`]; the admin API reuses the same loop.
 
 pub mod body;
 pub mod handler;
 
+use crate::http::body::ResponseBody;
 use crate::runtime::Runtime;
+use http::{Request, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -13,6 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,20 +24,18 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time granted on shutdown beyond the longest service deadline.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then stops
-/// accepting, lets in-flight requests finish (bounded by their deadlines)
-/// and returns.
-pub async fn serve(
-    listener: TcpListener,
-    runtime: Arc<Runtime>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let local = listener.local_addr()?;
+/// Accepts connections on `listener` and serves their requests with
+/// `handler` until `stop` is cancelled. Returns the connections still open,
+/// to be drained.
+pub async fn accept<H, F>(listener: TcpListener, handler: H, stop: CancellationToken) -> GracefulShutdown
+where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -46,10 +48,10 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
+        let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
-            let runtime = runtime.clone();
-            async move { Ok::<_, Infallible>(handler::handle(&runtime, req, local).await) }
+            let response = handler(req);
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -62,12 +64,33 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
+    graceful
+}
 
+/// The public listener's handler: requests to `runtime`'s services.
+pub fn public_handler(
+    runtime: Arc<Runtime>,
+    local: std::net::SocketAddr,
+) -> impl Fn(Request<hyper::body::Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req| {
+        let runtime = runtime.clone();
+        Box::pin(async move { handler::handle(&runtime, req, local).await })
+    }
+}
+
+/// Waits for the connections of every listener to finish and for every
+/// invocation to end, bounded by the longest service deadline.
+pub async fn drain(listeners: Vec<GracefulShutdown>, runtime: &Runtime) {
     let limit = runtime.max_timeout() + DRAIN_GRACE;
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     let drained = tokio::time::timeout(limit, async {
-        graceful.shutdown().await;
+        for graceful in listeners {
+            graceful.shutdown().await;
+        }
         runtime.tasks().close();
         runtime.tasks().wait().await;
     })
@@ -75,5 +98,26 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within {limit:?}; exiting anyway");
     }
+}
+
+/// Serves `runtime`'s services on `listener` until `shutdown` resolves,
+/// then stops accepting, lets in-flight requests finish (bounded by their
+/// deadlines) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let accepting = tokio::spawn(accept(
+        listener,
+        public_handler(runtime.clone(), local),
+        stop.clone(),
+    ));
+    shutdown.await;
+    stop.cancel();
+    let graceful = accepting.await?;
+    drain(vec![graceful], &runtime).await;
     Ok(())
 }

@@ -1,0 +1,152 @@
+//! The admin API's resources as JSON: what the server sends and the CLI
+//! reads. `docs/admin-api.md` shows each with an example.
+
+use crate::control::ServiceStatus;
+use crate::limits::Limits;
+use crate::route::Route;
+use crate::state::{ArtifactRecord, RevisionRecord};
+use crate::units::rfc3339;
+use serde::{Deserialize, Serialize};
+
+/// An uploaded artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&ArtifactRecord> for ArtifactView {
+    fn from(r: &ArtifactRecord) -> Self {
+        ArtifactView {
+            digest: r.digest.to_string(),
+            size: r.size,
+            created_at: rfc3339(r.created_ms),
+        }
+    }
+}
+
+/// A service with its active revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// The service's name.
+    pub name: String,
+    /// The active revision.
+    pub revision: u32,
+    /// The newest revision (higher than `revision` after a rollback).
+    pub latest_revision: u32,
+    /// The active revision's artifact.
+    pub artifact: String,
+    /// Its routes.
+    pub routes: Vec<Route>,
+    /// Its limits.
+    pub limits: Limits,
+    /// `serving`, or `failed` when its revision could not be loaded.
+    pub status: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Instances running now.
+    pub in_flight: u32,
+    /// Requests waiting for an instance now.
+    pub queued: u32,
+    /// When the service was first deployed.
+    pub created_at: String,
+    /// When its active revision last changed.
+    pub updated_at: String,
+}
+
+impl From<&ServiceStatus> for ServiceView {
+    fn from(s: &ServiceStatus) -> Self {
+        let active = &s.record.active;
+        ServiceView {
+            name: active.service.to_string(),
+            revision: active.number,
+            latest_revision: s.record.latest,
+            artifact: active.artifact.to_string(),
+            routes: active.config.routes.clone(),
+            limits: active.config.limits.clone(),
+            status: if s.error.is_some() { "failed" } else { "serving" }.into(),
+            error: s.error.clone(),
+            in_flight: s.in_flight,
+            queued: s.queued,
+            created_at: rfc3339(s.record.created_ms),
+            updated_at: rfc3339(s.record.updated_ms),
+        }
+    }
+}
+
+/// One revision of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionView {
+    /// The service.
+    pub service: String,
+    /// The revision number.
+    pub revision: u32,
+    /// Whether it is the one serving.
+    pub active: bool,
+    /// Its artifact.
+    pub artifact: String,
+    /// Its routes.
+    pub routes: Vec<Route>,
+    /// Its limits.
+    pub limits: Limits,
+    /// When it was deployed.
+    pub created_at: String,
+}
+
+impl RevisionView {
+    /// The view of `record`, marked active or not.
+    pub fn new(record: &RevisionRecord, active: bool) -> Self {
+        RevisionView {
+            service: record.service.to_string(),
+            revision: record.number,
+            active,
+            artifact: record.artifact.to_string(),
+            routes: record.config.routes.clone(),
+            limits: record.config.limits.clone(),
+            created_at: rfc3339(record.created_ms),
+        }
+    }
+}
+
+/// `PUT /v1/services/{name}`: the revision to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The artifact, uploaded before (`sha256:<hex>`).
+    pub artifact: String,
+    /// The routes (at least one).
+    pub routes: Vec<Route>,
+    /// The limits; omitted ones take their defaults.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `POST /v1/services/{name}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to switch to; default: the one before the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+}
+
+/// Every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (`route_conflict`, `not_found`, ...).
+    pub code: String,
+    /// For humans.
+    pub message: String,
+}

@@ -1,0 +1,251 @@
+//! `berth deploy`: upload components and deploy revisions to a host.
+//!
+//! - `berth deploy NAME --component FILE [--route R]... [--memory ..]`:
+//!   one service. Without `--route`, an existing service keeps the routes
+//!   (and limits) of its active revision: that is an upgrade.
+//! - `berth deploy MANIFEST [--build]`: every service of a manifest, in
+//!   order; each one is its own deploy (a failure stops there, and the
+//!   services already deployed stay deployed).
+
+use super::{ClientArgs, output};
+use crate::api::{ArtifactView, DeployRequest, RevisionView, ServiceView};
+use crate::client::{Client, ClientError};
+use crate::limits::Limits;
+use crate::manifest::Manifest;
+use crate::route::Route;
+use crate::service::ServiceName;
+use crate::units::{ByteSize, parse_duration};
+use anyhow::Context;
+use clap::Args;
+use http::Method;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// A service name (with --component), or a manifest whose services to
+    /// deploy.
+    target: String,
+
+    /// The component to deploy as service NAME.
+    #[arg(long)]
+    component: Option<PathBuf>,
+
+    /// A route of the service (repeat for several). Default: the routes of
+    /// its active revision.
+    #[arg(long = "route", value_parser = parse_route)]
+    routes: Vec<Route>,
+
+    /// Linear memory per instance, e.g. 64MiB.
+    #[arg(long)]
+    memory: Option<ByteSize>,
+
+    /// Fuel budget per invocation.
+    #[arg(long)]
+    fuel: Option<u64>,
+
+    /// Wall-clock deadline per invocation, e.g. 10s.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+
+    /// Instances in flight at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+
+    /// Requests that may wait for an instance.
+    #[arg(long)]
+    queue: Option<u32>,
+
+    /// How long a request may wait for an instance, e.g. 5s.
+    #[arg(long, value_parser = parse_duration)]
+    queue_timeout: Option<Duration>,
+
+    /// Largest request body, e.g. 1MiB.
+    #[arg(long)]
+    request_body: Option<ByteSize>,
+
+    /// With a manifest: run each service's build command first.
+    #[arg(long)]
+    build: bool,
+
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_route(s: &str) -> Result<Route, String> {
+    Route::parse(s).map_err(|e| e.to_string())
+}
+
+impl DeployArgs {
+    fn apply_limits(&self, limits: &mut Limits) {
+        if let Some(v) = self.memory {
+            limits.memory = v;
+        }
+        if let Some(v) = self.fuel {
+            limits.fuel = v;
+        }
+        if let Some(v) = self.timeout {
+            limits.timeout = v;
+        }
+        if let Some(v) = self.concurrency {
+            limits.concurrency = v;
+        }
+        if let Some(v) = self.queue {
+            limits.queue = v;
+        }
+        if let Some(v) = self.queue_timeout {
+            limits.queue_timeout = v;
+        }
+        if let Some(v) = self.request_body {
+            limits.request_body = v;
+        }
+    }
+}
+
+pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
+    let client = args.client.client()?;
+    match &args.component {
+        Some(component) => {
+            let name = ServiceName::parse(&args.target)?;
+            let revision = deploy_one(&client, &args, &name, component).await?;
+            if args.client.json {
+                output::json(&revision)
+            } else {
+                Ok(())
+            }
+        }
+        None => {
+            let path = Path::new(&args.target);
+            if !path.is_file() {
+                anyhow::bail!(
+                    "{} is not a manifest file; to deploy a single service, give its component: berth deploy {} --component FILE --route ROUTE",
+                    args.target,
+                    args.target
+                );
+            }
+            let manifest = Manifest::load(path)?;
+            if args.build {
+                super::up::build(&manifest)?;
+            }
+            manifest.check_components()?;
+            let mut revisions = Vec::new();
+            for entry in &manifest.services {
+                let bytes = read(&entry.component)?;
+                let artifact = upload(&client, &entry.component, bytes, args.client.json).await?;
+                let request = DeployRequest {
+                    artifact: artifact.digest,
+                    routes: entry.spec.config.routes.clone(),
+                    limits: entry.spec.config.limits.clone(),
+                };
+                revisions.push(put(&client, &entry.spec.name, &request, args.client.json).await?);
+            }
+            if args.client.json {
+                output::json(&revisions)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn deploy_one(
+    client: &Client,
+    args: &DeployArgs,
+    name: &ServiceName,
+    component: &Path,
+) -> anyhow::Result<RevisionView> {
+    let current = match client.get::<ServiceView>(&format!("/v1/services/{name}")).await {
+        Ok(current) => Some(current),
+        Err(e) if e.code() == Some("not_found") => None,
+        Err(e) => return Err(e.into()),
+    };
+    let (routes, mut limits) = match (&current, args.routes.is_empty()) {
+        (_, false) => (
+            args.routes.clone(),
+            current.as_ref().map(|c| c.limits.clone()).unwrap_or_default(),
+        ),
+        (Some(current), true) => (current.routes.clone(), current.limits.clone()),
+        (None, true) => anyhow::bail!(
+            "service `{name}` does not exist yet: give its routes with --route"
+        ),
+    };
+    args.apply_limits(&mut limits);
+    let bytes = read(component)?;
+    let artifact = upload(client, component, bytes, args.client.json).await?;
+    let request = DeployRequest {
+        artifact: artifact.digest,
+        routes,
+        limits,
+    };
+    Ok(put(client, name, &request, args.client.json).await?)
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Uploads with progress on stderr (unless `quiet`), then waits while the
+/// host checks and compiles it.
+async fn upload(client: &Client, path: &Path, bytes: Vec<u8>, quiet: bool) -> Result<ArtifactView, ClientError> {
+    let label = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let total = bytes.len() as u64;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let label_for_progress = label.clone();
+    let mut shown = 0u64;
+    let progress = move |sent: u64, total: u64| {
+        if quiet {
+            return;
+        }
+        let percent = (sent * 100).checked_div(total).unwrap_or(100);
+        // On a terminal, redraw one line; elsewhere, a line per quarter.
+        if tty {
+            eprint!(
+                "\ruploading {label_for_progress}: {percent:>3}% ({} of {})",
+                output::size(sent),
+                output::size(total)
+            );
+        } else if percent >= shown + 25 || sent == total {
+            shown = percent - percent % 25;
+            eprintln!("uploading {label_for_progress}: {percent}% of {}", output::size(total));
+        }
+        if sent == total {
+            if tty {
+                eprintln!();
+            }
+            eprintln!("checking and compiling {label_for_progress}...");
+        }
+        let _ = std::io::stderr().flush();
+    };
+    let (artifact, created) = client.upload(bytes, progress).await?;
+    if !quiet {
+        eprintln!(
+            "{label}: {} {} ({}, {:.1}s)",
+            if created { "stored as" } else { "already stored as" },
+            output::short_digest(&artifact.digest),
+            output::size(total),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(artifact)
+}
+
+async fn put(client: &Client, name: &ServiceName, request: &DeployRequest, quiet: bool) -> Result<RevisionView, ClientError> {
+    let (_, revision): (_, RevisionView) = client
+        .send_json(Method::PUT, &format!("/v1/services/{name}"), request)
+        .await?;
+    if !quiet {
+        println!(
+            "deployed {} revision {} (artifact {}) on {}",
+            revision.service,
+            revision.revision,
+            output::short_digest(&revision.artifact),
+            output::routes(&revision.routes)
+        );
+    }
+    Ok(revision)
+}

@@ -1,0 +1,365 @@
+//! The control plane: deploys, upgrades, rolls back and removes services
+//! while traffic flows, and restores them after a restart.
+//!
+//! Every change follows the same order, so that a failure at any step, or a
+//! crash between two, leaves the old revision serving or the new one, never
+//! a half state:
+//!
+//! 1. check the request (configuration, routes free, artifact known);
+//! 2. load the revision: read the artifact (checked against its digest),
+//!    compile it or load it from the code cache, pre-instantiate it;
+//! 3. commit the change to the state database (one transaction);
+//! 4. switch routing to the new revision atomically. Requests already
+//!    running finish on the revision they started on.
+//!
+//! Changes are serialized; reads are not.
+
+use crate::artifact::{self, ArtifactStore, Digest};
+use crate::cache::CodeCache;
+use crate::component::{self, HttpHandler, LoadError};
+use crate::runtime::{RouteConflict, Runtime, Service};
+use crate::service::{ServiceConfig, ServiceName, ServiceSpec};
+use crate::state::{ArtifactRecord, RevisionRecord, ServiceRecord, State, StateError};
+use crate::units::ByteSize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a control-plane request was refused. Nothing changed in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The service, revision or artifact does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Another service holds a route.
+    #[error(transparent)]
+    RouteConflict(#[from] RouteConflict),
+    /// The component cannot be served.
+    #[error("{0}")]
+    InvalidComponent(#[from] LoadError),
+    /// The upload is over the size limit.
+    #[error("the upload is over the limit of {0}")]
+    TooLarge(ByteSize),
+    /// The state directory could not be written or read (unwritable, disk
+    /// full, damaged).
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<StateError> for ControlError {
+    fn from(e: StateError) -> Self {
+        ControlError::Storage(e.to_string())
+    }
+}
+
+impl ControlError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::NotFound(_) => "not_found",
+            ControlError::BadRequest(_) => "bad_request",
+            ControlError::RouteConflict(_) => "route_conflict",
+            ControlError::InvalidComponent(LoadError::NotAComponent(_)) => "not_a_component",
+            ControlError::InvalidComponent(LoadError::Invalid(_)) => "invalid_component",
+            ControlError::InvalidComponent(LoadError::MissingExport { .. }) => "missing_export",
+            ControlError::InvalidComponent(LoadError::UnknownImport(_)) => "unknown_import",
+            ControlError::TooLarge(_) => "payload_too_large",
+            ControlError::Storage(_) => "storage_error",
+        }
+    }
+}
+
+/// A service as the control plane sees it: its record, and how it runs.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    /// The stored service and its active revision.
+    pub record: ServiceRecord,
+    /// Why its active revision could not be loaded, if it could not.
+    pub error: Option<String>,
+    /// Instances running now.
+    pub in_flight: u32,
+    /// Requests waiting for an instance now.
+    pub queued: u32,
+}
+
+/// The control plane of one host.
+pub struct ControlPlane {
+    runtime: Arc<Runtime>,
+    state: Arc<Mutex<State>>,
+    artifacts: ArtifactStore,
+    cache: CodeCache,
+    max_upload: ByteSize,
+    changes: tokio::sync::Mutex<()>,
+    /// Services whose active revision could not be loaded on restore.
+    failed: Mutex<BTreeMap<ServiceName, String>>,
+}
+
+impl ControlPlane {
+    /// A control plane over `state`, storing artifacts in `artifacts` and
+    /// compiled code in `cache`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        state: State,
+        artifacts: ArtifactStore,
+        cache: CodeCache,
+        max_upload: ByteSize,
+    ) -> ControlPlane {
+        ControlPlane {
+            runtime,
+            state: Arc::new(Mutex::new(state)),
+            artifacts,
+            cache,
+            max_upload,
+            changes: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The runtime the control plane changes.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The largest artifact accepted.
+    pub fn max_upload(&self) -> ByteSize {
+        self.max_upload
+    }
+
+    /// Runs `f` on the database on a blocking thread.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, ControlError> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || f(&mut state.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|e| ControlError::Storage(format!("database task failed: {e}")))?
+            .map_err(ControlError::from)
+    }
+
+    /// Reads an artifact and loads it into a handler (from the code cache
+    /// when it was compiled before), on a blocking thread.
+    async fn load(&self, digest: Digest) -> Result<HttpHandler, ControlError> {
+        let artifacts = self.artifacts.clone();
+        let cache = self.cache.clone();
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = artifacts
+                .read(&digest)
+                .map_err(|e| ControlError::Storage(e.to_string()))?;
+            let (handler, report) = component::load_http(runtime.engine(), &cache, &bytes)?;
+            tracing::info!(artifact = %digest.short(), code = %report.cache, "loaded");
+            Ok(handler)
+        })
+        .await
+        .map_err(|e| ControlError::Storage(format!("loading task failed: {e}")))?
+    }
+
+    /// Loads every stored service's active revision and routes to it. A
+    /// service that cannot be loaded is logged, reported by
+    /// [`ControlPlane::services`], and left out; the others serve.
+    pub async fn restore(&self) -> Result<usize, ControlError> {
+        let _changes = self.changes.lock().await;
+        let records = self.db(|s| s.services()).await?;
+        let mut restored = 0;
+        for record in records {
+            let name = record.active.service.clone();
+            let result = async {
+                let handler = self.load(record.active.artifact).await?;
+                let service = service(&record.active, handler);
+                self.runtime.upsert(Arc::new(service))?;
+                Ok::<_, ControlError>(())
+            }
+            .await;
+            match result {
+                Ok(()) => restored += 1,
+                Err(e) => {
+                    tracing::error!(service = %name, revision = record.active.number, error = %e, "cannot restore the service; it is not served");
+                    self.failed().insert(name, e.to_string());
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceName, String>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores an artifact once it is checked: a component, that compiles,
+    /// imports only what Berth provides and exports a trigger Berth knows.
+    /// Returns its record, and whether it is new.
+    pub async fn upload(&self, bytes: Vec<u8>) -> Result<(ArtifactRecord, bool), ControlError> {
+        if bytes.len() as u64 > self.max_upload.bytes() {
+            return Err(ControlError::TooLarge(self.max_upload));
+        }
+        artifact::check_component(&bytes).map_err(LoadError::from)?;
+        let artifacts = self.artifacts.clone();
+        let cache = self.cache.clone();
+        let runtime = self.runtime.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            let digest = Digest::of(&bytes);
+            // Compiling checks it and fills the code cache for the deploy
+            // that usually follows.
+            let (_, report) = component::load_http(runtime.engine(), &cache, &bytes)?;
+            tracing::info!(artifact = %digest.short(), size = bytes.len(), code = %report.cache, "artifact checked");
+            artifacts
+                .put(&digest, &bytes)
+                .map_err(|e| ControlError::Storage(format!("writing artifact {digest}: {e}")))?;
+            Ok::<_, ControlError>((digest, bytes.len() as u64))
+        })
+        .await
+        .map_err(|e| ControlError::Storage(format!("upload task failed: {e}")))??;
+        let (digest, size) = digest;
+        let created = self.db(move |s| s.add_artifact(&digest, size)).await?;
+        let record = self
+            .db(move |s| s.artifact(&digest))
+            .await?
+            .ok_or_else(|| ControlError::Storage("the artifact vanished from the index".into()))?;
+        Ok((record, created))
+    }
+
+    /// Deploys a new revision of `name` (creating the service if needed)
+    /// and switches its traffic to it.
+    pub async fn deploy(
+        &self,
+        name: ServiceName,
+        artifact: Digest,
+        config: ServiceConfig,
+    ) -> Result<RevisionRecord, ControlError> {
+        config.validate().map_err(ControlError::BadRequest)?;
+        let _changes = self.changes.lock().await;
+        if self.db(move |s| s.artifact(&artifact)).await?.is_none() {
+            return Err(ControlError::NotFound(format!(
+                "artifact {artifact} is not uploaded"
+            )));
+        }
+        self.runtime.check_routes(&name, &config.routes)?;
+        let handler = self.load(artifact).await?;
+        let record = {
+            let (name, config) = (name.clone(), config.clone());
+            self.db(move |s| s.deploy(&name, &artifact, &config)).await?
+        };
+        self.switch(&record, handler)?;
+        tracing::info!(service = %name, revision = record.number, artifact = %artifact.short(), "deployed");
+        Ok(record)
+    }
+
+    /// Switches `name` back to revision `to`, or to the one before its
+    /// active revision.
+    pub async fn rollback(&self, name: ServiceName, to: Option<u32>) -> Result<RevisionRecord, ControlError> {
+        let _changes = self.changes.lock().await;
+        let current = {
+            let name = name.clone();
+            self.db(move |s| s.service(&name)).await?
+        }
+        .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))?;
+        let revisions = {
+            let name = name.clone();
+            self.db(move |s| s.revisions(&name)).await?
+        };
+        let active = current.active.number;
+        let target = match to {
+            Some(n) => revisions.into_iter().find(|r| r.number == n).ok_or_else(|| {
+                ControlError::NotFound(format!("service `{name}` has no revision {n}"))
+            })?,
+            None => revisions.into_iter().find(|r| r.number < active).ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "service `{name}` has no revision before {active} to roll back to"
+                ))
+            })?,
+        };
+        if target.number == active && self.runtime.service(&name).is_some() {
+            return Ok(target);
+        }
+        self.runtime.check_routes(&name, &target.config.routes)?;
+        let handler = self.load(target.artifact).await?;
+        {
+            let (name, number) = (name.clone(), target.number);
+            self.db(move |s| s.activate(&name, number)).await?;
+        }
+        self.switch(&target, handler)?;
+        tracing::info!(service = %name, revision = target.number, "rolled back");
+        Ok(target)
+    }
+
+    fn switch(&self, record: &RevisionRecord, handler: HttpHandler) -> Result<(), ControlError> {
+        self.runtime.upsert(Arc::new(service(record, handler)))?;
+        self.failed().remove(&record.service);
+        Ok(())
+    }
+
+    /// Removes a service: no more routing to it, and its revisions are
+    /// forgotten. Requests already running finish.
+    pub async fn remove(&self, name: ServiceName) -> Result<(), ControlError> {
+        let _changes = self.changes.lock().await;
+        let removed = {
+            let name = name.clone();
+            self.db(move |s| s.remove(&name)).await?
+        };
+        if !removed {
+            return Err(ControlError::NotFound(format!("there is no service `{name}`")));
+        }
+        self.runtime.remove(&name);
+        self.failed().remove(&name);
+        tracing::info!(service = %name, "removed");
+        Ok(())
+    }
+
+    /// Every service, in name order.
+    pub async fn services(&self) -> Result<Vec<ServiceStatus>, ControlError> {
+        let records = self.db(|s| s.services()).await?;
+        Ok(records.into_iter().map(|r| self.status(r)).collect())
+    }
+
+    /// One service.
+    pub async fn service(&self, name: ServiceName) -> Result<ServiceStatus, ControlError> {
+        let record = {
+            let name = name.clone();
+            self.db(move |s| s.service(&name)).await?
+        };
+        record
+            .map(|r| self.status(r))
+            .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))
+    }
+
+    fn status(&self, record: ServiceRecord) -> ServiceStatus {
+        let name = &record.active.service;
+        let running = self.runtime.service(name);
+        let (in_flight, queued) = running
+            .as_ref()
+            .map(|s| (s.admission.in_flight(s.limits().concurrency), s.admission.queued()))
+            .unwrap_or_default();
+        ServiceStatus {
+            error: self.failed().get(name).cloned(),
+            record,
+            in_flight,
+            queued,
+        }
+    }
+
+    /// Every revision of a service, newest first.
+    pub async fn revisions(&self, name: ServiceName) -> Result<(u32, Vec<RevisionRecord>), ControlError> {
+        let status = self.service(name.clone()).await?;
+        let revisions = self.db(move |s| s.revisions(&name)).await?;
+        Ok((status.record.active.number, revisions))
+    }
+
+    /// Every stored artifact, newest first.
+    pub async fn artifacts(&self) -> Result<Vec<ArtifactRecord>, ControlError> {
+        self.db(|s| s.artifacts()).await
+    }
+}
+
+fn service(record: &RevisionRecord, handler: HttpHandler) -> Service {
+    Service::new(
+        ServiceSpec {
+            name: record.service.clone(),
+            config: record.config.clone(),
+        },
+        record.number,
+        handler,
+    )
+}

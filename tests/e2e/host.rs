@@ -1,0 +1,114 @@
+//! Support for `berth serve` tests: a host on a state directory, the CLI
+//! pointed at it, and raw admin API requests.
+
+use crate::support::*;
+use bytes::Bytes;
+use http_body_util::Full;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub const TOKEN: &str = "test-token";
+
+/// A `berth serve` and its state directory, which outlives restarts.
+pub struct Host {
+    pub berth: Berth,
+    pub state: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+}
+
+impl Host {
+    /// A host on a fresh state directory.
+    pub fn start(extra: &[&str]) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-host-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let state = dir.path().join("state");
+        let berth = serve(&state, extra);
+        Host {
+            berth,
+            state,
+            _dir: Some(dir),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Stops (SIGTERM) and starts again on the same state directory.
+    pub fn restart(&mut self) {
+        let status = self.berth.terminate();
+        assert!(status.success(), "berth serve exited with {status}");
+        self.start_again();
+    }
+
+    /// Starts again on the same state directory (after a crash, say).
+    pub fn start_again(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.berth = serve(&self.state, &extra);
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.berth.admin.unwrap())
+    }
+
+    /// Runs the `berth` CLI against this host with the right token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_with_token(&self.admin_url(), Some(TOKEN), args)
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `berth ls --json`, parsed.
+    pub fn services(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli_ok(&["ls", "--json"])).unwrap()
+    }
+
+    /// One admin API request, with the token unless `token` says otherwise.
+    pub async fn api(&self, method: &str, path: &str, body: impl Into<Bytes>, token: Option<&str>) -> Reply {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "berth-admin");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        send(self.berth.admin.unwrap(), req.body(Full::new(body.into())).unwrap()).await
+    }
+
+    /// The JSON of an admin API reply.
+    pub fn json(reply: &Reply) -> serde_json::Value {
+        serde_json::from_slice(reply.body.as_ref().expect("complete body"))
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", reply.text()))
+    }
+}
+
+fn serve(state: &Path, extra: &[&str]) -> Berth {
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["serve", "--state"])
+        .arg(state)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("BERTH_TOKEN", TOKEN);
+    Berth::start(cmd, Duration::from_secs(120), None, true)
+}
+
+/// Runs the `berth` CLI against `host` with `token` (none if `None`).
+pub fn cli_with_token(host: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(args).env("BERTH_HOST", host).env_remove("BERTH_TOKEN");
+    if let Some(token) = token {
+        cmd.env("BERTH_TOKEN", token);
+    }
+    cmd.output().expect("run the berth CLI")
+}
