@@ -115,7 +115,9 @@ type ApiResult = Result<Response<ResponseBody>, ApiError>;
 pub fn handler(
     control: Arc<ControlPlane>,
     auth: Auth,
-) -> impl Fn(Request<hyper::body::Incoming>) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
+) -> impl Fn(
+    Request<hyper::body::Incoming>,
+) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
 + Clone
 + Send
 + Sync
@@ -156,7 +158,10 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
     match (segments.as_slice(), &method) {
         (["v1", "artifacts"], &Method::GET) => {
             let all = control.artifacts().await?;
-            json(StatusCode::OK, &all.iter().map(ArtifactView::from).collect::<Vec<_>>())
+            json(
+                StatusCode::OK,
+                &all.iter().map(ArtifactView::from).collect::<Vec<_>>(),
+            )
         }
         (["v1", "artifacts"], &Method::POST) => upload(control, req).await,
         (["v1", "artifacts", digest], &Method::GET) => {
@@ -165,13 +170,20 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
                 .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
             let all = control.artifacts().await?;
             let found = all.iter().find(|a| a.digest == digest).ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("artifact {digest} is not uploaded"))
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("artifact {digest} is not uploaded"),
+                )
             })?;
             json(StatusCode::OK, &ArtifactView::from(found))
         }
         (["v1", "services"], &Method::GET) => {
             let all = control.services().await?;
-            json(StatusCode::OK, &all.iter().map(ServiceView::from).collect::<Vec<_>>())
+            json(
+                StatusCode::OK,
+                &all.iter().map(ServiceView::from).collect::<Vec<_>>(),
+            )
         }
         (["v1", "services", name], &Method::GET) => {
             let status = control.service(service_name(name)?).await?;
@@ -180,10 +192,13 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
         (["v1", "services", name], &Method::PUT) => {
             let name = service_name(name)?;
             let request: DeployRequest = read_json(req).await?;
-            let artifact = request
-                .artifact
-                .parse()
-                .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("artifact: {e}")))?;
+            let artifact = request.artifact.parse().map_err(|e: String| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("artifact: {e}"),
+                )
+            })?;
             let config = ServiceConfig {
                 routes: request.routes,
                 limits: request.limits,
@@ -252,28 +267,45 @@ async fn upload(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> 
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::from(ControlError::TooLarge(limit))
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the upload failed: {e}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading the upload failed: {e}"),
+                )
             }
         })?
         .to_bytes();
     let (record, created) = control.upload(body.to_vec()).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     json(status, &ArtifactView::from(&record))
 }
 
 fn service_name(s: &str) -> Result<ServiceName, ApiError> {
-    ServiceName::parse(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+    ServiceName::parse(s)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
 async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
     Ok(Limited::new(req.into_body(), MAX_JSON)
         .collect()
         .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the request body failed: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the request body failed: {e}"),
+            )
+        })?
         .to_bytes())
 }
 
-async fn read_json<T: DeserializeOwned>(req: Request<hyper::body::Incoming>) -> Result<T, ApiError> {
+async fn read_json<T: DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, ApiError> {
     let body = read_body(req).await?;
     parse_json(&body)
 }

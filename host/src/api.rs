@@ -69,7 +69,12 @@ impl From<&ServiceStatus> for ServiceView {
             artifact: active.artifact.to_string(),
             routes: active.config.routes.clone(),
             limits: active.config.limits.clone(),
-            status: if s.error.is_some() { "failed" } else { "serving" }.into(),
+            status: if s.error.is_some() {
+                "failed"
+            } else {
+                "serving"
+            }
+            .into(),
             error: s.error.clone(),
             in_flight: s.in_flight,
             queued: s.queued,

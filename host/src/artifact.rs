@@ -231,7 +231,10 @@ mod tests {
         store.put(&digest, b"hello world").unwrap();
 
         std::fs::write(store.path(&digest), b"hello w0rld").unwrap();
-        assert!(matches!(store.read(&digest), Err(ReadError::Damaged { .. })));
+        assert!(matches!(
+            store.read(&digest),
+            Err(ReadError::Damaged { .. })
+        ));
         // Putting it again repairs it.
         store.put(&digest, b"hello world").unwrap();
         assert_eq!(store.read(&digest).unwrap(), b"hello world");

@@ -47,6 +47,14 @@ pub enum CacheOutcome {
     Uncached(String),
 }
 
+impl CacheOutcome {
+    /// Whether the code cache could not be written (disk full, unwritable):
+    /// the component works, but will be compiled again next time.
+    pub fn is_uncached(&self) -> bool {
+        matches!(self, CacheOutcome::Uncached(_))
+    }
+}
+
 impl fmt::Display for CacheOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -84,10 +84,21 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: Method, path: &str, body: Body, content_type: &str) -> Result<(StatusCode, Bytes), ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| ClientError::Connect(format!("cannot reach the admin API at http://{}: {e}", self.authority)))?;
+            .map_err(|e| {
+                ClientError::Connect(format!(
+                    "cannot reach the admin API at http://{}: {e}",
+                    self.authority
+                ))
+            })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -100,11 +111,15 @@ impl Client {
         if let Some(token) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req.body(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Connect(format!("the admin API at http://{} closed the connection: {e}", self.authority)))?;
+        let req = req
+            .body(body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = sender.send_request(req).await.map_err(|e| {
+            ClientError::Connect(format!(
+                "the admin API at http://{} closed the connection: {e}",
+                self.authority
+            ))
+        })?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -129,12 +144,18 @@ impl Client {
         }
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, T), ClientError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T), ClientError> {
         let body = Full::new(Bytes::from(body.unwrap_or_default()))
             .map_err(|never| match never {})
             .boxed();
         let (status, bytes) = self.send(method, path, body, "application/json").await?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok((status, value))
     }
 
@@ -144,15 +165,23 @@ impl Client {
     }
 
     /// `PUT`/`POST` JSON, reading JSON back.
-    pub async fn send_json<T: DeserializeOwned>(&self, method: Method, path: &str, value: &impl Serialize) -> Result<(StatusCode, T), ClientError> {
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        value: &impl Serialize,
+    ) -> Result<(StatusCode, T), ClientError> {
         let body = serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.json(method, path, Some(body)).await
     }
 
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        let body = Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
-        self.send(Method::DELETE, path, body, "application/json").await?;
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        self.send(Method::DELETE, path, body, "application/json")
+            .await?;
         Ok(())
     }
 
@@ -184,7 +213,8 @@ impl Client {
         let (status, reply) = self
             .send(Method::POST, "/v1/artifacts", body, "application/wasm")
             .await?;
-        let view = serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let view =
+            serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok((view, status == StatusCode::CREATED))
     }
 }

@@ -15,7 +15,7 @@
 //! Changes are serialized; reads are not.
 
 use crate::artifact::{self, ArtifactStore, Digest};
-use crate::cache::CodeCache;
+use crate::cache::{CacheOutcome, CodeCache};
 use crate::component::{self, HttpHandler, LoadError};
 use crate::runtime::{RouteConflict, Runtime, Service};
 use crate::service::{ServiceConfig, ServiceName, ServiceSpec};
@@ -150,7 +150,7 @@ impl ControlPlane {
                 .read(&digest)
                 .map_err(|e| ControlError::Storage(e.to_string()))?;
             let (handler, report) = component::load_http(runtime.engine(), &cache, &bytes)?;
-            tracing::info!(artifact = %digest.short(), code = %report.cache, "loaded");
+            log_load(&digest, &report.cache, "loaded");
             Ok(handler)
         })
         .await
@@ -204,7 +204,7 @@ impl ControlPlane {
             // Compiling checks it and fills the code cache for the deploy
             // that usually follows.
             let (_, report) = component::load_http(runtime.engine(), &cache, &bytes)?;
-            tracing::info!(artifact = %digest.short(), size = bytes.len(), code = %report.cache, "artifact checked");
+            log_load(&digest, &report.cache, "artifact checked");
             artifacts
                 .put(&digest, &bytes)
                 .map_err(|e| ControlError::Storage(format!("writing artifact {digest}: {e}")))?;
@@ -240,7 +240,8 @@ impl ControlPlane {
         let handler = self.load(artifact).await?;
         let record = {
             let (name, config) = (name.clone(), config.clone());
-            self.db(move |s| s.deploy(&name, &artifact, &config)).await?
+            self.db(move |s| s.deploy(&name, &artifact, &config))
+                .await?
         };
         self.switch(&record, handler)?;
         tracing::info!(service = %name, revision = record.number, artifact = %artifact.short(), "deployed");
@@ -249,7 +250,11 @@ impl ControlPlane {
 
     /// Switches `name` back to revision `to`, or to the one before its
     /// active revision.
-    pub async fn rollback(&self, name: ServiceName, to: Option<u32>) -> Result<RevisionRecord, ControlError> {
+    pub async fn rollback(
+        &self,
+        name: ServiceName,
+        to: Option<u32>,
+    ) -> Result<RevisionRecord, ControlError> {
         let _changes = self.changes.lock().await;
         let current = {
             let name = name.clone();
@@ -262,14 +267,20 @@ impl ControlPlane {
         };
         let active = current.active.number;
         let target = match to {
-            Some(n) => revisions.into_iter().find(|r| r.number == n).ok_or_else(|| {
-                ControlError::NotFound(format!("service `{name}` has no revision {n}"))
-            })?,
-            None => revisions.into_iter().find(|r| r.number < active).ok_or_else(|| {
-                ControlError::NotFound(format!(
-                    "service `{name}` has no revision before {active} to roll back to"
-                ))
-            })?,
+            Some(n) => revisions
+                .into_iter()
+                .find(|r| r.number == n)
+                .ok_or_else(|| {
+                    ControlError::NotFound(format!("service `{name}` has no revision {n}"))
+                })?,
+            None => revisions
+                .into_iter()
+                .find(|r| r.number < active)
+                .ok_or_else(|| {
+                    ControlError::NotFound(format!(
+                        "service `{name}` has no revision before {active} to roll back to"
+                    ))
+                })?,
         };
         if target.number == active && self.runtime.service(&name).is_some() {
             return Ok(target);
@@ -300,7 +311,9 @@ impl ControlPlane {
             self.db(move |s| s.remove(&name)).await?
         };
         if !removed {
-            return Err(ControlError::NotFound(format!("there is no service `{name}`")));
+            return Err(ControlError::NotFound(format!(
+                "there is no service `{name}`"
+            )));
         }
         self.runtime.remove(&name);
         self.failed().remove(&name);
@@ -330,7 +343,12 @@ impl ControlPlane {
         let running = self.runtime.service(name);
         let (in_flight, queued) = running
             .as_ref()
-            .map(|s| (s.admission.in_flight(s.limits().concurrency), s.admission.queued()))
+            .map(|s| {
+                (
+                    s.admission.in_flight(s.limits().concurrency),
+                    s.admission.queued(),
+                )
+            })
             .unwrap_or_default();
         ServiceStatus {
             error: self.failed().get(name).cloned(),
@@ -341,7 +359,10 @@ impl ControlPlane {
     }
 
     /// Every revision of a service, newest first.
-    pub async fn revisions(&self, name: ServiceName) -> Result<(u32, Vec<RevisionRecord>), ControlError> {
+    pub async fn revisions(
+        &self,
+        name: ServiceName,
+    ) -> Result<(u32, Vec<RevisionRecord>), ControlError> {
         let status = self.service(name.clone()).await?;
         let revisions = self.db(move |s| s.revisions(&name)).await?;
         Ok((status.record.active.number, revisions))
@@ -350,6 +371,14 @@ impl ControlPlane {
     /// Every stored artifact, newest first.
     pub async fn artifacts(&self) -> Result<Vec<ArtifactRecord>, ControlError> {
         self.db(|s| s.artifacts()).await
+    }
+}
+
+fn log_load(digest: &Digest, cache: &CacheOutcome, what: &str) {
+    if cache.is_uncached() {
+        tracing::warn!(artifact = %digest.short(), code = %cache, "{what}, but its compiled code could not be stored");
+    } else {
+        tracing::info!(artifact = %digest.short(), code = %cache, "{what}");
     }
 }
 

@@ -381,7 +381,10 @@ mod tests {
         let s = &m.services[0];
         assert_eq!(s.spec.name.as_str(), "hello");
         assert_eq!(s.component, Path::new("dir/hello.wasm"));
-        assert_eq!(s.spec.config.routes, vec![Route::parse("/hello/...").unwrap()]);
+        assert_eq!(
+            s.spec.config.routes,
+            vec![Route::parse("/hello/...").unwrap()]
+        );
         assert_eq!(s.spec.config.limits, Limits::default());
         assert!(s.build.is_none());
     }

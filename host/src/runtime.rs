@@ -195,7 +195,11 @@ impl Runtime {
 
     /// The service whose route matches `path` best.
     pub fn route(&self, path: &str) -> Option<Arc<Service>> {
-        self.snapshot.load().routes.lookup(path).map(|(_, s)| s.clone())
+        self.snapshot
+            .load()
+            .routes
+            .lookup(path)
+            .map(|(_, s)| s.clone())
     }
 
     /// The longest deadline of any service: how long draining may take.

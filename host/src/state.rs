@@ -66,7 +66,9 @@ pub enum StateError {
         detail: String,
     },
     /// The database was written by a newer Berth.
-    #[error("state database has schema version {0}; this berth knows version {SCHEMA_VERSION} at most")]
+    #[error(
+        "state database has schema version {0}; this berth knows version {SCHEMA_VERSION} at most"
+    )]
     TooNew(i64),
 }
 
@@ -190,9 +192,9 @@ impl State {
 
     /// Every artifact, newest first.
     pub fn artifacts(&self) -> Result<Vec<ArtifactRecord>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT digest, size, created_ms FROM artifacts ORDER BY created_ms DESC, digest")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT digest, size, created_ms FROM artifacts ORDER BY created_ms DESC, digest",
+        )?;
         let rows = stmt.query_map([], artifact_row)?;
         rows.map(|r| r?).collect()
     }
@@ -240,7 +242,10 @@ impl State {
     pub fn remove(&mut self, service: &ServiceName) -> Result<bool, StateError> {
         let tx = self.conn.transaction()?;
         let n = tx.execute("DELETE FROM services WHERE name = ?1", [service.as_str()])?;
-        tx.execute("DELETE FROM revisions WHERE service = ?1", [service.as_str()])?;
+        tx.execute(
+            "DELETE FROM revisions WHERE service = ?1",
+            [service.as_str()],
+        )?;
         tx.commit()?;
         Ok(n == 1)
     }
@@ -263,7 +268,11 @@ impl State {
     }
 
     /// One revision.
-    pub fn revision(&self, service: &ServiceName, number: u32) -> Result<Option<RevisionRecord>, StateError> {
+    pub fn revision(
+        &self,
+        service: &ServiceName,
+        number: u32,
+    ) -> Result<Option<RevisionRecord>, StateError> {
         self.conn
             .query_row(
                 "SELECT service, number, artifact, config, created_ms FROM revisions WHERE service = ?1 AND number = ?2",
@@ -290,7 +299,12 @@ SELECT r.service, r.number, r.artifact, r.config, r.created_ms,
        s.created_ms, s.updated_ms
 FROM services s JOIN revisions r ON r.service = s.name AND r.number = s.active";
 
-fn set_active(tx: &Transaction<'_>, service: &ServiceName, number: u32, now: i64) -> Result<(), StateError> {
+fn set_active(
+    tx: &Transaction<'_>,
+    service: &ServiceName,
+    number: u32,
+    now: i64,
+) -> Result<(), StateError> {
     tx.execute(
         "INSERT INTO services (name, active, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT (name) DO UPDATE SET active = excluded.active, updated_ms = excluded.updated_ms",
@@ -324,7 +338,9 @@ fn revision_row(r: &rusqlite::Row<'_>) -> Row<RevisionRecord> {
         Ok(RevisionRecord {
             service: ServiceName::parse(&service).map_err(|e| corrupt("service name", e))?,
             number,
-            artifact: artifact.parse().map_err(|e| corrupt("artifact digest", e))?,
+            artifact: artifact
+                .parse()
+                .map_err(|e| corrupt("artifact digest", e))?,
             config: serde_json::from_str(&config).map_err(|e| corrupt("configuration", e))?,
             created_ms,
         })

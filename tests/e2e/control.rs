@@ -12,7 +12,11 @@ const V2: &str = "hello from wstd: /svc/x\n";
 
 /// Sends requests from `n` loops until stopped; returns each loop's
 /// replies in order (status, body).
-fn load(berth: &Berth, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<(u16, String)>>> {
+fn load(
+    berth: &Berth,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(u16, String)>>> {
     (0..n)
         .map(|_| {
             let addr = berth.addr;
@@ -26,7 +30,10 @@ fn load(berth: &Berth, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::Join
                         .unwrap();
                     let reply = send(addr, req).await;
                     let body = reply.body.map(|b| String::from_utf8_lossy(&b).into_owned());
-                    seen.push((reply.status, body.unwrap_or_else(|e| format!("cut off: {e}"))));
+                    seen.push((
+                        reply.status,
+                        body.unwrap_or_else(|e| format!("cut off: {e}")),
+                    ));
                 }
                 seen
             })
@@ -47,7 +54,14 @@ async fn wait_for_body(berth: &Berth, path: &str, body: &str) {
 #[tokio::test]
 async fn deploy_upgrade_and_rollback_under_load_lose_no_request_then_remove() {
     let host = Host::start(&[]);
-    let out = host.cli_ok(&["deploy", "svc", "--component", programs::HELLO, "--route", "/svc/..."]);
+    let out = host.cli_ok(&[
+        "deploy",
+        "svc",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/svc/...",
+    ]);
     assert!(out.contains("deployed svc revision 1"), "{out}");
     assert_eq!(get(&host.berth, "/svc/x").await.text(), V1);
 
@@ -100,22 +114,49 @@ async fn deploy_upgrade_and_rollback_under_load_lose_no_request_then_remove() {
 #[tokio::test]
 async fn a_restart_restores_every_service_and_its_active_revision() {
     let mut host = Host::start(&[]);
-    host.cli_ok(&["deploy", "svc", "--component", programs::HELLO, "--route", "/svc/..."]);
+    host.cli_ok(&[
+        "deploy",
+        "svc",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/svc/...",
+    ]);
     host.cli_ok(&["deploy", "svc", "--component", programs::HELLO_WSTD]);
     host.cli_ok(&["rollback", "svc", "--to", "1"]);
     host.cli_ok(&[
-        "deploy", "echo", "--component", programs::ECHO, "--route", "/echo", "--memory", "32MiB", "--timeout", "5s",
+        "deploy",
+        "echo",
+        "--component",
+        programs::ECHO,
+        "--route",
+        "/echo",
+        "--memory",
+        "32MiB",
+        "--timeout",
+        "5s",
     ]);
     let before = host.services();
 
     host.restart();
     host.berth.wait_for_logs(&["cache hit"]);
     assert_eq!(get(&host.berth, "/svc/x").await.text(), V1);
-    assert_eq!(post(&host.berth, "/echo", "round trip").await.text(), "round trip");
+    assert_eq!(
+        post(&host.berth, "/echo", "round trip").await.text(),
+        "round trip"
+    );
     let after = host.services();
     assert_eq!(after.len(), 2);
     for (a, b) in before.iter().zip(&after) {
-        for field in ["name", "revision", "latest_revision", "artifact", "routes", "limits", "created_at"] {
+        for field in [
+            "name",
+            "revision",
+            "latest_revision",
+            "artifact",
+            "routes",
+            "limits",
+            "created_at",
+        ] {
             assert_eq!(a[field], b[field], "{field} changed across the restart");
         }
     }
@@ -142,7 +183,18 @@ async fn missing_or_wrong_tokens_get_401_and_change_nothing() {
             assert_eq!(Host::json(&reply)["error"]["code"], "unauthorized");
             assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
         }
-        let out = cli_with_token(&host.admin_url(), token, &["deploy", "svc", "--component", programs::HELLO, "--route", "/svc"]);
+        let out = cli_with_token(
+            &host.admin_url(),
+            token,
+            &[
+                "deploy",
+                "svc",
+                "--component",
+                programs::HELLO,
+                "--route",
+                "/svc",
+            ],
+        );
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
     }
@@ -159,13 +211,49 @@ async fn bad_uploads_are_refused_with_a_reason_and_nothing_is_stored() {
     let host = Host::start(&["--max-upload", "200KiB"]);
     let hello = std::fs::read(programs::HELLO).unwrap();
     let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
-        ("garbage", b"not wasm".to_vec(), 422, "not_a_component", "not a WebAssembly file"),
-        ("core module", b"\0asm\x01\0\0\0".to_vec(), 422, "not_a_component", "core WebAssembly module"),
-        ("truncated", hello[..hello.len() / 2].to_vec(), 422, "invalid_component", "invalid component"),
+        (
+            "garbage",
+            b"not wasm".to_vec(),
+            422,
+            "not_a_component",
+            "not a WebAssembly file",
+        ),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            422,
+            "not_a_component",
+            "core WebAssembly module",
+        ),
+        (
+            "truncated",
+            hello[..hello.len() / 2].to_vec(),
+            422,
+            "invalid_component",
+            "invalid component",
+        ),
         ("empty", Vec::new(), 422, "not_a_component", "truncated"),
-        ("too large", std::fs::read(programs::HELLO_WSTD).unwrap(), 413, "payload_too_large", "200KiB"),
-        ("no http export", std::fs::read(programs::CLI_APP).unwrap(), 422, "missing_export", "wasi:http/incoming-handler"),
-        ("unknown import", std::fs::read(programs::BAD_IMPORT).unwrap(), 422, "unknown_import", "acme:inventory/stock@1.0.0"),
+        (
+            "too large",
+            std::fs::read(programs::HELLO_WSTD).unwrap(),
+            413,
+            "payload_too_large",
+            "200KiB",
+        ),
+        (
+            "no http export",
+            std::fs::read(programs::CLI_APP).unwrap(),
+            422,
+            "missing_export",
+            "wasi:http/incoming-handler",
+        ),
+        (
+            "unknown import",
+            std::fs::read(programs::BAD_IMPORT).unwrap(),
+            422,
+            "unknown_import",
+            "acme:inventory/stock@1.0.0",
+        ),
     ];
     for (what, bytes, status, code, reason) in cases {
         let reply = host.api("POST", "/v1/artifacts", bytes, Some(TOKEN)).await;
@@ -177,11 +265,18 @@ async fn bad_uploads_are_refused_with_a_reason_and_nothing_is_stored() {
     }
     let artifacts = host.api("GET", "/v1/artifacts", "", Some(TOKEN)).await;
     assert_eq!(Host::json(&artifacts), serde_json::json!([]));
-    let stored: Vec<_> = std::fs::read_dir(host.state.join("artifacts")).unwrap().collect();
-    assert!(stored.is_empty(), "files were left in the artifact store: {stored:?}");
+    let stored: Vec<_> = std::fs::read_dir(host.state.join("artifacts"))
+        .unwrap()
+        .collect();
+    assert!(
+        stored.is_empty(),
+        "files were left in the artifact store: {stored:?}"
+    );
 
     // A good one is stored once.
-    let first = host.api("POST", "/v1/artifacts", hello.clone(), Some(TOKEN)).await;
+    let first = host
+        .api("POST", "/v1/artifacts", hello.clone(), Some(TOKEN))
+        .await;
     assert_eq!(first.status, 201);
     let again = host.api("POST", "/v1/artifacts", hello, Some(TOKEN)).await;
     assert_eq!(again.status, 200);
@@ -191,14 +286,40 @@ async fn bad_uploads_are_refused_with_a_reason_and_nothing_is_stored() {
 #[tokio::test]
 async fn conflicts_unknown_revisions_and_bad_requests_are_refused() {
     let host = Host::start(&[]);
-    host.cli_ok(&["deploy", "a", "--component", programs::HELLO, "--route", "/shared/..."]);
+    host.cli_ok(&[
+        "deploy",
+        "a",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/shared/...",
+    ]);
 
     // A route another service owns: 409 naming the owner; b is not created.
-    let out = host.cli(&["deploy", "b", "--component", programs::HELLO_WSTD, "--route", "/shared/..."]);
+    let out = host.cli(&[
+        "deploy",
+        "b",
+        "--component",
+        programs::HELLO_WSTD,
+        "--route",
+        "/shared/...",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already claimed by service `a`") && stderr.contains("route_conflict"), "{stderr}");
-    let artifact = Host::json(&host.api("POST", "/v1/artifacts", std::fs::read(programs::HELLO).unwrap(), Some(TOKEN)).await)["digest"]
+    assert!(
+        stderr.contains("already claimed by service `a`") && stderr.contains("route_conflict"),
+        "{stderr}"
+    );
+    let artifact = Host::json(
+        &host
+            .api(
+                "POST",
+                "/v1/artifacts",
+                std::fs::read(programs::HELLO).unwrap(),
+                Some(TOKEN),
+            )
+            .await,
+    )["digest"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -209,9 +330,21 @@ async fn conflicts_unknown_revisions_and_bad_requests_are_refused() {
     assert_eq!(host.services().len(), 1);
 
     // Rollback to a revision that does not exist: 404.
-    let reply = host.api("POST", "/v1/services/a/rollback", r#"{"to": 7}"#, Some(TOKEN)).await;
+    let reply = host
+        .api(
+            "POST",
+            "/v1/services/a/rollback",
+            r#"{"to": 7}"#,
+            Some(TOKEN),
+        )
+        .await;
     assert_eq!(reply.status, 404);
-    assert!(Host::json(&reply)["error"]["message"].as_str().unwrap().contains("no revision 7"));
+    assert!(
+        Host::json(&reply)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no revision 7")
+    );
     let out = host.cli(&["rollback", "a"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no revision before 1"));
     let out = host.cli(&["rollback", "nope"]);
@@ -221,22 +354,47 @@ async fn conflicts_unknown_revisions_and_bad_requests_are_refused() {
     for (body, needle) in [
         (r#"{"artifact": "sha256:00", "routes": ["/x"]}"#, "artifact"),
         (r#"{"artifact": "ARTIFACT", "routes": ["x"]}"#, "routes[0]"),
-        (r#"{"artifact": "ARTIFACT", "routes": ["/x"], "limits": {"memroy": 1}}"#, "limits.memroy"),
-        (r#"{"artifact": "ARTIFACT", "routes": ["/x"], "color": "red"}"#, "color"),
-        (r#"{"artifact": "ARTIFACT", "routes": []}"#, "at least one route"),
+        (
+            r#"{"artifact": "ARTIFACT", "routes": ["/x"], "limits": {"memroy": 1}}"#,
+            "limits.memroy",
+        ),
+        (
+            r#"{"artifact": "ARTIFACT", "routes": ["/x"], "color": "red"}"#,
+            "color",
+        ),
+        (
+            r#"{"artifact": "ARTIFACT", "routes": []}"#,
+            "at least one route",
+        ),
     ] {
         let body = body.replace("ARTIFACT", &artifact);
         let reply = host.api("PUT", "/v1/services/c", body, Some(TOKEN)).await;
         assert_eq!(reply.status, 400, "{}", reply.text());
-        let message = Host::json(&reply)["error"]["message"].as_str().unwrap().to_owned();
+        let message = Host::json(&reply)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         assert!(message.contains(needle), "{message}");
     }
     // An artifact that was never uploaded: 404.
     let missing = format!("sha256:{}", "ab".repeat(32));
     let body = serde_json::json!({"artifact": missing, "routes": ["/x"]}).to_string();
-    assert_eq!(host.api("PUT", "/v1/services/c", body, Some(TOKEN)).await.status, 404);
-    assert_eq!(host.api("GET", "/v1/nothing", "", Some(TOKEN)).await.status, 404);
-    assert_eq!(host.api("PATCH", "/v1/services", "", Some(TOKEN)).await.status, 405);
+    assert_eq!(
+        host.api("PUT", "/v1/services/c", body, Some(TOKEN))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        host.api("GET", "/v1/nothing", "", Some(TOKEN)).await.status,
+        404
+    );
+    assert_eq!(
+        host.api("PATCH", "/v1/services", "", Some(TOKEN))
+            .await
+            .status,
+        405
+    );
     assert_eq!(host.services().len(), 1);
 }
 
@@ -260,7 +418,10 @@ async fn health_on_both_listeners_and_one_host_per_state_directory() {
         .output()
         .unwrap();
     assert!(!second.status.success());
-    assert!(String::from_utf8_lossy(&second.stderr).contains("another berth is using the state directory"));
+    assert!(
+        String::from_utf8_lossy(&second.stderr)
+            .contains("another berth is using the state directory")
+    );
 }
 
 #[test]
@@ -275,6 +436,250 @@ fn an_exposed_admin_api_needs_a_token() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not loopback") && stderr.contains("--admin-token"), "{stderr}");
+    assert!(
+        stderr.contains("not loopback") && stderr.contains("--admin-token"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("http://"), "it must not listen: {stderr}");
+}
+
+/// Every stored artifact hashes to its name, every indexed one is stored,
+/// and the database passes SQLite's own checks.
+fn assert_state_consistent(host: &Host) {
+    let dir = host.state.join("artifacts");
+    let mut on_disk = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if let Some(hex) = name.strip_suffix(".wasm") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(
+                berth::artifact::Digest::of(&bytes).hex(),
+                hex,
+                "{name} is damaged"
+            );
+            on_disk += 1;
+        }
+    }
+    let state = berth::state::State::open(&host.state.join(berth::state::DB_FILE)).unwrap();
+    state.check().expect("the database is consistent");
+    let indexed = state.artifacts().unwrap();
+    for artifact in &indexed {
+        assert!(
+            dir.join(format!("{}.wasm", artifact.digest.hex()))
+                .is_file(),
+            "{} is indexed but not stored",
+            artifact.digest
+        );
+    }
+    assert!(indexed.len() <= on_disk);
+}
+
+fn active(host: &Host) -> (u64, String) {
+    let services = host.services();
+    let svc = services
+        .iter()
+        .find(|s| s["name"] == "svc")
+        .expect("svc survives");
+    (
+        svc["revision"].as_u64().unwrap(),
+        svc["artifact"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `kill -9` at many points during deploys (upload, compile, commit,
+/// switch): after each restart the old or the new revision is active, an
+/// acknowledged deploy is never lost, and the state is consistent.
+#[tokio::test]
+async fn kill_9_during_deploys_leaves_the_old_or_the_new_revision() {
+    let mut host = Host::start(&[]);
+    host.cli_ok(&[
+        "deploy",
+        "svc",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/svc/...",
+    ]);
+    let components = [
+        programs::HELLO_WSTD,
+        programs::SLEEP,
+        programs::ECHO,
+        programs::ISOLATION,
+        programs::SPIN,
+        programs::ALLOC,
+        programs::PANIC,
+        programs::NO_RESPONSE,
+    ];
+    let (mut old_kept, mut new_kept) = (0, 0);
+    for (i, component) in components.iter().enumerate() {
+        let delay = Duration::from_millis([0, 10, 30, 60, 100, 150, 250, 400][i]);
+        let (before_rev, before) = active(&host);
+        let new = format!(
+            "sha256:{}",
+            berth::artifact::Digest::of(&std::fs::read(component).unwrap()).hex()
+        );
+        let mut deploy = std::process::Command::new(berth_bin())
+            .args(["deploy", "svc", "--component", component])
+            .env("BERTH_HOST", host.admin_url())
+            .env("BERTH_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(delay).await;
+        host.berth.kill9();
+        let acknowledged = deploy.wait().unwrap().success();
+        host.start_again();
+
+        let (after_rev, after) = active(&host);
+        if after == new {
+            new_kept += 1;
+            assert_eq!(after_rev, before_rev + 1);
+        } else {
+            assert_eq!(
+                after, before,
+                "neither the old nor the new revision is active"
+            );
+            assert!(!acknowledged, "an acknowledged deploy was lost");
+            assert_eq!(after_rev, before_rev);
+            old_kept += 1;
+        }
+        assert_ne!(
+            get(&host.berth, "/svc/x").await.status,
+            404,
+            "svc is not routed"
+        );
+        assert_state_consistent(&host);
+    }
+    eprintln!(
+        "kill -9 during {} deploys: old revision kept {old_kept} times, new one {new_kept} times",
+        components.len()
+    );
+}
+
+/// Runs `berth serve` on a small tmpfs of its own (a private mount
+/// namespace), so the test can fill it or make it read-only.
+fn host_on_tmpfs(size: &str) -> (Berth, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size={size} berth-test \"$1\" || exit 99; exec \"$2\" serve --state \"$1\" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"
+        ))
+        .arg("sh")
+        .arg(&state)
+        .arg(berth_bin())
+        .env("BERTH_TOKEN", TOKEN);
+    (
+        Berth::start(cmd, Duration::from_secs(60), None, true),
+        state,
+        dir,
+    )
+}
+
+#[tokio::test]
+async fn a_full_or_unwritable_state_dir_fails_changes_clearly_and_keeps_serving() {
+    let (berth, state, _dir) = host_on_tmpfs("16m");
+    let admin = format!("http://{}", berth.admin.unwrap());
+    let cli = |args: &[&str]| cli_with_token(&admin, Some(TOKEN), args);
+    let ok = cli(&[
+        "deploy",
+        "svc",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/svc/...",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(get(&berth, "/svc/x").await.text(), V1);
+
+    // The state directory as berth sees it, inside its mount namespace.
+    let pid = berth.pid();
+    let inside = std::path::PathBuf::from(format!("/proc/{pid}/root"))
+        .join(state.strip_prefix("/").unwrap());
+    let filler = inside.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    let full = cli(&["deploy", "svc", "--component", programs::HELLO_WSTD]);
+    assert!(!full.status.success());
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(
+        stderr.contains("storage_error") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(&berth, "/svc/x").await.text(),
+            V1,
+            "the running service stopped serving"
+        );
+    }
+    let services: Vec<serde_json::Value> =
+        serde_json::from_slice(&cli(&["ls", "--json"]).stdout).unwrap();
+    assert_eq!(services[0]["revision"], 1);
+
+    // Room again: the same deploy goes through.
+    std::fs::remove_file(&filler).unwrap();
+    let ok = cli(&["deploy", "svc", "--component", programs::HELLO_WSTD]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(get(&berth, "/svc/x").await.text(), V2);
+
+    // Unwritable: no file can be created in the artifact and code
+    // directories (immutable, so that even root cannot). A deploy of a new
+    // component fails; serving goes on.
+    let dirs = ["artifacts", "code"].map(|f| inside.join(f));
+    let chattr = |flag: &str| {
+        let status = std::process::Command::new("chattr")
+            .arg(flag)
+            .args(&dirs)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chattr {flag} failed");
+    };
+    chattr("+i");
+    let ro = cli(&[
+        "deploy",
+        "other",
+        "--component",
+        programs::ECHO,
+        "--route",
+        "/other",
+    ]);
+    let stderr = String::from_utf8_lossy(&ro.stderr);
+    assert!(
+        !ro.status.success() && stderr.contains("storage_error"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    assert_eq!(get(&berth, "/other").await.status, 404);
+    assert_eq!(get(&berth, "/svc/x").await.text(), V2);
+    chattr("-i");
+    assert!(
+        cli(&[
+            "deploy",
+            "other",
+            "--component",
+            programs::ECHO,
+            "--route",
+            "/other"
+        ])
+        .status
+        .success()
+    );
+    assert!(cli(&["rollback", "svc"]).status.success());
+    assert_eq!(get(&berth, "/svc/x").await.text(), V1);
 }

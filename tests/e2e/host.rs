@@ -75,7 +75,13 @@ impl Host {
     }
 
     /// One admin API request, with the token unless `token` says otherwise.
-    pub async fn api(&self, method: &str, path: &str, body: impl Into<Bytes>, token: Option<&str>) -> Reply {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        token: Option<&str>,
+    ) -> Reply {
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -83,7 +89,11 @@ impl Host {
         if let Some(token) = token {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        send(self.berth.admin.unwrap(), req.body(Full::new(body.into())).unwrap()).await
+        send(
+            self.berth.admin.unwrap(),
+            req.body(Full::new(body.into())).unwrap(),
+        )
+        .await
     }
 
     /// The JSON of an admin API reply.
@@ -106,7 +116,9 @@ fn serve(state: &Path, extra: &[&str]) -> Berth {
 /// Runs the `berth` CLI against `host` with `token` (none if `None`).
 pub fn cli_with_token(host: &str, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(berth_bin());
-    cmd.args(args).env("BERTH_HOST", host).env_remove("BERTH_TOKEN");
+    cmd.args(args)
+        .env("BERTH_HOST", host)
+        .env_remove("BERTH_TOKEN");
     if let Some(token) = token {
         cmd.env("BERTH_TOKEN", token);
     }

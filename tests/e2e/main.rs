@@ -4,8 +4,8 @@
 mod control;
 mod examples;
 mod failures;
+mod host;
 mod limits;
 mod serving;
 mod startup;
-mod host;
 mod support;

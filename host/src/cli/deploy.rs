@@ -155,7 +155,10 @@ async fn deploy_one(
     name: &ServiceName,
     component: &Path,
 ) -> anyhow::Result<RevisionView> {
-    let current = match client.get::<ServiceView>(&format!("/v1/services/{name}")).await {
+    let current = match client
+        .get::<ServiceView>(&format!("/v1/services/{name}"))
+        .await
+    {
         Ok(current) => Some(current),
         Err(e) if e.code() == Some("not_found") => None,
         Err(e) => return Err(e.into()),
@@ -163,12 +166,15 @@ async fn deploy_one(
     let (routes, mut limits) = match (&current, args.routes.is_empty()) {
         (_, false) => (
             args.routes.clone(),
-            current.as_ref().map(|c| c.limits.clone()).unwrap_or_default(),
+            current
+                .as_ref()
+                .map(|c| c.limits.clone())
+                .unwrap_or_default(),
         ),
         (Some(current), true) => (current.routes.clone(), current.limits.clone()),
-        (None, true) => anyhow::bail!(
-            "service `{name}` does not exist yet: give its routes with --route"
-        ),
+        (None, true) => {
+            anyhow::bail!("service `{name}` does not exist yet: give its routes with --route")
+        }
     };
     args.apply_limits(&mut limits);
     let bytes = read(component)?;
@@ -187,7 +193,12 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Uploads with progress on stderr (unless `quiet`), then waits while the
 /// host checks and compiles it.
-async fn upload(client: &Client, path: &Path, bytes: Vec<u8>, quiet: bool) -> Result<ArtifactView, ClientError> {
+async fn upload(
+    client: &Client,
+    path: &Path,
+    bytes: Vec<u8>,
+    quiet: bool,
+) -> Result<ArtifactView, ClientError> {
     let label = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -211,7 +222,10 @@ async fn upload(client: &Client, path: &Path, bytes: Vec<u8>, quiet: bool) -> Re
             );
         } else if percent >= shown + 25 || sent == total {
             shown = percent - percent % 25;
-            eprintln!("uploading {label_for_progress}: {percent}% of {}", output::size(total));
+            eprintln!(
+                "uploading {label_for_progress}: {percent}% of {}",
+                output::size(total)
+            );
         }
         if sent == total {
             if tty {
@@ -225,7 +239,11 @@ async fn upload(client: &Client, path: &Path, bytes: Vec<u8>, quiet: bool) -> Re
     if !quiet {
         eprintln!(
             "{label}: {} {} ({}, {:.1}s)",
-            if created { "stored as" } else { "already stored as" },
+            if created {
+                "stored as"
+            } else {
+                "already stored as"
+            },
             output::short_digest(&artifact.digest),
             output::size(total),
             started.elapsed().as_secs_f64()
@@ -234,7 +252,12 @@ async fn upload(client: &Client, path: &Path, bytes: Vec<u8>, quiet: bool) -> Re
     Ok(artifact)
 }
 
-async fn put(client: &Client, name: &ServiceName, request: &DeployRequest, quiet: bool) -> Result<RevisionView, ClientError> {
+async fn put(
+    client: &Client,
+    name: &ServiceName,
+    request: &DeployRequest,
+    quiet: bool,
+) -> Result<RevisionView, ClientError> {
     let (_, revision): (_, RevisionView) = client
         .send_json(Method::PUT, &format!("/v1/services/{name}"), request)
         .await?;

@@ -22,7 +22,10 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     let l = &s.limits;
     let rows = [
         ("name", s.name.clone()),
-        ("revision", format!("{} (latest {})", s.revision, s.latest_revision)),
+        (
+            "revision",
+            format!("{} (latest {})", s.revision, s.latest_revision),
+        ),
         ("artifact", s.artifact.clone()),
         ("routes", output::routes(&s.routes)),
         (
@@ -32,12 +35,18 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
                 None => s.status.clone(),
             },
         ),
-        ("in flight", format!("{} (queued {})", s.in_flight, s.queued)),
+        (
+            "in flight",
+            format!("{} (queued {})", s.in_flight, s.queued),
+        ),
         ("memory", l.memory.to_string()),
         ("fuel", l.fuel.to_string()),
         ("timeout", format_duration(l.timeout)),
         ("concurrency", l.concurrency.to_string()),
-        ("queue", format!("{} (timeout {})", l.queue, format_duration(l.queue_timeout))),
+        (
+            "queue",
+            format!("{} (timeout {})", l.queue, format_duration(l.queue_timeout)),
+        ),
         ("request body", l.request_body.to_string()),
         ("created", s.created_at.clone()),
         ("updated", s.updated_at.clone()),

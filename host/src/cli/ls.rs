@@ -30,7 +30,15 @@ pub async fn run(args: LsArgs) -> anyhow::Result<()> {
         })
         .collect();
     output::table(
-        &["NAME", "REVISION", "ROUTES", "ARTIFACT", "STATUS", "IN FLIGHT", "UPDATED"],
+        &[
+            "NAME",
+            "REVISION",
+            "ROUTES",
+            "ARTIFACT",
+            "STATUS",
+            "IN FLIGHT",
+            "UPDATED",
+        ],
         &rows,
     );
     Ok(())

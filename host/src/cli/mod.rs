@@ -49,7 +49,12 @@ enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The host's admin API.
-    #[arg(long, env = "BERTH_HOST", default_value = "http://127.0.0.1:3001", global = true)]
+    #[arg(
+        long,
+        env = "BERTH_HOST",
+        default_value = "http://127.0.0.1:3001",
+        global = true
+    )]
     host: String,
 
     /// The admin API's bearer token.

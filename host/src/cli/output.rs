@@ -51,5 +51,9 @@ pub fn size(bytes: u64) -> String {
 
 /// Routes as one cell.
 pub fn routes(routes: &[crate::route::Route]) -> String {
-    routes.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+    routes
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }

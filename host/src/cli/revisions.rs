@@ -30,6 +30,9 @@ pub async fn run(args: RevisionsArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::table(&["REVISION", "ACTIVE", "ARTIFACT", "ROUTES", "CREATED"], &rows);
+    output::table(
+        &["REVISION", "ACTIVE", "ARTIFACT", "ROUTES", "CREATED"],
+        &rows,
+    );
     Ok(())
 }

@@ -27,7 +27,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Accepts connections on `listener` and serves their requests with
 /// `handler` until `stop` is cancelled. Returns the connections still open,
 /// to be drained.
-pub async fn accept<H, F>(listener: TcpListener, handler: H, stop: CancellationToken) -> GracefulShutdown
+pub async fn accept<H, F>(
+    listener: TcpListener,
+    handler: H,
+    stop: CancellationToken,
+) -> GracefulShutdown
 where
     H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
@@ -71,7 +75,9 @@ where
 pub fn public_handler(
     runtime: Arc<Runtime>,
     local: std::net::SocketAddr,
-) -> impl Fn(Request<hyper::body::Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
+) -> impl Fn(
+    Request<hyper::body::Incoming>,
+) -> std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
 + Clone
 + Send
 + Sync
