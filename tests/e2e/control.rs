@@ -54,14 +54,7 @@ async fn wait_for_body(berth: &Berth, path: &str, body: &str) {
 #[tokio::test]
 async fn deploy_upgrade_and_rollback_under_load_lose_no_request_then_remove() {
     let host = Host::start(&[]);
-    let out = host.cli_ok(&[
-        "deploy",
-        "svc",
-        "--component",
-        programs::HELLO,
-        "--route",
-        "/svc/...",
-    ]);
+    let out = host.deploy("svc", programs::HELLO, "/svc/...");
     assert!(out.contains("deployed svc revision 1"), "{out}");
     assert_eq!(get(&host.berth, "/svc/x").await.text(), V1);
 
@@ -114,14 +107,7 @@ async fn deploy_upgrade_and_rollback_under_load_lose_no_request_then_remove() {
 #[tokio::test]
 async fn a_restart_restores_every_service_and_its_active_revision() {
     let mut host = Host::start(&[]);
-    host.cli_ok(&[
-        "deploy",
-        "svc",
-        "--component",
-        programs::HELLO,
-        "--route",
-        "/svc/...",
-    ]);
+    host.deploy("svc", programs::HELLO, "/svc/...");
     host.cli_ok(&["deploy", "svc", "--component", programs::HELLO_WSTD]);
     host.cli_ok(&["rollback", "svc", "--to", "1"]);
     host.cli_ok(&[
@@ -286,14 +272,7 @@ async fn bad_uploads_are_refused_with_a_reason_and_nothing_is_stored() {
 #[tokio::test]
 async fn conflicts_unknown_revisions_and_bad_requests_are_refused() {
     let host = Host::start(&[]);
-    host.cli_ok(&[
-        "deploy",
-        "a",
-        "--component",
-        programs::HELLO,
-        "--route",
-        "/shared/...",
-    ]);
+    host.deploy("a", programs::HELLO, "/shared/...");
 
     // A route another service owns: 409 naming the owner; b is not created.
     let out = host.cli(&[
@@ -493,14 +472,7 @@ fn active(host: &Host) -> (u64, String) {
 #[tokio::test]
 async fn kill_9_during_deploys_leaves_the_old_or_the_new_revision() {
     let mut host = Host::start(&[]);
-    host.cli_ok(&[
-        "deploy",
-        "svc",
-        "--component",
-        programs::HELLO,
-        "--route",
-        "/svc/...",
-    ]);
+    host.deploy("svc", programs::HELLO, "/svc/...");
     let components = [
         programs::HELLO_WSTD,
         programs::SLEEP,

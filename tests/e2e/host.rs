@@ -69,6 +69,12 @@ impl Host {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `berth deploy NAME --component COMPONENT --route ROUTE`, which must
+    /// succeed; returns its output.
+    pub fn deploy(&self, name: &str, component: &str, route: &str) -> String {
+        self.cli_ok(&["deploy", name, "--component", component, "--route", route])
+    }
+
     /// `berth ls --json`, parsed.
     pub fn services(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.cli_ok(&["ls", "--json"])).unwrap()
