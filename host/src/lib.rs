@@ -16,6 +16,10 @@
 //! 5. [`instance`] makes a fresh `Store` (deny-by-default WASI, limits) and
 //!    [`invoke`] runs the guest under its deadline and names the outcome.
 //!
+//! `berth serve` adds the [`control`] plane: durable [`state`], the
+//! [`admin`] API, and live deploys that swap the runtime's services
+//! atomically.
+//!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
 //! use berth::{cache::CodeCache, component, engine, manifest::Manifest, runtime};
@@ -40,11 +44,15 @@
 //!
 //! # Layout
 //!
+//! - [`admin`] — the admin API: HTTP + JSON, bearer-token auth.
 //! - [`admission`] — per-service concurrency, wait queue, host-wide gate.
+//! - [`api`] — the admin API's resources as JSON.
 //! - [`artifact`] — artifacts (`.wasm` components) and their digests.
 //! - [`cache`] — compiled code on disk, keyed by digest and engine.
 //! - [`cli`] — the `berth` command line.
+//! - [`client`] — the CLI's client of the admin API.
 //! - [`component`] — loading and checking a component into a handler.
+//! - [`control`] — deploys, upgrades, rollbacks, removals, restore.
 //! - [`engine`] — the one wasmtime engine, its linker and epoch ticker.
 //! - [`http`] — the public listener, the HTTP trigger, bodies.
 //! - [`instance`] — the per-invocation `Store`: WASI context, limits, logs.
@@ -55,6 +63,7 @@
 //! - [`runtime`] — the loaded services and the route table that finds them.
 //! - [`service`] — service names and configuration.
 //! - [`shutdown`] — shutdown signals.
+//! - [`state`] — the SQLite state: artifacts index, services, revisions.
 //! - [`telemetry`] — logging.
 //! - [`units`] — byte sizes and durations.
 
