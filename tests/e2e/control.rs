@@ -97,7 +97,11 @@ async fn deploy_upgrade_and_rollback_under_load_lose_no_request_then_remove() {
     assert_eq!(revisions[0]["revision"], 2);
     assert_eq!(revisions[0]["active"], false);
     assert_eq!(revisions[1]["active"], true);
-    host.berth.wait_for_logs(&["rolled back"]);
+    // Two uploads compiled; the deploys and the rollback loaded from the
+    // code cache.
+    let logs = host.berth.wait_for_logs(&["rolled back"]);
+    assert_eq!(logs.matches("code=compiled").count(), 2, "{logs}");
+    assert_eq!(logs.matches("code=cache hit").count(), 3, "{logs}");
 
     host.cli_ok(&["rm", "svc"]);
     assert_eq!(get(&host.berth, "/svc/x").await.status, 404);
@@ -654,4 +658,64 @@ async fn a_full_or_unwritable_state_dir_fails_changes_clearly_and_keeps_serving(
     );
     assert!(cli(&["rollback", "svc"]).status.success());
     assert_eq!(get(&berth, "/svc/x").await.text(), V1);
+}
+
+#[tokio::test]
+async fn deploy_a_manifest_then_inspect_its_services() {
+    let host = Host::start(&[]);
+    let dir = manifest_dir(
+        &[
+            service("hello", programs::HELLO, "/hello/...", ""),
+            service(
+                "echo",
+                programs::ECHO,
+                "/echo",
+                "memory = \"32MiB\"\nconcurrency = 3",
+            ),
+        ]
+        .concat(),
+    );
+    let manifest = dir.path().join("berth.toml");
+    let out = host.cli_ok(&["deploy", manifest.to_str().unwrap()]);
+    assert!(
+        out.contains("deployed hello revision 1") && out.contains("deployed echo revision 1"),
+        "{out}"
+    );
+    assert_eq!(
+        get(&host.berth, "/hello/m").await.text(),
+        "hello from berth: /hello/m\n"
+    );
+    assert_eq!(
+        post(&host.berth, "/echo", "manifest").await.text(),
+        "manifest"
+    );
+
+    let text = host.cli_ok(&["inspect", "echo"]);
+    for line in [
+        "name:         echo",
+        "revision:     1 (latest 1)",
+        "routes:       /echo",
+        "memory:       32MiB",
+        "concurrency:  3",
+        "status:       serving",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["inspect", "echo", "--json"])).unwrap();
+    assert_eq!(json["limits"]["concurrency"], 3);
+    let table = host.cli_ok(&["ls"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    // Deploying the same manifest again makes new revisions of the same code.
+    let out = host.cli_ok(&["deploy", manifest.to_str().unwrap(), "--json"]);
+    let revisions: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        revisions
+            .iter()
+            .map(|r| r["revision"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 2]
+    );
 }
