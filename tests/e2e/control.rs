@@ -154,6 +154,37 @@ async fn a_restart_restores_every_service_and_its_active_revision() {
     assert_eq!(after[0]["limits"]["memory"], "32MiB");
     assert_eq!(after[1]["revision"], 1);
     assert_eq!(after[1]["latest_revision"], 2);
+
+    // A damaged artifact: that service is reported failed and not routed;
+    // the others serve. Uploading the component again repairs it.
+    let status = host.berth.terminate();
+    assert!(status.success());
+    let digest = after[0]["artifact"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let file = host.state.join("artifacts").join(format!("{digest}.wasm"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    host.start_again();
+    let services = host.services();
+    assert_eq!(services[0]["status"], "failed");
+    assert!(
+        services[0]["error"].as_str().unwrap().contains("damaged"),
+        "{}",
+        services[0]
+    );
+    assert_eq!(services[1]["status"], "serving");
+    assert_eq!(post(&host.berth, "/echo", "x").await.status, 404);
+    assert_eq!(get(&host.berth, "/svc/x").await.text(), V1);
+    host.cli_ok(&["deploy", "echo", "--component", programs::ECHO]);
+    assert_eq!(host.services()[0]["status"], "serving");
+    assert_eq!(
+        post(&host.berth, "/echo", "repaired").await.text(),
+        "repaired"
+    );
 }
 
 #[tokio::test]
