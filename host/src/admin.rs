@@ -202,6 +202,9 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
             let config = ServiceConfig {
                 routes: request.routes,
                 limits: request.limits,
+                subscriptions: request.subscriptions,
+                publish: request.publish,
+                schedules: request.schedules,
             };
             let record = control.deploy(name, artifact, config).await?;
             // Revision 1 is a new service.

@@ -2,6 +2,8 @@
 //! reads. `docs/admin-api.md` shows each with an example.
 
 use crate::control::ServiceStatus;
+use crate::events::schedule::Schedule;
+use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::route::Route;
 use crate::state::{ArtifactRecord, RevisionRecord};
@@ -44,6 +46,15 @@ pub struct ServiceView {
     pub routes: Vec<Route>,
     /// Its limits.
     pub limits: Limits,
+    /// Its subscriptions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    /// The topics it may publish on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<TopicPattern>,
+    /// Its schedules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
     /// `serving`, or `failed` when its revision could not be loaded.
     pub status: String,
     /// Why it failed, when it did.
@@ -69,6 +80,9 @@ impl From<&ServiceStatus> for ServiceView {
             artifact: active.artifact.to_string(),
             routes: active.config.routes.clone(),
             limits: active.config.limits.clone(),
+            subscriptions: active.config.subscriptions.clone(),
+            publish: active.config.publish.clone(),
+            schedules: active.config.schedules.clone(),
             status: if s.error.is_some() {
                 "failed"
             } else {
@@ -99,6 +113,15 @@ pub struct RevisionView {
     pub routes: Vec<Route>,
     /// Its limits.
     pub limits: Limits,
+    /// Its subscriptions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    /// The topics it may publish on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<TopicPattern>,
+    /// Its schedules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
     /// When it was deployed.
     pub created_at: String,
 }
@@ -113,6 +136,9 @@ impl RevisionView {
             artifact: record.artifact.to_string(),
             routes: record.config.routes.clone(),
             limits: record.config.limits.clone(),
+            subscriptions: record.config.subscriptions.clone(),
+            publish: record.config.publish.clone(),
+            schedules: record.config.schedules.clone(),
             created_at: rfc3339(record.created_ms),
         }
     }
@@ -124,11 +150,21 @@ impl RevisionView {
 pub struct DeployRequest {
     /// The artifact, uploaded before (`sha256:<hex>`).
     pub artifact: String,
-    /// The routes (at least one).
+    /// The routes.
+    #[serde(default)]
     pub routes: Vec<Route>,
     /// The limits; omitted ones take their defaults.
     #[serde(default)]
     pub limits: Limits,
+    /// The topics it receives events from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    /// The topics it may publish on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<TopicPattern>,
+    /// Its schedules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
 }
 
 /// `POST /v1/services/{name}/rollback`.

@@ -1,16 +1,21 @@
-//! Loading: from `.wasm` bytes to a pre-instantiated handler, checked before
+//! Loading: from `.wasm` bytes to pre-instantiated handlers, checked before
 //! anything is served.
 //!
 //! 1. The header must say "component" (not garbage, not a core module).
 //! 2. The compiled code comes from the [`CodeCache`] or is compiled now.
-//! 3. The component must export `wasi:http/incoming-handler@0.2.x`.
-//! 4. Every import must be something Berth provides (the linker resolves
+//! 3. Every import must be something Berth provides (the linker resolves
 //!    them all into an `InstancePre`).
+//! 4. The component must export a trigger Berth knows:
+//!    `wasi:http/incoming-handler@0.2.x` (HTTP), `berth:events/handler`
+//!    (events and schedules), or both; [`Handlers::check`] then checks that
+//!    a service's triggers have the exports they need.
 
 use crate::artifact::{self, Digest, NotAComponent};
 use crate::cache::{CacheOutcome, CodeCache};
 use crate::engine::BerthEngine;
+use crate::events::bindings::EventsHostPre;
 use crate::instance::InstanceState;
+use crate::service::ServiceConfig;
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
@@ -19,13 +24,51 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// The export an HTTP service must have (any 0.2.x version).
 pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
 
-/// A component ready to be instantiated for HTTP requests.
+/// The export an event-driven service must have (any 0.1.x version).
+pub const EVENTS_HANDLER_EXPORT: &str = "berth:events/handler@0.1";
+
+/// A component ready to be instantiated for each kind of trigger it
+/// exports.
 #[derive(Clone)]
-pub struct HttpHandler {
+pub struct Handlers {
     /// The artifact digest.
     pub digest: Digest,
-    /// The pre-instantiated component.
-    pub pre: ProxyPre<InstanceState>,
+    /// For HTTP requests, if it exports `wasi:http/incoming-handler`.
+    pub http: Option<ProxyPre<InstanceState>>,
+    /// For events, if it exports `berth:events/handler`.
+    pub events: Option<EventsHostPre<InstanceState>>,
+}
+
+impl Handlers {
+    /// Checks that `config`'s triggers have the exports they need.
+    pub fn check(&self, config: &ServiceConfig) -> Result<(), LoadError> {
+        if !config.routes.is_empty() && self.http.is_none() {
+            return Err(LoadError::MissingExport {
+                wanted: format!("{HTTP_HANDLER_EXPORT}.x` (the service has routes)"),
+                found: self.exports(),
+            });
+        }
+        if config.needs_event_handler() && self.events.is_none() {
+            return Err(LoadError::MissingExport {
+                wanted: format!(
+                    "{EVENTS_HANDLER_EXPORT}.x` (the service has subscriptions or schedules)"
+                ),
+                found: self.exports(),
+            });
+        }
+        Ok(())
+    }
+
+    fn exports(&self) -> String {
+        let names: Vec<&str> = [
+            self.http.as_ref().map(|_| "`wasi:http/incoming-handler`"),
+            self.events.as_ref().map(|_| "`berth:events/handler`"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        names.join(", ")
+    }
 }
 
 /// What loading a component did.
@@ -47,12 +90,10 @@ pub enum LoadError {
     #[error("invalid component: {0}")]
     Invalid(String),
     /// It lacks the export its trigger needs.
-    #[error(
-        "the component does not export `{wanted}.x`, so it cannot serve HTTP (its exports: {found})"
-    )]
+    #[error("the component does not export `{wanted} (its exports: {found})")]
     MissingExport {
-        /// The export that was looked for.
-        wanted: &'static str,
+        /// The export that was looked for, and why.
+        wanted: String,
         /// What it exports instead.
         found: String,
     },
@@ -61,29 +102,59 @@ pub enum LoadError {
     UnknownImport(String),
 }
 
-/// Loads `bytes` into an HTTP handler.
-pub fn load_http(
+/// Loads `bytes` into handlers for every trigger the component exports.
+pub fn load(
     engine: &BerthEngine,
     cache: &CodeCache,
     bytes: &[u8],
-) -> Result<(HttpHandler, LoadReport), LoadError> {
+) -> Result<(Handlers, LoadReport), LoadError> {
     let started = Instant::now();
     artifact::check_component(bytes)?;
     let digest = Digest::of(bytes);
     let (component, outcome) = cache
         .load_or_compile(engine.engine(), &digest, bytes)
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-    check_http_export(engine, &component)?;
     let instance_pre = engine
         .linker()
         .instantiate_pre(&component)
         .map_err(|e| LoadError::UnknownImport(describe_import_error(&e)))?;
-    let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingExport {
-        wanted: HTTP_HANDLER_EXPORT,
-        found: format!("{e:#}"),
-    })?;
+    let exports = exports(engine, &component);
+    let exported = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
+    let http = if exported(HTTP_HANDLER_EXPORT) {
+        Some(
+            ProxyPre::new(instance_pre.clone())
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+        )
+    } else {
+        None
+    };
+    let events = if exported(EVENTS_HANDLER_EXPORT) {
+        Some(EventsHostPre::new(instance_pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?)
+    } else {
+        None
+    };
+    if http.is_none() && events.is_none() {
+        return Err(LoadError::MissingExport {
+            wanted: format!(
+                "{HTTP_HANDLER_EXPORT}.x` or `{EVENTS_HANDLER_EXPORT}.x`, so it has no trigger"
+            ),
+            found: if exports.is_empty() {
+                "none".into()
+            } else {
+                exports
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        });
+    }
     Ok((
-        HttpHandler { digest, pre },
+        Handlers {
+            digest,
+            http,
+            events,
+        },
         LoadReport {
             cache: outcome,
             elapsed: started.elapsed(),
@@ -91,25 +162,14 @@ pub fn load_http(
     ))
 }
 
-fn check_http_export(engine: &BerthEngine, component: &Component) -> Result<(), LoadError> {
-    let ty = component.component_type();
-    let mut names = Vec::new();
-    for (name, item) in ty.exports(engine.engine()) {
-        if name.starts_with(HTTP_HANDLER_EXPORT)
-            && matches!(item.ty, ComponentItem::ComponentInstance(_))
-        {
-            return Ok(());
-        }
-        names.push(format!("`{name}`"));
-    }
-    Err(LoadError::MissingExport {
-        wanted: HTTP_HANDLER_EXPORT,
-        found: if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        },
-    })
+/// The names of the instances a component exports.
+fn exports(engine: &BerthEngine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine.engine())
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 /// Wasmtime says "component imports instance `x`, but a matching

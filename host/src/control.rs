@@ -16,7 +16,10 @@
 
 use crate::artifact::{self, ArtifactStore, Digest};
 use crate::cache::{CacheOutcome, CodeCache};
-use crate::component::{self, HttpHandler, LoadError};
+use crate::component::{self, Handlers, LoadError};
+use crate::events::bus::Bus;
+use crate::events::dispatch::Dispatcher;
+use crate::events::schedule::Scheduler;
 use crate::runtime::{RouteConflict, Runtime, Service};
 use crate::service::{ServiceConfig, ServiceName, ServiceSpec};
 use crate::state::{ArtifactRecord, RevisionRecord, ServiceRecord, State, StateError};
@@ -84,6 +87,16 @@ pub struct ServiceStatus {
     pub queued: u32,
 }
 
+/// The event machinery a control plane keeps in step with its services.
+pub struct Events {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// Runs the subscriptions.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Fires the schedules.
+    pub scheduler: Arc<Scheduler>,
+}
+
 /// The control plane of one host.
 pub struct ControlPlane {
     runtime: Arc<Runtime>,
@@ -91,6 +104,8 @@ pub struct ControlPlane {
     artifacts: ArtifactStore,
     cache: CodeCache,
     max_upload: ByteSize,
+    events: Events,
+    max_event_size: ByteSize,
     changes: tokio::sync::Mutex<()>,
     /// Services whose active revision could not be loaded on restore.
     failed: Mutex<BTreeMap<ServiceName, String>>,
@@ -98,23 +113,76 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// A control plane over `state`, storing artifacts in `artifacts` and
-    /// compiled code in `cache`.
+    /// compiled code in `cache`, with `events` for subscriptions and
+    /// schedules.
     pub fn new(
         runtime: Arc<Runtime>,
-        state: State,
+        state: Arc<Mutex<State>>,
         artifacts: ArtifactStore,
         cache: CodeCache,
         max_upload: ByteSize,
+        events: Events,
+        max_event_size: ByteSize,
     ) -> ControlPlane {
         ControlPlane {
             runtime,
-            state: Arc::new(Mutex::new(state)),
+            state,
             artifacts,
             cache,
             max_upload,
+            events,
+            max_event_size,
             changes: tokio::sync::Mutex::new(()),
             failed: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.events.bus
+    }
+
+    /// The largest event accepted.
+    pub fn max_event_size(&self) -> ByteSize {
+        self.max_event_size
+    }
+
+    /// Stops dispatching events (on shutdown; pending ones stay stored).
+    pub fn shutdown(&self) {
+        self.events.dispatcher.shutdown();
+    }
+
+    /// Publishes events (from the admin API): checks the topic and sizes,
+    /// then waits until they are durable. Returns the deliveries made per
+    /// event.
+    pub async fn publish(
+        &self,
+        events: Vec<crate::events::Event>,
+    ) -> Result<Vec<usize>, ControlError> {
+        for event in &events {
+            if event.topic.is_system() {
+                return Err(ControlError::BadRequest(format!(
+                    "{} is reserved for the host's own events",
+                    event.topic
+                )));
+            }
+            if event.size() as u64 > self.max_event_size.bytes() {
+                return Err(ControlError::TooLarge(self.max_event_size));
+            }
+        }
+        self.events
+            .bus
+            .publish(events)
+            .await
+            .map_err(|e| ControlError::Storage(e.to_string()))
+    }
+
+    /// Brings subscriptions and schedules in line with the services.
+    async fn sync_events(&self) {
+        if let Err(e) = self.events.dispatcher.sync().await {
+            tracing::error!(error = %e, "cannot update the subscriptions");
+        }
+        self.events.scheduler.sync();
     }
 
     /// The runtime the control plane changes.
@@ -141,7 +209,8 @@ impl ControlPlane {
 
     /// Reads an artifact and loads it into a handler (from the code cache
     /// when it was compiled before), on a blocking thread.
-    async fn load(&self, digest: Digest) -> Result<HttpHandler, ControlError> {
+    async fn load(&self, digest: Digest, config: &ServiceConfig) -> Result<Handlers, ControlError> {
+        let config = config.clone();
         let artifacts = self.artifacts.clone();
         let cache = self.cache.clone();
         let runtime = self.runtime.clone();
@@ -149,9 +218,10 @@ impl ControlPlane {
             let bytes = artifacts
                 .read(&digest)
                 .map_err(|e| ControlError::Storage(e.to_string()))?;
-            let (handler, report) = component::load_http(runtime.engine(), &cache, &bytes)?;
+            let (handlers, report) = component::load(runtime.engine(), &cache, &bytes)?;
+            handlers.check(&config)?;
             log_load(&digest, &report.cache, "loaded");
-            Ok(handler)
+            Ok(handlers)
         })
         .await
         .map_err(|e| ControlError::Storage(format!("loading task failed: {e}")))?
@@ -167,7 +237,9 @@ impl ControlPlane {
         for record in records {
             let name = record.active.service.clone();
             let result = async {
-                let handler = self.load(record.active.artifact).await?;
+                let handler = self
+                    .load(record.active.artifact, &record.active.config)
+                    .await?;
                 let service = service(&record.active, handler);
                 self.runtime.upsert(Arc::new(service))?;
                 Ok::<_, ControlError>(())
@@ -181,6 +253,7 @@ impl ControlPlane {
                 }
             }
         }
+        self.sync_events().await;
         Ok(restored)
     }
 
@@ -203,7 +276,7 @@ impl ControlPlane {
             let digest = Digest::of(&bytes);
             // Compiling checks it and fills the code cache for the deploy
             // that usually follows.
-            let (_, report) = component::load_http(runtime.engine(), &cache, &bytes)?;
+            let (_, report) = component::load(runtime.engine(), &cache, &bytes)?;
             log_load(&digest, &report.cache, "artifact checked");
             artifacts
                 .put(&digest, &bytes)
@@ -237,13 +310,14 @@ impl ControlPlane {
             )));
         }
         self.runtime.check_routes(&name, &config.routes)?;
-        let handler = self.load(artifact).await?;
+        let handler = self.load(artifact, &config).await?;
         let record = {
             let (name, config) = (name.clone(), config.clone());
             self.db(move |s| s.deploy(&name, &artifact, &config))
                 .await?
         };
         self.switch(&record, handler)?;
+        self.sync_events().await;
         tracing::info!(service = %name, revision = record.number, artifact = %artifact.short(), "deployed");
         Ok(record)
     }
@@ -286,17 +360,18 @@ impl ControlPlane {
             return Ok(target);
         }
         self.runtime.check_routes(&name, &target.config.routes)?;
-        let handler = self.load(target.artifact).await?;
+        let handler = self.load(target.artifact, &target.config).await?;
         {
             let (name, number) = (name.clone(), target.number);
             self.db(move |s| s.activate(&name, number)).await?;
         }
         self.switch(&target, handler)?;
+        self.sync_events().await;
         tracing::info!(service = %name, revision = target.number, "rolled back");
         Ok(target)
     }
 
-    fn switch(&self, record: &RevisionRecord, handler: HttpHandler) -> Result<(), ControlError> {
+    fn switch(&self, record: &RevisionRecord, handler: Handlers) -> Result<(), ControlError> {
         self.runtime.upsert(Arc::new(service(record, handler)))?;
         self.failed().remove(&record.service);
         Ok(())
@@ -317,6 +392,10 @@ impl ControlPlane {
         }
         self.runtime.remove(&name);
         self.failed().remove(&name);
+        self.sync_events().await;
+        if let Err(e) = self.events.bus.drop_service(name.as_str()).await {
+            tracing::error!(service = %name, error = %e, "cannot drop the service's pending events");
+        }
         tracing::info!(service = %name, "removed");
         Ok(())
     }
@@ -382,7 +461,7 @@ fn log_load(digest: &Digest, cache: &CacheOutcome, what: &str) {
     }
 }
 
-fn service(record: &RevisionRecord, handler: HttpHandler) -> Service {
+fn service(record: &RevisionRecord, handler: Handlers) -> Service {
     Service::new(
         ServiceSpec {
             name: record.service.clone(),

@@ -5,8 +5,9 @@
 //! An instance is made for one invocation and dropped after it; nothing a
 //! guest does survives it.
 
+use crate::events::publisher::Publisher;
 use crate::invoke::InvocationId;
-use crate::limits::Limits;
+use crate::runtime::{Runtime, Service};
 use crate::service::ServiceName;
 use bytes::Bytes;
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -27,6 +28,7 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     hooks: Hooks,
     limiter: MemoryLimiter,
+    publisher: Option<Publisher>,
 }
 
 impl WasiView for InstanceState {
@@ -58,16 +60,26 @@ impl InstanceState {
     pub fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
     }
+
+    /// What the instance may publish, if the host has an event bus.
+    pub fn publisher(&self) -> Option<&Publisher> {
+        self.publisher.as_ref()
+    }
 }
 
 /// Adds every interface Berth provides to guests: all of WASI 0.2
 /// (`wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`,
-/// `wasi:sockets`) and `wasi:http`. What a guest may actually do through
-/// them is decided per instance by [`new_store`], and by default it is
-/// nothing beyond clocks, randomness and its own stdout/stderr.
+/// `wasi:sockets`), `wasi:http`, and `berth:events/publisher`. What a guest
+/// may actually do through them is decided per instance by [`new_store`],
+/// and by default it is nothing beyond clocks, randomness and its own
+/// stdout/stderr.
 pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    crate::events::bindings::EventsHost::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+        linker,
+        |state| state,
+    )?;
     Ok(())
 }
 
@@ -80,7 +92,7 @@ pub struct Tag {
     pub invocation: InvocationId,
 }
 
-/// Makes the `Store` for one invocation.
+/// Makes the `Store` for one invocation of `service`.
 ///
 /// The WASI context is deny-by-default:
 /// - stdin is closed; stdout and stderr become log lines tagged with the
@@ -88,14 +100,25 @@ pub struct Tag {
 /// - no environment variables, no arguments, no preopened directories;
 /// - no network: TCP, UDP and name lookups are refused, and outgoing HTTP
 ///   requests fail with `HTTP-request-denied`;
-/// - wall and monotonic clocks and random numbers come from the host.
+/// - wall and monotonic clocks and random numbers come from the host;
+/// - `berth:events/publisher` publishes only on the topics the service's
+///   `publish` list allows.
 ///
 /// Limits: linear memory is capped by a [`MemoryLimiter`], the fuel budget
 /// is set, and the epoch deadline yields to the async runtime on every
 /// engine tick so a guest that never calls the host never holds a runtime
 /// thread. (The wall-clock deadline itself is enforced by the caller, which
 /// drops the invocation's future when it passes.)
-pub fn new_store(engine: &Engine, tag: &Tag, limits: &Limits) -> Store<InstanceState> {
+pub fn new_store(
+    runtime: &Runtime,
+    service: &Service,
+    invocation: InvocationId,
+) -> Store<InstanceState> {
+    let tag = &Tag {
+        service: service.name().clone(),
+        invocation,
+    };
+    let limits = service.limits();
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(GuestOutput::new(tag.clone(), "stdout"))
         .stderr(GuestOutput::new(tag.clone(), "stderr"))
@@ -108,8 +131,15 @@ pub fn new_store(engine: &Engine, tag: &Tag, limits: &Limits) -> Store<InstanceS
         http: WasiHttpCtx::new(),
         hooks: Hooks { tag: tag.clone() },
         limiter: MemoryLimiter::new(limits.memory.bytes()),
+        publisher: runtime.events().map(|events| Publisher {
+            service: service.name().clone(),
+            invocation,
+            allowed: service.publish.clone(),
+            bus: events.bus.clone(),
+            max_event_size: events.max_event_size,
+        }),
     };
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(runtime.engine().engine(), state);
     store.limiter(|s| &mut s.limiter);
     store
         .set_fuel(limits.fuel)

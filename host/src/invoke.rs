@@ -244,6 +244,29 @@ pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, limits: &
     Outcome::Trap { trap, backtrace }
 }
 
+/// Logs how an invocation ended: debug when it went well, a warning
+/// naming the cause (and the guest's backtrace, if any) when it did not.
+pub fn log_outcome(outcome: &Outcome, store: &Store<InstanceState>, limits: &Limits) {
+    let fuel = fuel_used(store, limits);
+    let peak = store.data().limiter().peak();
+    match (outcome.is_ok(), outcome.backtrace()) {
+        (true, _) => tracing::debug!(fuel, peak_memory = peak, "invocation finished"),
+        (false, None) => tracing::warn!(
+            outcome = outcome.kind(),
+            fuel,
+            peak_memory = peak,
+            "{outcome}"
+        ),
+        (false, Some(backtrace)) => tracing::warn!(
+            outcome = outcome.kind(),
+            fuel,
+            peak_memory = peak,
+            backtrace,
+            "{outcome}"
+        ),
+    }
+}
+
 /// Fuel used so far by `store`'s invocation.
 pub fn fuel_used(store: &Store<InstanceState>, limits: &Limits) -> u64 {
     limits.fuel - store.get_fuel().unwrap_or(0)

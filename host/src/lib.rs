@@ -79,6 +79,7 @@ pub mod client;
 pub mod component;
 pub mod control;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod instance;
 pub mod invoke;

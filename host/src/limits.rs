@@ -155,6 +155,11 @@ fn de_duration_in<'de, D: Deserializer<'de>>(
     in_range(v, min, max, |d| format!("{:?}", d))
 }
 
+/// A duration between 1 ms and 24 h, written with a unit (`"250ms"`).
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration_in(d, Duration::from_millis(1), Duration::from_secs(24 * 3600))
+}
+
 fn de_memory<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
     de_size_in(d, ByteSize::kib(64), MAX_MEMORY)
 }

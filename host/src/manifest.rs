@@ -13,12 +13,25 @@
 //! [service.hello.build]
 //! command = "cargo build --release"
 //! workdir = "hello"
+//!
+//! [service.mailer]
+//! component = "mailer.wasm"
+//! publish = ["emails.>"]             # topics it may publish on
+//!
+//! [[service.mailer.subscriptions]]
+//! topic = "users.signed-up"
+//!
+//! [[service.mailer.schedules]]
+//! name = "digest"
+//! cron = "0 8 * * mon"
 //! ```
 //!
 //! Every table refuses unknown fields, and every error names the file, the
 //! line and column, and the field (see [`Diagnostic`]). `docs/manifest.md`
 //! documents every field and its default.
 
+use crate::events::schedule::Schedule;
+use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::route::{Route, RouteTable};
 use crate::service::{ServiceConfig, ServiceName, ServiceSpec};
@@ -182,6 +195,12 @@ struct RawService {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
+    subscriptions: Vec<Spanned<Subscription>>,
+    #[serde(default)]
+    publish: Vec<TopicPattern>,
+    #[serde(default)]
+    schedules: Vec<Spanned<Schedule>>,
+    #[serde(default)]
     build: Option<BuildSpec>,
 }
 
@@ -242,7 +261,7 @@ impl Manifest {
                         return Err(source.diagnostic(
                             routes.span(),
                             &field("routes"),
-                            "at least one route is required".into(),
+                            "at least one route is required (or leave `routes` out)".into(),
                         ));
                     }
                     routes.into_inner()
@@ -254,14 +273,67 @@ impl Manifest {
                         "set either `route` or `routes`, not both".into(),
                     ));
                 }
-                (None, None) => {
+                (None, None) => Vec::new(),
+            };
+            if routes.is_empty() && svc.subscriptions.is_empty() && svc.schedules.is_empty() {
+                return Err(source.diagnostic(
+                    table_span,
+                    &format!("service.{name}"),
+                    "a service needs a trigger: `route`, `routes`, `subscriptions` or `schedules`"
+                        .into(),
+                ));
+            }
+            for (i, sub) in svc.subscriptions.iter().enumerate() {
+                let problem = sub
+                    .get_ref()
+                    .validate()
+                    .err()
+                    .or_else(|| {
+                        svc.subscriptions[..i]
+                            .iter()
+                            .any(|s| s.get_ref().topic == sub.get_ref().topic)
+                            .then(|| {
+                                format!(
+                                    "the subscription to {} is listed twice",
+                                    sub.get_ref().topic
+                                )
+                            })
+                    })
+                    .or_else(|| {
+                        sub.get_ref()
+                            .topic
+                            .as_str()
+                            .starts_with(crate::events::SYSTEM_PREFIX)
+                            .then(|| {
+                                format!(
+                                    "{} is reserved for the host's own events",
+                                    sub.get_ref().topic
+                                )
+                            })
+                    });
+                if let Some(message) = problem {
                     return Err(source.diagnostic(
-                        table_span,
-                        &format!("service.{name}"),
-                        "missing field `route` (or `routes`)".into(),
+                        sub.span(),
+                        &format!("service.{name}.subscriptions[{i}]"),
+                        message,
                     ));
                 }
-            };
+            }
+            for (i, schedule) in svc.schedules.iter().enumerate() {
+                let problem = schedule.get_ref().validate().err().or_else(|| {
+                    svc.schedules[..i]
+                        .iter()
+                        .any(|s| s.get_ref().name == schedule.get_ref().name)
+                        .then(|| format!("schedule {:?} is listed twice", schedule.get_ref().name))
+                });
+                if let Some(message) = problem {
+                    return Err(source.diagnostic(
+                        schedule.span(),
+                        &format!("service.{name}.schedules[{i}]"),
+                        message,
+                    ));
+                }
+            }
             for route in &routes {
                 if let Err(owner) = claimed.insert(route.get_ref().clone(), name.clone()) {
                     let message = if *owner == name {
@@ -290,6 +362,13 @@ impl Manifest {
                     config: ServiceConfig {
                         routes: routes.into_iter().map(Spanned::into_inner).collect(),
                         limits: svc.limits,
+                        subscriptions: svc
+                            .subscriptions
+                            .into_iter()
+                            .map(Spanned::into_inner)
+                            .collect(),
+                        publish: svc.publish,
+                        schedules: svc.schedules.into_iter().map(Spanned::into_inner).collect(),
                     },
                 },
                 component,
@@ -441,7 +520,10 @@ workdir = "api"
         assert!(err.contains("invalid service name \"Bad\""), "{err}");
 
         let err = parse("[service.a]\ncomponent = \"a\"\n").unwrap_err();
-        assert!(err.contains("service.a: missing field `route`"), "{err}");
+        assert!(
+            err.contains("service.a: a service needs a trigger"),
+            "{err}"
+        );
 
         let err = parse("").unwrap_err();
         assert!(err.contains("defines no services"), "{err}");

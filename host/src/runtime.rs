@@ -7,8 +7,10 @@
 //! started with, so it finishes on the revision it began on.
 
 use crate::admission::Admission;
-use crate::component::HttpHandler;
+use crate::component::Handlers;
 use crate::engine::BerthEngine;
+use crate::events::TopicPattern;
+use crate::events::bus::Bus;
 use crate::limits::Limits;
 use crate::route::{Route, RouteTable};
 use crate::service::{ServiceName, ServiceSpec};
@@ -21,26 +23,30 @@ use tokio_util::task::TaskTracker;
 
 /// A service revision that is loaded and ready to serve.
 pub struct Service {
-    /// Its name, routes and limits.
+    /// Its name and configuration.
     pub spec: ServiceSpec,
-    /// The revision number this is (1 for `berth up`).
+    /// The revision number this is.
     pub revision: u32,
-    /// Its pre-instantiated component.
-    pub handler: HttpHandler,
-    /// Its admission control.
+    /// Its pre-instantiated component, per trigger kind.
+    pub handlers: Handlers,
+    /// Its admission control, shared by all its triggers.
     pub admission: Admission,
+    /// The topics it may publish on.
+    pub publish: Arc<[TopicPattern]>,
 }
 
 impl Service {
     /// A service from its configuration and its loaded component.
-    pub fn new(spec: ServiceSpec, revision: u32, handler: HttpHandler) -> Self {
+    pub fn new(spec: ServiceSpec, revision: u32, handlers: Handlers) -> Self {
         let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
+        let publish = spec.config.publish.clone().into();
         Service {
             spec,
             revision,
-            handler,
+            handlers,
             admission,
+            publish,
         }
     }
 
@@ -93,9 +99,19 @@ impl Snapshot {
     }
 }
 
+/// The event bus guests publish on, and its size limit.
+#[derive(Clone)]
+pub struct EventsContext {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// The largest event accepted, in bytes.
+    pub max_event_size: usize,
+}
+
 /// The engine and the services it serves.
 pub struct Runtime {
     engine: BerthEngine,
+    events: std::sync::OnceLock<EventsContext>,
     snapshot: ArcSwap<Snapshot>,
     /// Serializes writers: each builds the next snapshot from the current.
     writer: Mutex<()>,
@@ -109,6 +125,7 @@ impl Runtime {
         let host_slots = Arc::new(Semaphore::new(engine.max_instances() as usize));
         Arc::new(Runtime {
             engine,
+            events: std::sync::OnceLock::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             host_slots,
@@ -119,6 +136,16 @@ impl Runtime {
     /// The engine.
     pub fn engine(&self) -> &BerthEngine {
         &self.engine
+    }
+
+    /// Connects the event bus (once).
+    pub fn set_events(&self, events: EventsContext) {
+        let _ = self.events.set(events);
+    }
+
+    /// The event bus, if the host has one.
+    pub fn events(&self) -> Option<&EventsContext> {
+        self.events.get()
     }
 
     /// The host-wide instance gate.

@@ -1,6 +1,8 @@
 //! What a service is, apart from its code: a validated name, the routes it
 //! claims and the limits it runs under.
 
+use crate::events::schedule::Schedule;
+use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::route::Route;
 use serde::{Deserialize, Serialize};
@@ -82,30 +84,81 @@ impl fmt::Display for ServiceName {
 /// revision records besides the artifact.
 ///
 /// ```json
-/// {"routes": ["/hello/..."], "limits": {"memory": "64MiB", "timeout": "10s"}}
+/// {"routes": ["/hello/..."], "limits": {"memory": "64MiB", "timeout": "10s"},
+///  "subscriptions": [{"topic": "users.*"}], "publish": ["emails.>"],
+///  "schedules": [{"name": "nightly", "cron": "0 3 * * *"}]}
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// The HTTP routes it claims (at least one).
+    /// The HTTP routes it claims.
+    #[serde(default)]
     pub routes: Vec<Route>,
     /// The limits every invocation runs under.
     #[serde(default)]
     pub limits: Limits,
+    /// The topics it receives events from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    /// The topics it may publish on (patterns); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<TopicPattern>,
+    /// When it is invoked on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
 }
 
 impl ServiceConfig {
-    /// Checks what serde cannot: that there is a route, and no route twice.
+    /// A configuration with only routes.
+    pub fn http(routes: Vec<Route>, limits: Limits) -> Self {
+        ServiceConfig {
+            routes,
+            limits,
+            subscriptions: Vec::new(),
+            publish: Vec::new(),
+            schedules: Vec::new(),
+        }
+    }
+
+    /// Checks what serde cannot: at least one trigger, nothing twice, sane
+    /// retry policies and schedules.
     pub fn validate(&self) -> Result<(), String> {
-        if self.routes.is_empty() {
-            return Err("a service needs at least one route".into());
+        if self.routes.is_empty() && self.subscriptions.is_empty() && self.schedules.is_empty() {
+            return Err(
+                "a service needs at least one trigger: a route, a subscription or a schedule"
+                    .into(),
+            );
         }
         for (i, route) in self.routes.iter().enumerate() {
             if self.routes[..i].contains(route) {
                 return Err(format!("route {route} is listed twice"));
             }
         }
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            sub.validate()?;
+            if self.subscriptions[..i].iter().any(|s| s.topic == sub.topic) {
+                return Err(format!("the subscription to {} is listed twice", sub.topic));
+            }
+            if sub.topic.as_str().starts_with(crate::events::SYSTEM_PREFIX) {
+                return Err(format!(
+                    "{} is reserved for the host's own events",
+                    sub.topic
+                ));
+            }
+        }
+        for (i, schedule) in self.schedules.iter().enumerate() {
+            schedule.validate()?;
+            if self.schedules[..i].iter().any(|s| s.name == schedule.name) {
+                return Err(format!("schedule {:?} is listed twice", schedule.name));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether invoking the service needs the `berth:events/handler`
+    /// export (it has subscriptions or schedules).
+    pub fn needs_event_handler(&self) -> bool {
+        !self.subscriptions.is_empty() || !self.schedules.is_empty()
     }
 }
 
@@ -130,7 +183,22 @@ mod tests {
         let dup: ServiceConfig = serde_json::from_str(r#"{"routes": ["/a", "/a"]}"#).unwrap();
         assert!(dup.validate().unwrap_err().contains("twice"));
         let none: ServiceConfig = serde_json::from_str(r#"{"routes": []}"#).unwrap();
-        assert!(none.validate().is_err());
+        assert!(
+            none.validate()
+                .unwrap_err()
+                .contains("at least one trigger")
+        );
+        let events: ServiceConfig =
+            serde_json::from_str(r#"{"subscriptions": [{"topic": "a.*"}], "publish": ["b.>"]}"#)
+                .unwrap();
+        assert!(events.validate().is_ok());
+        assert!(events.needs_event_handler());
+        let twice: ServiceConfig =
+            serde_json::from_str(r#"{"subscriptions": [{"topic": "a"}, {"topic": "a"}]}"#).unwrap();
+        assert!(twice.validate().unwrap_err().contains("twice"));
+        let system: ServiceConfig =
+            serde_json::from_str(r#"{"subscriptions": [{"topic": "berth.>"}]}"#).unwrap();
+        assert!(system.validate().unwrap_err().contains("reserved"));
         assert!(serde_json::from_str::<ServiceConfig>(r#"{"routes": ["/a"], "x": 1}"#).is_err());
     }
 

@@ -6,7 +6,8 @@
 //! [`ArtifactStore`](crate::artifact::ArtifactStore), and are made durable
 //! before any row refers to them.
 //!
-//! Schema (version 1):
+//! Schema (version 1; version 2 adds the event bus's tables, see
+//! `events::sqlite`):
 //!
 //! ```sql
 //! artifacts (digest TEXT PRIMARY KEY, size INTEGER, created_ms INTEGER)
@@ -26,7 +27,7 @@ use std::path::Path;
 /// The database file's name in the state directory.
 pub const DB_FILE: &str = "berth.db";
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE artifacts (
@@ -48,6 +49,46 @@ CREATE TABLE services (
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     FOREIGN KEY (name, active) REFERENCES revisions(service, number)
+) STRICT;
+";
+
+/// Version 2: the embedded event bus (`events::sqlite`) and schedules.
+const SCHEMA_V2: &str = "
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    data BLOB,
+    published_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE deliveries (
+    subscription TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES events(seq),
+    attempts INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (subscription, seq)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX deliveries_by_seq ON deliveries(seq);
+CREATE TABLE dead_letters (
+    subscription TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES events(seq),
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    dead_ms INTEGER NOT NULL,
+    PRIMARY KEY (subscription, seq)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX dead_letters_by_seq ON dead_letters(seq);
+CREATE TABLE topics (
+    topic TEXT PRIMARY KEY,
+    published INTEGER NOT NULL,
+    unrouted INTEGER NOT NULL
+) STRICT;
+CREATE TABLE schedules (
+    service TEXT NOT NULL,
+    name TEXT NOT NULL,
+    last_fired_ms INTEGER NOT NULL,
+    PRIMARY KEY (service, name)
 ) STRICT;
 ";
 
@@ -143,11 +184,14 @@ impl State {
         if version > SCHEMA_VERSION {
             return Err(StateError::TooNew(version));
         }
-        if version < 1 {
-            let tx = conn.transaction()?;
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
+        // Each step moves the schema one version up, in one transaction.
+        for (target, sql) in [(1, SCHEMA), (2, SCHEMA_V2)] {
+            if version < target {
+                let tx = conn.transaction()?;
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", target)?;
+                tx.commit()?;
+            }
         }
         Ok(State { conn })
     }
@@ -293,6 +337,32 @@ impl State {
     }
 }
 
+impl State {
+    /// When each schedule of `service` last fired (ms since the epoch).
+    pub fn schedule_fired(&self, service: &ServiceName) -> Result<Vec<(String, i64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, last_fired_ms FROM schedules WHERE service = ?1")?;
+        let rows = stmt.query_map([service.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records that a schedule fired at `ms`.
+    pub fn set_schedule_fired(
+        &mut self,
+        service: &ServiceName,
+        name: &str,
+        ms: i64,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO schedules (service, name, last_fired_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (service, name) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
+            params![service.as_str(), name, ms],
+        )?;
+        Ok(())
+    }
+}
+
 const SERVICE_SELECT: &str = "
 SELECT r.service, r.number, r.artifact, r.config, r.created_ms,
        (SELECT MAX(number) FROM revisions WHERE service = s.name),
@@ -365,10 +435,7 @@ mod tests {
     use crate::route::Route;
 
     fn config(route: &str) -> ServiceConfig {
-        ServiceConfig {
-            routes: vec![Route::parse(route).unwrap()],
-            limits: Default::default(),
-        }
+        ServiceConfig::http(vec![Route::parse(route).unwrap()], Default::default())
     }
 
     #[test]

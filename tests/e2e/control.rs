@@ -378,7 +378,7 @@ async fn conflicts_unknown_revisions_and_bad_requests_are_refused() {
         ),
         (
             r#"{"artifact": "ARTIFACT", "routes": []}"#,
-            "at least one route",
+            "at least one trigger",
         ),
     ] {
         let body = body.replace("ARTIFACT", &artifact);

@@ -10,6 +10,7 @@
 use super::{ClientArgs, output};
 use crate::api::{ArtifactView, DeployRequest, RevisionView, ServiceView};
 use crate::client::{Client, ClientError};
+use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::manifest::Manifest;
 use crate::route::Route;
@@ -32,10 +33,20 @@ pub struct DeployArgs {
     #[arg(long)]
     component: Option<PathBuf>,
 
-    /// A route of the service (repeat for several). Default: the routes of
-    /// its active revision.
+    /// A route of the service (repeat for several). Without `--route` and
+    /// `--subscribe`, an existing service keeps the triggers of its active
+    /// revision.
     #[arg(long = "route", value_parser = parse_route)]
     routes: Vec<Route>,
+
+    /// A topic pattern the service receives events from (repeat for
+    /// several), with the default retry policy.
+    #[arg(long = "subscribe", value_parser = parse_pattern)]
+    subscribe: Vec<TopicPattern>,
+
+    /// A topic pattern the service may publish on (repeat for several).
+    #[arg(long = "publish", value_parser = parse_pattern)]
+    publish: Vec<TopicPattern>,
 
     /// Linear memory per instance, e.g. 64MiB.
     #[arg(long)]
@@ -75,6 +86,10 @@ pub struct DeployArgs {
 
 fn parse_route(s: &str) -> Result<Route, String> {
     Route::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_pattern(s: &str) -> Result<TopicPattern, String> {
+    TopicPattern::parse(s).map_err(|e| e.to_string())
 }
 
 impl DeployArgs {
@@ -133,10 +148,14 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
             for entry in &manifest.services {
                 let bytes = read(&entry.component)?;
                 let artifact = upload(&client, &entry.component, bytes, args.client.json).await?;
+                let config = entry.spec.config.clone();
                 let request = DeployRequest {
                     artifact: artifact.digest,
-                    routes: entry.spec.config.routes.clone(),
-                    limits: entry.spec.config.limits.clone(),
+                    routes: config.routes,
+                    limits: config.limits,
+                    subscriptions: config.subscriptions,
+                    publish: config.publish,
+                    schedules: config.schedules,
                 };
                 revisions.push(put(&client, &entry.spec.name, &request, args.client.json).await?);
             }
@@ -163,27 +182,50 @@ async fn deploy_one(
         Err(e) if e.code() == Some("not_found") => None,
         Err(e) => return Err(e.into()),
     };
-    let (routes, mut limits) = match (&current, args.routes.is_empty()) {
-        (_, false) => (
-            args.routes.clone(),
-            current
+    let new_triggers = !args.routes.is_empty() || !args.subscribe.is_empty();
+    let mut request = match (&current, new_triggers) {
+        (Some(current), false) => DeployRequest {
+            artifact: String::new(),
+            routes: current.routes.clone(),
+            limits: current.limits.clone(),
+            subscriptions: current.subscriptions.clone(),
+            publish: current.publish.clone(),
+            schedules: current.schedules.clone(),
+        },
+        (current, true) => DeployRequest {
+            artifact: String::new(),
+            routes: args.routes.clone(),
+            limits: current
                 .as_ref()
                 .map(|c| c.limits.clone())
                 .unwrap_or_default(),
+            subscriptions: args
+                .subscribe
+                .iter()
+                .cloned()
+                .map(Subscription::to)
+                .collect(),
+            publish: current
+                .as_ref()
+                .map(|c| c.publish.clone())
+                .unwrap_or_default(),
+            schedules: current
+                .as_ref()
+                .map(|c| c.schedules.clone())
+                .unwrap_or_default(),
+        },
+        (None, false) => anyhow::bail!(
+            "service `{name}` does not exist yet: give its triggers with --route or --subscribe"
         ),
-        (Some(current), true) => (current.routes.clone(), current.limits.clone()),
-        (None, true) => {
-            anyhow::bail!("service `{name}` does not exist yet: give its routes with --route")
-        }
     };
-    args.apply_limits(&mut limits);
+    if !args.publish.is_empty() {
+        request.publish = args.publish.clone();
+    }
+    args.apply_limits(&mut request.limits);
     let bytes = read(component)?;
-    let artifact = upload(client, component, bytes, args.client.json).await?;
-    let request = DeployRequest {
-        artifact: artifact.digest,
-        routes,
-        limits,
-    };
+    request.artifact = upload(client, component, bytes, args.client.json)
+        .await?
+        .digest;
     Ok(put(client, name, &request, args.client.json).await?)
 }
 

@@ -4,6 +4,7 @@
 //! through its admin API (`--host`/`BERTH_HOST`, token in `BERTH_TOKEN`).
 
 mod deploy;
+mod host;
 mod inspect;
 mod ls;
 mod output;

@@ -1,30 +1,25 @@
 //! `berth serve --state DIR`: the long-running host. It restores every
-//! service from the state directory, serves them on `--listen`, and takes
-//! deploys, upgrades, rollbacks and removals on the admin API
-//! (`--admin-listen`).
+//! service from the state directory, serves them on `--listen`, runs their
+//! subscriptions and schedules, and takes deploys, upgrades, rollbacks,
+//! removals and events on the admin API (`--admin-listen`).
 //!
-//! State directory layout:
+//! State directory layout (see `docs/operations.md`):
 //!
 //! ```text
-//! DIR/berth.db        services, revisions, artifact index (SQLite, WAL)
+//! DIR/berth.db        services, revisions, artifact index, event queue (SQLite, WAL)
 //! DIR/artifacts/      <sha256>.wasm, the uploaded components
 //! DIR/code/           compiled code, one entry per (artifact, engine)
 //! DIR/lock            held while a host uses the directory
 //! ```
 
+use super::host::{Host, HostOptions};
 use crate::admin::{self, Auth};
-use crate::artifact::ArtifactStore;
-use crate::cache::CodeCache;
-use crate::control::ControlPlane;
-use crate::engine::{BerthEngine, EngineOptions};
-use crate::runtime::Runtime;
-use crate::state::{DB_FILE, State};
+use crate::engine::EngineOptions;
 use crate::units::ByteSize;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
@@ -54,6 +49,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "128MiB")]
     max_upload: ByteSize,
 
+    /// Largest event accepted (attributes and data).
+    #[arg(long, default_value = "256KiB")]
+    max_event_size: ByteSize,
+
     /// Instances that may run at once across all services.
     #[arg(long, default_value_t = EngineOptions::default().max_instances)]
     max_instances: u32,
@@ -61,29 +60,18 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = auth(&args)?;
-    std::fs::create_dir_all(&args.state)
-        .with_context(|| format!("creating the state directory {}", args.state.display()))?;
-    let _lock = lock(&args.state)?;
-    let state = State::open(&args.state.join(DB_FILE))
-        .with_context(|| format!("opening the state in {}", args.state.display()))?;
-    let artifacts = ArtifactStore::open(args.state.join("artifacts"))
-        .with_context(|| format!("opening {}", args.state.join("artifacts").display()))?;
-
-    let engine = BerthEngine::new(&EngineOptions {
-        max_instances: args.max_instances,
-        ..EngineOptions::default()
-    })?;
-    let cache = CodeCache::new(args.state.join("code"), engine.engine())
-        .with_context(|| format!("opening {}", args.state.join("code").display()))?;
-    let runtime = Runtime::new(engine);
-    let control = Arc::new(ControlPlane::new(
-        runtime.clone(),
-        state,
-        artifacts,
-        cache,
-        args.max_upload,
-    ));
-    let restored = control.restore().await?;
+    let host = Host::open(HostOptions {
+        state: args.state.clone(),
+        cache: None,
+        engine: EngineOptions {
+            max_instances: args.max_instances,
+            ..EngineOptions::default()
+        },
+        max_upload: args.max_upload,
+        max_event_size: args.max_event_size,
+    })
+    .await?;
+    let restored = host.runtime.services().len();
 
     let public = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -102,18 +90,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let public_task = tokio::spawn(crate::http::accept(
         public,
-        crate::http::public_handler(runtime.clone(), public_addr),
+        crate::http::public_handler(host.runtime.clone(), public_addr),
         stop.clone(),
     ));
     let admin_task = tokio::spawn(crate::http::accept(
         admin_listener,
-        admin::handler(control.clone(), auth),
+        admin::handler(host.control.clone(), auth),
         stop.clone(),
     ));
     crate::shutdown::signal().await;
     stop.cancel();
+    host.control.shutdown();
     let listeners = vec![public_task.await?, admin_task.await?];
-    crate::http::drain(listeners, &runtime).await;
+    crate::http::drain(listeners, &host.runtime).await;
     Ok(())
 }
 
@@ -136,27 +125,5 @@ fn auth(args: &ServeArgs) -> anyhow::Result<Auth> {
             "the admin API would listen on {}, which is not loopback, without a token: set --admin-token, BERTH_TOKEN or --admin-token-file",
             args.admin_listen
         ),
-    }
-}
-
-/// Holds an exclusive lock on `DIR/lock` for as long as the host runs, so
-/// two hosts never share a state directory.
-fn lock(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another berth is using the state directory {}",
-            dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
     }
 }

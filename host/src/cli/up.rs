@@ -1,17 +1,19 @@
 //! `berth up [MANIFEST]`: validate the manifest, build (with `--build`),
-//! load every component, and only then listen.
+//! deploy every service to a host of its own, and only then listen.
+//!
+//! The host is the same as `berth serve`'s, on a temporary state directory
+//! (removed on exit) unless `--state` names one; compiled code goes to the
+//! user's cache, so a second `up` does not recompile.
 
-use crate::cache::CodeCache;
-use crate::component;
-use crate::engine::{BerthEngine, EngineOptions};
+use super::host::{Host, HostOptions};
+use crate::control::ControlError;
+use crate::engine::EngineOptions;
 use crate::manifest::Manifest;
-use crate::runtime::{Runtime, Service};
 use crate::units::ByteSize;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -27,6 +29,11 @@ pub struct UpArgs {
     #[arg(long)]
     build: bool,
 
+    /// Keep state (events, schedules) in this directory across runs,
+    /// instead of a temporary one.
+    #[arg(long)]
+    state: Option<PathBuf>,
+
     /// Directory of the compiled-code cache [default: $XDG_CACHE_HOME/berth/code].
     #[arg(long, env = "BERTH_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -34,6 +41,10 @@ pub struct UpArgs {
     /// Instances that may run at once across all services.
     #[arg(long, default_value_t = EngineOptions::default().max_instances)]
     max_instances: u32,
+
+    /// Largest event accepted (attributes and data).
+    #[arg(long, default_value = "256KiB")]
+    max_event_size: ByteSize,
 
     /// Engine tuning, for benchmarks: do not use the pooling allocator.
     #[arg(long, hide = true)]
@@ -55,6 +66,15 @@ pub struct UpArgs {
     no_pagemap_scan: bool,
 }
 
+/// A state directory removed when dropped.
+struct TempState(PathBuf);
+
+impl Drop for TempState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
     if args.build {
@@ -63,7 +83,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     manifest.check_components()?;
 
     let defaults = EngineOptions::default();
-    let options = EngineOptions {
+    let engine = EngineOptions {
         max_instances: args.max_instances,
         pooling: !args.no_pooling,
         memory_init_cow: !args.no_cow,
@@ -73,12 +93,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .unwrap_or(defaults.memory_keep_resident),
         ..defaults
     };
-    let engine = BerthEngine::new(&options)?;
-    let cache_dir = args.cache_dir.unwrap_or_else(default_cache_dir);
-    let cache = CodeCache::new(&cache_dir, engine.engine())
-        .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
+    let (state, _temp) = match &args.state {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "berth-up-{}-{}",
+                std::process::id(),
+                crate::invoke::InvocationId::new()
+            ));
+            (dir.clone(), Some(TempState(dir)))
+        }
+    };
+    let host = Host::open(HostOptions {
+        state,
+        cache: Some(args.cache_dir.clone().unwrap_or_else(default_cache_dir)),
+        engine,
+        max_upload: ByteSize::gib(4),
+        max_event_size: args.max_event_size,
+    })
+    .await?;
 
-    let mut services = Vec::with_capacity(manifest.services.len());
+    // Exactly the manifest's services: deploy each, remove any other.
+    let control = &host.control;
     for entry in &manifest.services {
         let bytes = std::fs::read(&entry.component).map_err(|e| {
             manifest.component_error(
@@ -86,22 +122,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 format!("cannot read {}: {e}", entry.component.display()),
             )
         })?;
-        let (handler, report) = component::load_http(&engine, &cache, &bytes).map_err(|e| {
-            manifest.component_error(entry, format!("{}: {e}", entry.component.display()))
-        })?;
-        tracing::info!(
-            service = %entry.spec.name,
-            digest = %handler.digest.short(),
-            code = %report.cache,
-            elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
-            "loaded"
-        );
-        services.push(Arc::new(Service::new(entry.spec.clone(), 1, handler)));
+        let in_manifest = |e: ControlError| -> anyhow::Error {
+            match e {
+                ControlError::InvalidComponent(e) => manifest
+                    .component_error(entry, format!("{}: {e}", entry.component.display()))
+                    .into(),
+                other => anyhow::Error::new(other)
+                    .context(format!("deploying service `{}`", entry.spec.name)),
+            }
+        };
+        let (artifact, _) = control.upload(bytes).await.map_err(in_manifest)?;
+        control
+            .deploy(
+                entry.spec.name.clone(),
+                artifact.digest,
+                entry.spec.config.clone(),
+            )
+            .await
+            .map_err(in_manifest)?;
     }
-    let count = services.len();
-    let runtime = Runtime::new(engine);
-    runtime.replace_all(services)?;
+    for stale in control.services().await? {
+        let name = stale.record.active.service;
+        if !manifest.services.iter().any(|s| s.spec.name == name) {
+            control.remove(name).await?;
+        }
+    }
 
+    let count = manifest.services.len();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -110,7 +157,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "berth: serving {count} service{} on http://{addr}",
         if count == 1 { "" } else { "s" }
     );
-    crate::http::serve(listener, runtime, crate::shutdown::signal()).await
+    let shutdown = async {
+        crate::shutdown::signal().await;
+        host.control.shutdown();
+    };
+    crate::http::serve(listener, host.runtime.clone(), shutdown).await
 }
 
 /// Runs each service's build command, in manifest order, stopping at the

@@ -20,7 +20,7 @@
 //! services).
 
 use crate::http::body::{BodyEnd, LimitedBody, ResponseBody};
-use crate::instance::{self, Tag};
+use crate::instance;
 use crate::invoke::{self, InvocationId, Outcome};
 use crate::runtime::{Runtime, Service};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
@@ -76,6 +76,13 @@ async fn invoke_http(
     mut req: Request<hyper::body::Incoming>,
     local: SocketAddr,
 ) -> Response<ResponseBody> {
+    let Some(pre) = service.handlers.http.clone() else {
+        // Routes are only accepted for components that export the handler.
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the service cannot serve HTTP\n",
+        );
+    };
     let limits = service.limits();
     let body_limit = limits.request_body.bytes();
     if declared_length(&req).is_some_and(|len| len > body_limit) {
@@ -107,11 +114,7 @@ async fn invoke_http(
     let exceeded = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| LimitedBody::new(body, body_limit, exceeded.clone()));
 
-    let tag = Tag {
-        service: service.name().clone(),
-        invocation: id,
-    };
-    let mut store = instance::new_store(runtime.engine().engine(), &tag, limits);
+    let mut store = instance::new_store(runtime, &service, id);
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let (response_tx, response_rx) = tokio::sync::oneshot::channel();
     let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
@@ -142,7 +145,7 @@ async fn invoke_http(
             let service = task_service;
             let limits = service.limits();
             let result = invoke::run_until_deadline(deadline, async {
-                let proxy = service.handler.pre.instantiate_async(&mut store).await?;
+                let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, wasi_req, out)

@@ -1,0 +1,112 @@
+//! Assembling a host (shared by `up` and `serve`): state, engine, code
+//! cache, event bus, runtime, control plane, restored services.
+
+use crate::artifact::ArtifactStore;
+use crate::cache::CodeCache;
+use crate::control::{ControlPlane, Events};
+use crate::engine::{BerthEngine, EngineOptions};
+use crate::events::bus::Bus;
+use crate::events::dispatch::Dispatcher;
+use crate::events::schedule::Scheduler;
+use crate::events::sqlite::SqliteBus;
+use crate::runtime::{EventsContext, Runtime};
+use crate::state::{DB_FILE, State};
+use crate::units::ByteSize;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What a host is made of.
+pub struct HostOptions {
+    /// The state directory (created if missing).
+    pub state: PathBuf,
+    /// Where compiled code goes; default `STATE/code`.
+    pub cache: Option<PathBuf>,
+    /// Engine settings.
+    pub engine: EngineOptions,
+    /// The largest component accepted.
+    pub max_upload: ByteSize,
+    /// The largest event accepted.
+    pub max_event_size: ByteSize,
+}
+
+/// A running host.
+pub struct Host {
+    pub runtime: Arc<Runtime>,
+    pub control: Arc<ControlPlane>,
+    /// Held for as long as the host runs.
+    _lock: std::fs::File,
+}
+
+impl Host {
+    /// Opens the state directory (locking it), builds everything and
+    /// restores the stored services.
+    pub async fn open(options: HostOptions) -> anyhow::Result<Host> {
+        let dir = &options.state;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let lock = lock(dir)?;
+        let db = dir.join(DB_FILE);
+        let state =
+            State::open(&db).with_context(|| format!("opening the state in {}", dir.display()))?;
+        let state = Arc::new(Mutex::new(state));
+        let artifacts = ArtifactStore::open(dir.join("artifacts"))
+            .with_context(|| format!("opening {}", dir.join("artifacts").display()))?;
+        let engine = BerthEngine::new(&options.engine)?;
+        let cache_dir = options.cache.unwrap_or_else(|| dir.join("code"));
+        let cache = CodeCache::new(&cache_dir, engine.engine())
+            .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
+        let runtime = Runtime::new(engine);
+
+        let bus: Arc<dyn Bus> = Arc::new(
+            SqliteBus::open(&db)
+                .with_context(|| format!("opening the event bus in {}", db.display()))?,
+        );
+        runtime.set_events(EventsContext {
+            bus: bus.clone(),
+            max_event_size: options.max_event_size.bytes() as usize,
+        });
+        let events = Events {
+            dispatcher: Dispatcher::new(runtime.clone(), bus.clone()),
+            scheduler: Scheduler::new(runtime.clone(), bus.clone(), state.clone()),
+            bus,
+        };
+        let control = Arc::new(ControlPlane::new(
+            runtime.clone(),
+            state,
+            artifacts,
+            cache,
+            options.max_upload,
+            events,
+            options.max_event_size,
+        ));
+        control.restore().await?;
+        Ok(Host {
+            runtime,
+            control,
+            _lock: lock,
+        })
+    }
+}
+
+/// Holds an exclusive lock on `DIR/lock` for as long as the host runs, so
+/// two hosts never share a state directory.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another berth is using the state directory {}",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
