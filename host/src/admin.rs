@@ -13,11 +13,19 @@
 //! | DELETE | `/v1/services/{name}` | remove the service |
 //! | GET | `/v1/services/{name}/revisions` | its revisions |
 //! | POST | `/v1/services/{name}/rollback` | switch to an older revision |
+//! | POST | `/v1/events/{topic}` | publish CloudEvents (binary, structured or batch mode) |
+//! | GET | `/v1/events` | queue depth, in flight, retries, dead letters per subscription |
+//! | GET | `/v1/events/dead` | the dead letters (`?topic=`) |
+//! | POST | `/v1/events/dead/replay` | deliver dead letters again |
+//! | DELETE | `/v1/events/dead` | purge dead letters (`?topic=`) |
 
 use crate::api::{
-    ArtifactView, DeployRequest, ErrorBody, ErrorDetail, RevisionView, RollbackRequest, ServiceView,
+    ArtifactView, CountView, DeadLetterView, DeployRequest, ErrorBody, ErrorDetail, EventsView,
+    PublishedEvent, PublishedView, ReplayRequest, RevisionView, RollbackRequest, ServiceView,
 };
 use crate::control::{ControlError, ControlPlane};
+use crate::events::Topic;
+use crate::events::bus::{BusError, Replay};
 use crate::http::body::ResponseBody;
 use crate::http::handler::health;
 use crate::service::{ServiceConfig, ServiceName};
@@ -233,12 +241,69 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
             let record = control.rollback(name, request.to).await?;
             json(StatusCode::OK, &RevisionView::new(&record, true))
         }
+        (["v1", "events"], &Method::GET) => {
+            let bus = control.bus();
+            let view = EventsView {
+                subscriptions: bus.stats().await.map_err(bus_error)?,
+                topics: bus.topics().await.map_err(bus_error)?,
+            };
+            json(StatusCode::OK, &view)
+        }
+        (["v1", "events", "dead"], &Method::GET) => {
+            let topic = query_param(&req, "topic");
+            let dead = control
+                .bus()
+                .dead_letters(topic.as_deref())
+                .await
+                .map_err(bus_error)?;
+            json(
+                StatusCode::OK,
+                &dead.iter().map(DeadLetterView::from).collect::<Vec<_>>(),
+            )
+        }
+        (["v1", "events", "dead"], &Method::DELETE) => {
+            let topic = query_param(&req, "topic");
+            let count = control
+                .bus()
+                .purge(topic.as_deref())
+                .await
+                .map_err(bus_error)?;
+            json(StatusCode::OK, &CountView { count })
+        }
+        (["v1", "events", "dead", "replay"], &Method::POST) => {
+            let request: ReplayRequest = read_json(req).await?;
+            let which = match (request.id, request.all) {
+                (Some(id), false) => Replay::Id(id),
+                (None, true) => Replay::All,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "give either an `id` or `\"all\": true`",
+                    ));
+                }
+            };
+            let by_id = matches!(which, Replay::Id(_));
+            let count = control.bus().replay(which).await.map_err(bus_error)?;
+            if by_id && count == 0 {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no dead letter has that event id",
+                ));
+            }
+            json(StatusCode::OK, &CountView { count })
+        }
+        (["v1", "events", topic], &Method::POST) => publish(control, topic, req).await,
         (
             ["v1", "artifacts"]
             | ["v1", "artifacts", _]
             | ["v1", "services"]
             | ["v1", "services", _]
-            | ["v1", "services", _, "revisions" | "rollback"],
+            | ["v1", "services", _, "revisions" | "rollback"]
+            | ["v1", "events"]
+            | ["v1", "events", _]
+            | ["v1", "events", "dead", "replay"],
             _,
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -285,6 +350,71 @@ async fn upload(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> 
         StatusCode::OK
     };
     json(status, &ArtifactView::from(&record))
+}
+
+async fn publish(
+    control: &ControlPlane,
+    topic: &str,
+    req: Request<hyper::body::Incoming>,
+) -> ApiResult {
+    let topic = Topic::parse(topic)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let batch = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/cloudevents-batch+json")
+        });
+    let max_event = control.max_event_size();
+    // A batch may hold many events, each within the limit.
+    let limit = if batch {
+        (max_event.bytes() * 64).min(32 << 20)
+    } else {
+        // Binary mode: the body is the data; headers are bounded by hyper.
+        max_event.bytes() + 4096
+    };
+    let headers = req.headers().clone();
+    let body = Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::from(ControlError::TooLarge(max_event))
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading the events failed: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    let events = crate::events::cloudevents::from_request(&topic, &headers, body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let ids: Vec<String> = events.iter().map(|e| e.attributes.id.clone()).collect();
+    let counts = control.publish(events).await?;
+    let view = PublishedView {
+        published: ids
+            .into_iter()
+            .zip(counts)
+            .map(|(id, deliveries)| PublishedEvent { id, deliveries })
+            .collect(),
+    };
+    json(StatusCode::ACCEPTED, &view)
+}
+
+fn bus_error(e: BusError) -> ApiError {
+    ApiError::from(ControlError::Storage(e.to_string()))
+}
+
+/// One query parameter (no percent-decoding needed for topics).
+fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_owned())
+    })
 }
 
 fn service_name(s: &str) -> Result<ServiceName, ApiError> {

@@ -191,3 +191,77 @@ pub struct ErrorDetail {
     /// For humans.
     pub message: String,
 }
+
+/// `POST /v1/events/{topic}`: what was published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedView {
+    /// One entry per event, in order.
+    pub published: Vec<PublishedEvent>,
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedEvent {
+    /// Its CloudEvents id.
+    pub id: String,
+    /// Deliveries made: one per matching subscription (0: no subscriber).
+    pub deliveries: usize,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsView {
+    /// Per subscription.
+    pub subscriptions: Vec<crate::events::bus::SubscriptionStats>,
+    /// Per topic.
+    pub topics: Vec<crate::events::bus::TopicStats>,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    /// The subscription whose deliveries all failed.
+    pub subscription: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+    /// When it was given up.
+    pub dead_at: String,
+    /// The topic.
+    pub topic: String,
+    /// The event, in CloudEvents structured JSON.
+    pub event: serde_json::Value,
+}
+
+impl From<&crate::events::bus::DeadLetter> for DeadLetterView {
+    fn from(d: &crate::events::bus::DeadLetter) -> Self {
+        DeadLetterView {
+            subscription: d.subscription.clone(),
+            attempts: d.attempts,
+            error: d.error.clone(),
+            dead_at: rfc3339(d.dead_ms),
+            topic: d.event.topic.to_string(),
+            event: crate::events::cloudevents::to_json(&d.event),
+        }
+    }
+}
+
+/// `POST /v1/events/dead/replay`: `{"id": ...}` or `{"all": true}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The CloudEvents id of the event to deliver again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Deliver every dead letter again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// How many dead letters a replay or purge touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountView {
+    /// The number.
+    pub count: usize,
+}

@@ -91,6 +91,17 @@ impl Client {
         body: Body,
         content_type: &str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.send_with(method, path, body, content_type, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: &str,
+        headers: &[(String, String)],
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| {
@@ -110,6 +121,9 @@ impl Client {
             .header(CONTENT_TYPE, content_type);
         if let Some(token) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            req = req.header(name.as_str(), value.as_str());
         }
         let req = req
             .body(body)
@@ -175,14 +189,35 @@ impl Client {
         self.json(method, path, Some(body)).await
     }
 
-    /// `DELETE path`.
-    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+    /// `DELETE path`, reading JSON back (or nothing, for 204).
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ClientError> {
         let body = Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed();
-        self.send(Method::DELETE, path, body, "application/json")
+        let (status, bytes) = self
+            .send(Method::DELETE, path, body, "application/json")
             .await?;
-        Ok(())
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST path` with `body` and extra headers, reading JSON back.
+    pub async fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        headers: &[(String, String)],
+    ) -> Result<T, ClientError> {
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        let (_, bytes) = self
+            .send_with(Method::POST, path, body, content_type, headers)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Uploads a component, calling `progress(sent, total)` as the bytes go

@@ -75,6 +75,60 @@ impl Host {
         self.cli_ok(&["deploy", name, "--component", component, "--route", route])
     }
 
+    /// Deploys every service of `manifest` (written to a temporary file).
+    pub fn deploy_manifest(&self, manifest: &str) -> String {
+        let dir = manifest_dir(manifest);
+        let path = dir.path().join("berth.toml");
+        self.cli_ok(&["deploy", path.to_str().unwrap()])
+    }
+
+    /// `berth events --json`, parsed.
+    pub fn events(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["events", "--json"])).unwrap()
+    }
+
+    /// The stats of subscription `id` (`service:pattern`).
+    pub fn subscription(&self, id: &str) -> serde_json::Value {
+        self.events()["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subscription"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no subscription {id}"))
+    }
+
+    /// Waits until `check` holds of `berth events --json`.
+    pub fn wait_for_events(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let events = self.events();
+            if check(&events) {
+                return events;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {what}: {events:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Publishes CloudEvents in structured batch mode.
+    pub async fn publish_batch(&self, topic: &str, events: &[serde_json::Value]) -> Reply {
+        let req = http::Request::post(format!("/v1/events/{topic}"))
+            .header("host", "berth-admin")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(events).unwrap())))
+            .unwrap();
+        send(self.berth.admin.unwrap(), req).await
+    }
+
     /// `berth ls --json`, parsed.
     pub fn services(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.cli_ok(&["ls", "--json"])).unwrap()

@@ -2,6 +2,7 @@
 //! against guest components built from source (`tests/programs`).
 
 mod control;
+mod events;
 mod examples;
 mod failures;
 mod host;

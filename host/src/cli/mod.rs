@@ -4,10 +4,12 @@
 //! through its admin API (`--host`/`BERTH_HOST`, token in `BERTH_TOKEN`).
 
 mod deploy;
+mod events;
 mod host;
 mod inspect;
 mod ls;
 mod output;
+mod publish;
 mod revisions;
 mod rm;
 mod rollback;
@@ -44,6 +46,10 @@ enum Command {
     Rollback(rollback::RollbackArgs),
     /// Remove a service.
     Rm(rm::RmArgs),
+    /// Publish an event.
+    Publish(publish::PublishArgs),
+    /// Show event queues; list, replay or purge dead letters.
+    Events(events::EventsArgs),
 }
 
 /// How client commands reach a host.
@@ -99,6 +105,8 @@ pub fn main() -> ExitCode {
             Command::Revisions(args) => revisions::run(args).await,
             Command::Rollback(args) => rollback::run(args).await,
             Command::Rm(args) => rm::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
+            Command::Events(args) => events::run(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

@@ -13,7 +13,10 @@ pub struct RmArgs {
 
 pub async fn run(args: RmArgs) -> anyhow::Result<()> {
     let path = format!("/v1/services/{}", args.name);
-    args.client.client()?.delete(&path).await?;
+    args.client
+        .client()?
+        .delete::<serde_json::Value>(&path)
+        .await?;
     if args.client.json {
         return output::json(&serde_json::json!({ "removed": args.name }));
     }
