@@ -1,5 +1,4 @@
-//! A hello-world HTTP service: a plain `wasi:http/proxy` component that
-//! runs unchanged on Berth or on any other WASI 0.2 host.
+//! A hello-world HTTP service, five lines with `berth-sdk`.
 //!
 //! Run this example with (from the repository root):
 //!
@@ -8,17 +7,14 @@
 //! curl http://127.0.0.1:3000/hello/world
 //! ```
 
-use wstd::http::{Body, Error, Request, Response};
+use berth_sdk::http::{Request, Response};
 
-#[wstd::http_server]
-async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
-    let path = request.uri().path();
-    let who = path
-        .strip_prefix("/hello")
-        .map(|rest| rest.trim_matches('/'))
-        .filter(|name| !name.is_empty())
-        .unwrap_or("world");
+fn hello(req: Request) -> Response {
+    let who = req.path().trim_start_matches("/hello").trim_matches('/');
+    let who = if who.is_empty() { "world" } else { who };
     // Guest output becomes a log line tagged with the service and invocation.
     println!("greeting {who}");
-    Ok(Response::new(format!("Hello, {who}!\n").into()))
+    Response::text(format!("Hello, {who}!\n"))
 }
+
+berth_sdk::http_handler!(hello);
