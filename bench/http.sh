@@ -30,7 +30,7 @@ cargo build --release -p berth
 (cd bench/native-hello && cargo build --release --target-dir target)
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-exec python3 bench/http.py \
+exec python3 bench/load_http.py \
     --berth "$target_dir/release/berth" \
     --wasmtime "$(command -v wasmtime)" \
     --native bench/native-hello/target/release/native-hello \

@@ -18,7 +18,8 @@
 //!
 //! `berth serve` adds the [`control`] plane: durable [`state`], the
 //! [`admin`] API, and live deploys that swap the runtime's services
-//! atomically.
+//! atomically. [`events`] add a second trigger: subscriptions and
+//! schedules, delivered at least once through a durable bus.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -32,8 +33,9 @@
 //! let mut services = Vec::new();
 //! for entry in &manifest.services {
 //!     let bytes = std::fs::read(&entry.component)?;
-//!     let (handler, _report) = component::load_http(&engine, &cache, &bytes)?;
-//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, handler)));
+//!     let (handlers, _report) = component::load(&engine, &cache, &bytes)?;
+//!     handlers.check(&entry.spec.config)?;
+//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, handlers)));
 //! }
 //! let runtime = runtime::Runtime::new(engine);
 //! runtime.replace_all(services)?;
@@ -54,6 +56,7 @@
 //! - [`component`] — loading and checking a component into a handler.
 //! - [`control`] — deploys, upgrades, rollbacks, removals, restore.
 //! - [`engine`] — the one wasmtime engine, its linker and epoch ticker.
+//! - [`events`] — topics, CloudEvents, the bus, dispatch, schedules.
 //! - [`http`] — the public listener, the HTTP trigger, bodies.
 //! - [`instance`] — the per-invocation `Store`: WASI context, limits, logs.
 //! - [`invoke`] — invocation ids, deadlines and outcomes.

@@ -26,12 +26,25 @@ async fn the_examples_build_and_serve() {
     berth.log_line(&reply.invocation(), "greeting berth");
 
     // signup publishes, welcome consumes.
-    let reply = post(&berth, "/signup", r#"{"email": "ada@example.com", "name": "Ada"}"#).await;
+    let reply = post(
+        &berth,
+        "/signup",
+        r#"{"email": "ada@example.com", "name": "Ada"}"#,
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    let event = serde_json::from_slice::<serde_json::Value>(reply.body.as_ref().unwrap()).unwrap()["event"]
+    let event = serde_json::from_slice::<serde_json::Value>(reply.body.as_ref().unwrap()).unwrap()
+        ["event"]
         .as_str()
         .unwrap()
         .to_owned();
-    berth.wait_for_logs(&[&format!("welcome email to Ada <ada@example.com> (event {event})")]);
-    assert_eq!(post(&berth, "/signup", r#"{"email": "nope", "name": "X"}"#).await.status, 422);
+    berth.wait_for_logs(&[&format!(
+        "welcome email to Ada <ada@example.com> (event {event})"
+    )]);
+    assert_eq!(
+        post(&berth, "/signup", r#"{"email": "nope", "name": "X"}"#)
+            .await
+            .status,
+        422
+    );
 }

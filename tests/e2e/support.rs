@@ -179,6 +179,22 @@ impl Berth {
         }
     }
 
+    /// Waits until the logs contain `needle` at least `n` times.
+    pub fn wait_for_count(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= n {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the logs never contained {needle:?} {n} times:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();

@@ -11,7 +11,10 @@ use berth_sdk::events::{Error, Event};
 
 fn cleanup(event: Event) -> Result<(), Error> {
     let firing: serde_json::Value = event.json()?;
-    println!("cleanup run by schedule {} (due {})", firing["schedule"], firing["due"]);
+    println!(
+        "cleanup run by schedule {} (due {})",
+        firing["schedule"], firing["due"]
+    );
     Ok(())
 }
 

@@ -22,13 +22,18 @@ struct SignUp {
 fn sign_up(req: Request) -> Response {
     let user: SignUp = match req.json() {
         Ok(user) => user,
-        Err(e) => return Response::text(format!("expected {{\"email\", \"name\"}}: {e}\n")).with_status(400),
+        Err(e) => {
+            return Response::text(format!("expected {{\"email\", \"name\"}}: {e}\n"))
+                .with_status(400);
+        }
     };
     if !user.email.contains('@') {
         return Response::text("that is not an email address\n").with_status(422);
     }
     match events::publish_json("users.signed-up", "user.signed-up", &user) {
-        Ok(id) => Response::json(&serde_json::json!({"welcome": user.name, "event": id})).with_status(202),
+        Ok(id) => {
+            Response::json(&serde_json::json!({"welcome": user.name, "event": id})).with_status(202)
+        }
         Err(e) => Response::text(format!("{e}\n")).with_status(503),
     }
 }
@@ -36,7 +41,9 @@ fn sign_up(req: Request) -> Response {
 fn handle(req: Request) -> Response {
     Router::new()
         .post("/signup", sign_up)
-        .get("/signup", |_| Response::text("POST {\"email\": ..., \"name\": ...} here to sign up\n"))
+        .get("/signup", |_| {
+            Response::text("POST {\"email\": ..., \"name\": ...} here to sign up\n")
+        })
         .handle(req)
 }
 

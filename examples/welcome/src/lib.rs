@@ -20,7 +20,12 @@ struct SignedUp {
 
 fn welcome(event: Event) -> Result<(), Error> {
     let user: SignedUp = event.json()?;
-    println!("welcome email to {} <{}> (event {})", user.name, user.email, event.id());
+    println!(
+        "welcome email to {} <{}> (event {})",
+        user.name,
+        user.email,
+        event.id()
+    );
     Ok(())
 }
 
