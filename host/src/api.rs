@@ -64,6 +64,10 @@ pub struct ServiceView {
     pub in_flight: u32,
     /// Requests waiting for an instance now.
     pub queued: u32,
+    /// Whether its compiled component is in memory now (false: scaled to
+    /// zero; its next invocation is a cold start).
+    #[serde(default)]
+    pub loaded: bool,
     /// When the service was first deployed.
     pub created_at: String,
     /// When its active revision last changed.
@@ -92,6 +96,7 @@ impl From<&ServiceStatus> for ServiceView {
             error: s.error.clone(),
             in_flight: s.in_flight,
             queued: s.queued,
+            loaded: s.loaded,
             created_at: rfc3339(s.record.created_ms),
             updated_at: rfc3339(s.record.updated_ms),
         }

@@ -149,6 +149,18 @@ impl CodeCache {
         Ok((component, outcome))
     }
 
+    /// Loads the compiled form of `digest` if the cache holds a valid
+    /// entry: `Ok(None)` when there is none, `Err(reason)` when there is one
+    /// that must not be used. Needs no artifact bytes: this is the fast path
+    /// of a cold start.
+    pub fn load_cached(
+        &self,
+        engine: &Engine,
+        digest: &Digest,
+    ) -> Result<Option<Component>, String> {
+        self.load(engine, &self.entry_path(digest))
+    }
+
     /// `Ok(None)` when there is no entry; `Err(reason)` when there is one
     /// that must not be used.
     fn load(&self, engine: &Engine, code: &Path) -> Result<Option<Component>, String> {

@@ -114,11 +114,72 @@ pub fn load(
     let (component, outcome) = cache
         .load_or_compile(engine.engine(), &digest, bytes)
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    let handlers = handlers(engine, digest, &component)?;
+    Ok((
+        handlers,
+        LoadReport {
+            cache: outcome,
+            elapsed: started.elapsed(),
+        },
+    ))
+}
+
+/// Where a service's component comes from, to load it again after it was
+/// unloaded for being idle: the code cache first (no artifact needed), the
+/// artifact store if the cache has no valid entry.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The artifact.
+    pub digest: Digest,
+    /// Where the artifact is stored.
+    pub artifacts: crate::artifact::ArtifactStore,
+    /// Where its compiled code is cached.
+    pub cache: CodeCache,
+}
+
+impl Source {
+    /// Loads the component into handlers checked against `config`.
+    pub fn load(
+        &self,
+        engine: &BerthEngine,
+        config: &ServiceConfig,
+    ) -> Result<(Handlers, LoadReport), LoadError> {
+        let started = Instant::now();
+        let handlers = match self.cache.load_cached(engine.engine(), &self.digest) {
+            Ok(Some(component)) => {
+                let handlers = handlers(engine, self.digest, &component)?;
+                (
+                    handlers,
+                    LoadReport {
+                        cache: CacheOutcome::Hit,
+                        elapsed: started.elapsed(),
+                    },
+                )
+            }
+            Ok(None) | Err(_) => {
+                let bytes = self
+                    .artifacts
+                    .read(&self.digest)
+                    .map_err(|e| LoadError::Invalid(e.to_string()))?;
+                load(engine, &self.cache, &bytes)?
+            }
+        };
+        handlers.0.check(config)?;
+        Ok(handlers)
+    }
+}
+
+/// Builds the pre-instantiated handlers of a compiled component.
+fn handlers(
+    engine: &BerthEngine,
+    digest: Digest,
+    component: &Component,
+) -> Result<Handlers, LoadError> {
     let instance_pre = engine
         .linker()
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|e| LoadError::UnknownImport(describe_import_error(&e)))?;
-    let exports = exports(engine, &component);
+    let exports = exports(engine, component);
     let exported = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
     let http = if exported(HTTP_HANDLER_EXPORT) {
         Some(
@@ -149,17 +210,11 @@ pub fn load(
             },
         });
     }
-    Ok((
-        Handlers {
-            digest,
-            http,
-            events,
-        },
-        LoadReport {
-            cache: outcome,
-            elapsed: started.elapsed(),
-        },
-    ))
+    Ok(Handlers {
+        digest,
+        http,
+        events,
+    })
 }
 
 /// The names of the instances a component exports.

@@ -85,6 +85,9 @@ pub struct ServiceStatus {
     pub in_flight: u32,
     /// Requests waiting for an instance now.
     pub queued: u32,
+    /// Whether its compiled component is in memory (false: scaled to zero,
+    /// the next invocation is a cold start).
+    pub loaded: bool,
 }
 
 /// The event machinery a control plane keeps in step with its services.
@@ -227,24 +230,30 @@ impl ControlPlane {
         .map_err(|e| ControlError::Storage(format!("loading task failed: {e}")))?
     }
 
-    /// Loads every stored service's active revision and routes to it. A
-    /// service that cannot be loaded is logged, reported by
-    /// [`ControlPlane::services`], and left out; the others serve.
+    /// Routes every stored service's active revision again, unloaded: its
+    /// component is loaded on its first invocation (from the code cache,
+    /// so a restart compiles nothing and holds no idle code in memory). A
+    /// service whose artifact is missing is logged, reported by
+    /// [`ControlPlane::services`], and left out; the others serve. One
+    /// whose component turns out not to load is reported when that is
+    /// tried.
     pub async fn restore(&self) -> Result<usize, ControlError> {
         let _changes = self.changes.lock().await;
         let records = self.db(|s| s.services()).await?;
         let mut restored = 0;
         for record in records {
             let name = record.active.service.clone();
-            let result = async {
-                let handler = self
-                    .load(record.active.artifact, &record.active.config)
-                    .await?;
-                let service = service(&record.active, handler);
-                self.runtime.upsert(Arc::new(service))?;
+            let result = (|| {
+                if !self.artifacts.contains(&record.active.artifact) {
+                    return Err(ControlError::Storage(format!(
+                        "artifact {} is missing from the artifact store",
+                        record.active.artifact
+                    )));
+                }
+                self.runtime
+                    .upsert(Arc::new(self.routed(&record.active, None)))?;
                 Ok::<_, ControlError>(())
-            }
-            .await;
+            })();
             match result {
                 Ok(()) => restored += 1,
                 Err(e) => {
@@ -372,7 +381,8 @@ impl ControlPlane {
     }
 
     fn switch(&self, record: &RevisionRecord, handler: Handlers) -> Result<(), ControlError> {
-        self.runtime.upsert(Arc::new(service(record, handler)))?;
+        self.runtime
+            .upsert(Arc::new(self.routed(record, Some(handler))))?;
         self.failed().remove(&record.service);
         Ok(())
     }
@@ -429,8 +439,14 @@ impl ControlPlane {
                 )
             })
             .unwrap_or_default();
+        let error = self
+            .failed()
+            .get(name)
+            .cloned()
+            .or_else(|| running.as_ref().and_then(|s| s.load_error()));
         ServiceStatus {
-            error: self.failed().get(name).cloned(),
+            error,
+            loaded: running.as_ref().is_some_and(|s| s.is_loaded()),
             record,
             in_flight,
             queued,
@@ -461,13 +477,25 @@ fn log_load(digest: &Digest, cache: &CacheOutcome, what: &str) {
     }
 }
 
-fn service(record: &RevisionRecord, handler: Handlers) -> Service {
-    Service::new(
-        ServiceSpec {
-            name: record.service.clone(),
-            config: record.config.clone(),
-        },
-        record.number,
-        handler,
-    )
+impl ControlPlane {
+    fn source(&self, digest: Digest) -> component::Source {
+        component::Source {
+            digest,
+            artifacts: self.artifacts.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// The runtime's service for `record`, loaded (`Some` handlers) or not.
+    fn routed(&self, record: &RevisionRecord, handlers: Option<Handlers>) -> Service {
+        Service::new(
+            ServiceSpec {
+                name: record.service.clone(),
+                config: record.config.clone(),
+            },
+            record.number,
+            self.source(record.artifact),
+            handlers,
+        )
+    }
 }

@@ -30,12 +30,15 @@
 //! manifest.check_components()?;
 //! let engine = engine::BerthEngine::new(&engine::EngineOptions::default())?;
 //! let cache = CodeCache::new("/tmp/berth-code", engine.engine())?;
+//! let artifacts = berth::artifact::ArtifactStore::open("/tmp/berth-artifacts")?;
 //! let mut services = Vec::new();
 //! for entry in &manifest.services {
 //!     let bytes = std::fs::read(&entry.component)?;
 //!     let (handlers, _report) = component::load(&engine, &cache, &bytes)?;
 //!     handlers.check(&entry.spec.config)?;
-//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, handlers)));
+//!     artifacts.put(&handlers.digest, &bytes)?;
+//!     let source = component::Source { digest: handlers.digest, artifacts: artifacts.clone(), cache: cache.clone() };
+//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, source, Some(handlers))));
 //! }
 //! let runtime = runtime::Runtime::new(engine);
 //! runtime.replace_all(services)?;

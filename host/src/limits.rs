@@ -21,6 +21,7 @@ pub const MAX_MEMORY: ByteSize = ByteSize::gib(4);
 /// queue = 100              # requests waiting for a free instance
 /// queue_timeout = "5s"     # how long a request may wait in the queue
 /// request_body = "16MiB"   # largest request body accepted
+/// idle_timeout = "5m"      # idle time before its compiled code is unloaded
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,6 +51,12 @@ pub struct Limits {
     /// Largest request body accepted; larger ones get 413.
     #[serde(deserialize_with = "de_request_body", serialize_with = "ser_size")]
     pub request_body: ByteSize,
+    /// How long the service may go without an invocation before its
+    /// compiled code and pre-instantiated component are dropped from memory
+    /// (the next invocation reloads them from the on-disk cache: a cold
+    /// start).
+    #[serde(deserialize_with = "de_idle_timeout", serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +69,7 @@ impl Default for Limits {
             queue: 100,
             queue_timeout: Duration::from_secs(5),
             request_body: ByteSize::mib(16),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -174,6 +182,14 @@ fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_queue_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_duration_in(d, Duration::ZERO, Duration::from_secs(3600))
+}
+
+fn de_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_duration_in(
+        d,
+        Duration::from_millis(100),
+        Duration::from_secs(30 * 24 * 3600),
+    )
 }
 
 fn de_fuel<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

@@ -7,7 +7,7 @@
 //! started with, so it finishes on the revision it began on.
 
 use crate::admission::Admission;
-use crate::component::Handlers;
+use crate::component::{Handlers, Source};
 use crate::engine::BerthEngine;
 use crate::events::TopicPattern;
 use crate::events::bus::Bus;
@@ -21,33 +21,138 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-/// A service revision that is loaded and ready to serve.
+/// A service revision the runtime routes to. Its compiled component is
+/// held in memory while it is in use, and dropped after `idle_timeout`
+/// without invocations; the next invocation loads it again from the
+/// on-disk code cache (a cold start).
 pub struct Service {
     /// Its name and configuration.
     pub spec: ServiceSpec,
     /// The revision number this is.
     pub revision: u32,
-    /// Its pre-instantiated component, per trigger kind.
-    pub handlers: Handlers,
     /// Its admission control, shared by all its triggers.
     pub admission: Admission,
     /// The topics it may publish on.
     pub publish: Arc<[TopicPattern]>,
+    /// Where its component is loaded from.
+    pub source: Source,
+    handlers: arc_swap::ArcSwapOption<Handlers>,
+    loading: tokio::sync::Mutex<()>,
+    last_used_ms: std::sync::atomic::AtomicI64,
+    load_error: Mutex<Option<String>>,
+}
+
+/// What [`Service::handlers`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmth {
+    /// The component was in memory.
+    Warm,
+    /// It had to be loaded: a cold start, which took this long.
+    Cold(Duration),
 }
 
 impl Service {
-    /// A service from its configuration and its loaded component.
-    pub fn new(spec: ServiceSpec, revision: u32, handlers: Handlers) -> Self {
+    /// A service from its configuration, its source and, when it was just
+    /// loaded (a deploy), its handlers; `None` makes it start unloaded.
+    pub fn new(
+        spec: ServiceSpec,
+        revision: u32,
+        source: Source,
+        handlers: Option<Handlers>,
+    ) -> Self {
         let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
         let publish = spec.config.publish.clone().into();
         Service {
             spec,
             revision,
-            handlers,
             admission,
             publish,
+            source,
+            handlers: arc_swap::ArcSwapOption::new(handlers.map(Arc::new)),
+            loading: tokio::sync::Mutex::new(()),
+            last_used_ms: std::sync::atomic::AtomicI64::new(crate::units::now_ms()),
+            load_error: Mutex::new(None),
         }
+    }
+
+    /// Whether its component is in memory now.
+    pub fn is_loaded(&self) -> bool {
+        self.handlers.load().is_some()
+    }
+
+    /// Why its component could not be loaded the last time it was tried.
+    pub fn load_error(&self) -> Option<String> {
+        self.load_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The service's handlers, loading them first if the service was
+    /// unloaded (a cold start: counted, timed and logged).
+    pub async fn handlers(
+        &self,
+        runtime: &Arc<Runtime>,
+    ) -> Result<(Arc<Handlers>, Warmth), String> {
+        self.last_used_ms
+            .store(crate::units::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(handlers) = self.handlers.load_full() {
+            return Ok((handlers, Warmth::Warm));
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(handlers) = self.handlers.load_full() {
+            return Ok((handlers, Warmth::Warm));
+        }
+        let started = std::time::Instant::now();
+        let (source, config, rt) = (
+            self.source.clone(),
+            self.spec.config.clone(),
+            runtime.clone(),
+        );
+        let loaded = tokio::task::spawn_blocking(move || source.load(rt.engine(), &config))
+            .await
+            .map_err(|e| format!("loading task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut error = self.load_error.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded {
+            Ok((handlers, report)) => {
+                *error = None;
+                let handlers = Arc::new(handlers);
+                self.handlers.store(Some(handlers.clone()));
+                let elapsed = started.elapsed();
+                tracing::info!(
+                    service = %self.name(),
+                    revision = self.revision,
+                    code = %report.cache,
+                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                    "cold start"
+                );
+                Ok((handlers, Warmth::Cold(elapsed)))
+            }
+            Err(e) => {
+                tracing::error!(service = %self.name(), revision = self.revision, error = %e, "the service cannot be loaded");
+                *error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the component from memory if the service has been idle (no
+    /// invocation running or waiting) for its `idle_timeout`.
+    pub fn unload_if_idle(&self, now_ms: i64) -> bool {
+        let limits = self.limits();
+        let idle_since = self.last_used_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if !self.is_loaded()
+            || now_ms - idle_since < limits.idle_timeout.as_millis() as i64
+            || self.admission.in_flight(limits.concurrency) > 0
+            || self.admission.queued() > 0
+        {
+            return false;
+        }
+        self.handlers.store(None);
+        tracing::debug!(service = %self.name(), revision = self.revision, "idle: unloaded");
+        true
     }
 
     /// The service's name.
@@ -227,6 +332,23 @@ impl Runtime {
             .routes
             .lookup(path)
             .map(|(_, s)| s.clone())
+    }
+
+    /// Unloads, every `period`, the services idle for their `idle_timeout`.
+    pub fn start_reaper(self: &Arc<Self>, period: Duration) {
+        let runtime = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(runtime) = runtime.upgrade() else {
+                    return;
+                };
+                let now = crate::units::now_ms();
+                for service in runtime.snapshot.load().services.values() {
+                    service.unload_if_idle(now);
+                }
+            }
+        });
     }
 
     /// The longest deadline of any service: how long draining may take.

@@ -129,8 +129,10 @@ async fn a_restart_restores_every_service_and_its_active_revision() {
     let before = host.services();
 
     host.restart();
-    host.berth.wait_for_logs(&["cache hit"]);
+    // Restored unloaded: the first request loads from the code cache.
+    assert!(host.services().iter().all(|s| s["loaded"] == false));
     assert_eq!(get(&host.berth, "/svc/x").await.text(), V1);
+    host.berth.wait_for_logs(&["cold start", "code=cache hit"]);
     assert_eq!(
         post(&host.berth, "/echo", "round trip").await.text(),
         "round trip"
@@ -155,7 +157,8 @@ async fn a_restart_restores_every_service_and_its_active_revision() {
     assert_eq!(after[1]["revision"], 1);
     assert_eq!(after[1]["latest_revision"], 2);
 
-    // A damaged artifact: that service is reported failed and not routed;
+    // A damaged artifact (and no compiled code to fall back on): loading
+    // that service fails, its requests get 503 and it is reported failed;
     // the others serve. Uploading the component again repairs it.
     let status = host.berth.terminate();
     assert!(status.success());
@@ -168,7 +171,22 @@ async fn a_restart_restores_every_service_and_its_active_revision() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[1000] ^= 0xff;
     std::fs::write(&file, bytes).unwrap();
+    for entry in std::fs::read_dir(host.state.join("code")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&digest)
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
     host.start_again();
+    let reply = post(&host.berth, "/echo", "x").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
     let services = host.services();
     assert_eq!(services[0]["status"], "failed");
     assert!(
@@ -177,7 +195,6 @@ async fn a_restart_restores_every_service_and_its_active_revision() {
         services[0]
     );
     assert_eq!(services[1]["status"], "serving");
-    assert_eq!(post(&host.berth, "/echo", "x").await.status, 404);
     assert_eq!(get(&host.berth, "/svc/x").await.text(), V1);
     host.cli_ok(&["deploy", "echo", "--component", programs::ECHO]);
     assert_eq!(host.services()[0]["status"], "serving");

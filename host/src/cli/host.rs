@@ -57,6 +57,7 @@ impl Host {
         let cache = CodeCache::new(&cache_dir, engine.engine())
             .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
         let runtime = Runtime::new(engine);
+        runtime.start_reaper(std::time::Duration::from_millis(500));
 
         let bus: Arc<dyn Bus> = Arc::new(
             SqliteBus::open(&db)

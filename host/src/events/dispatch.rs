@@ -30,6 +30,10 @@ use tracing::Instrument;
 /// How long a delivery waits when its service cannot take it now.
 const DEFER: Duration = Duration::from_millis(200);
 
+/// How long a delivery waits when its service's component cannot be
+/// loaded (a damaged artifact, say).
+const LOAD_RETRY: Duration = Duration::from_secs(5);
+
 /// Most deliveries fetched at once.
 const FETCH_BATCH: usize = 64;
 
@@ -181,11 +185,6 @@ impl Dispatcher {
         spec: &SubscriptionSpec,
         delivery: &Delivery,
     ) -> Settle {
-        let Some(pre) = service.handlers.events.as_ref() else {
-            return Settle::Dead {
-                error: "the service does not export berth:events/handler".into(),
-            };
-        };
         let permit = match service.admission.admit(self.runtime.host_slots()).await {
             Ok(permit) => permit,
             Err(_) => {
@@ -193,6 +192,20 @@ impl Dispatcher {
                     at_ms: now_ms() + DEFER.as_millis() as i64,
                 };
             }
+        };
+        let handlers = match service.handlers(&self.runtime).await {
+            Ok((handlers, _)) => handlers,
+            // Not the event's fault: try again later, without an attempt.
+            Err(_) => {
+                return Settle::Defer {
+                    at_ms: now_ms() + LOAD_RETRY.as_millis() as i64,
+                };
+            }
+        };
+        let Some(pre) = handlers.events.as_ref() else {
+            return Settle::Dead {
+                error: "the service does not export berth:events/handler".into(),
+            };
         };
         let id = InvocationId::new();
         let event = &delivery.event;

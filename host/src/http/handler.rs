@@ -76,13 +76,6 @@ async fn invoke_http(
     mut req: Request<hyper::body::Incoming>,
     local: SocketAddr,
 ) -> Response<ResponseBody> {
-    let Some(pre) = service.handlers.http.clone() else {
-        // Routes are only accepted for components that export the handler.
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the service cannot serve HTTP\n",
-        );
-    };
     let limits = service.limits();
     let body_limit = limits.request_body.bytes();
     if declared_length(&req).is_some_and(|len| len > body_limit) {
@@ -97,6 +90,29 @@ async fn invoke_http(
             let mut response = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service is busy; retry later\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            return response;
+        }
+    };
+
+    let pre = match service.handlers(runtime).await {
+        Ok((handlers, _)) => match handlers.http.clone() {
+            Some(pre) => pre,
+            // Routes are only accepted for components that export the handler.
+            None => {
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the service cannot serve HTTP\n",
+                );
+            }
+        },
+        Err(_) => {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service cannot be loaded\n",
             );
             response
                 .headers_mut()
