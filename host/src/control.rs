@@ -496,6 +496,7 @@ impl ControlPlane {
             record.number,
             self.source(record.artifact),
             handlers,
+            self.runtime.cpu_turns(),
         )
     }
 }

@@ -29,6 +29,7 @@ pub struct InstanceState {
     hooks: Hooks,
     limiter: MemoryLimiter,
     publisher: Option<Publisher>,
+    turn: Arc<CpuTurn>,
 }
 
 impl WasiView for InstanceState {
@@ -109,6 +110,14 @@ pub struct Tag {
 /// engine tick so a guest that never calls the host never holds a runtime
 /// thread. (The wall-clock deadline itself is enforced by the caller, which
 /// drops the invocation's future when it passes.)
+///
+/// Fairness: a guest that is still running when the epoch ticks is
+/// CPU-bound. At each tick it gives back its CPU turn and waits for one of
+/// its service's turns (as many as the machine has cores) before it goes
+/// on, and it gives the turn back whenever it calls the host. So however
+/// many invocations of one service burn CPU, at most that many of them
+/// compete with the rest of the host for the runtime's threads, and a
+/// guest waiting on I/O never holds a turn.
 pub fn new_store(
     runtime: &Runtime,
     service: &Service,
@@ -131,6 +140,7 @@ pub fn new_store(
         http: WasiHttpCtx::new(),
         hooks: Hooks { tag: tag.clone() },
         limiter: MemoryLimiter::new(limits.memory.bytes()),
+        turn: CpuTurn::new(service.cpu_turns.clone()),
         publisher: runtime.events().map(|events| Publisher {
             service: service.name().clone(),
             invocation,
@@ -145,13 +155,83 @@ pub fn new_store(
         .set_fuel(limits.fuel)
         .expect("the engine is configured with fuel");
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| {
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(tokio::task::yield_now()),
-        ))
+    store.epoch_deadline_callback(|store| {
+        let turn = store.data().turn.clone();
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(turn.next_turn())))
+    });
+    store.call_hook(|store, hook| {
+        if matches!(hook, wasmtime::CallHook::CallingHost) {
+            store.data().turn.release();
+        }
+        Ok(())
     });
     store
+}
+
+/// An invocation's share of its service's CPU turns (see [`CpuTurn`]).
+pub struct CpuTurn {
+    turns: Arc<tokio::sync::Semaphore>,
+    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    holding: std::sync::atomic::AtomicBool,
+}
+
+impl CpuTurn {
+    /// A share of `turns`, holding none yet.
+    pub fn new(turns: Arc<tokio::sync::Semaphore>) -> Arc<CpuTurn> {
+        Arc::new(CpuTurn {
+            turns,
+            held: Mutex::new(None),
+            holding: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Gives the turn back, if held.
+    ///
+    /// The turn is handed to a thread of its own to be released: the
+    /// invocation it wakes is then queued behind the work already waiting
+    /// for the runtime's threads. Released here, on a runtime thread, it
+    /// would run next (tokio's LIFO slot), and a service's CPU-bound
+    /// invocations would pass their turns among themselves while requests
+    /// to other services wait.
+    fn release(&self) {
+        if self
+            .holding
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Some(permit) = self.held.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            release_elsewhere(permit);
+        }
+    }
+
+    /// Gives the turn back, lets everything else run, then waits for a
+    /// turn (first come, first served among the service's invocations) and
+    /// holds it.
+    async fn next_turn(self: Arc<Self>) {
+        self.release();
+        tokio::task::yield_now().await;
+        let permit = self.turns.clone().acquire_owned().await.ok();
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = permit;
+        self.holding
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Drops CPU turns on a thread outside the runtime (see [`CpuTurn::release`]).
+fn release_elsewhere(permit: tokio::sync::OwnedSemaphorePermit) {
+    static RELEASER: std::sync::OnceLock<
+        std::sync::mpsc::Sender<tokio::sync::OwnedSemaphorePermit>,
+    > = std::sync::OnceLock::new();
+    let sender = RELEASER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::OwnedSemaphorePermit>();
+        std::thread::Builder::new()
+            .name("berth-turns".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .expect("spawning the turn releaser");
+        tx
+    });
+    if let Err(returned) = sender.send(permit) {
+        drop(returned.0);
+    }
 }
 
 /// `wasi:http` hooks: outgoing requests are denied.

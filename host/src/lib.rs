@@ -38,9 +38,10 @@
 //!     handlers.check(&entry.spec.config)?;
 //!     artifacts.put(&handlers.digest, &bytes)?;
 //!     let source = component::Source { digest: handlers.digest, artifacts: artifacts.clone(), cache: cache.clone() };
-//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, source, Some(handlers))));
+//!     let turns = runtime::default_cpu_turns();
+//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, source, Some(handlers), turns)));
 //! }
-//! let runtime = runtime::Runtime::new(engine);
+//! let runtime = runtime::Runtime::new(engine, runtime::default_cpu_turns());
 //! runtime.replace_all(services)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! berth::http::serve(listener, runtime, berth::shutdown::signal()).await?;

@@ -36,6 +36,9 @@ pub struct Service {
     pub publish: Arc<[TopicPattern]>,
     /// Where its component is loaded from.
     pub source: Source,
+    /// How many of its invocations may run guest code at once once they
+    /// are CPU-bound (see [`instance::new_store`](crate::instance::new_store)).
+    pub cpu_turns: Arc<tokio::sync::Semaphore>,
     handlers: arc_swap::ArcSwapOption<Handlers>,
     loading: tokio::sync::Mutex<()>,
     last_used_ms: std::sync::atomic::AtomicI64,
@@ -54,11 +57,13 @@ pub enum Warmth {
 impl Service {
     /// A service from its configuration, its source and, when it was just
     /// loaded (a deploy), its handlers; `None` makes it start unloaded.
+    /// `cpu_turns` is how many of its CPU-bound invocations may run at once.
     pub fn new(
         spec: ServiceSpec,
         revision: u32,
         source: Source,
         handlers: Option<Handlers>,
+        cpu_turns: usize,
     ) -> Self {
         let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
@@ -69,6 +74,7 @@ impl Service {
             admission,
             publish,
             source,
+            cpu_turns: Arc::new(tokio::sync::Semaphore::new(cpu_turns.max(1))),
             handlers: arc_swap::ArcSwapOption::new(handlers.map(Arc::new)),
             loading: tokio::sync::Mutex::new(()),
             last_used_ms: std::sync::atomic::AtomicI64::new(crate::units::now_ms()),
@@ -166,6 +172,12 @@ impl Service {
     }
 }
 
+/// The default CPU turns per service: all the machine's cores but one, so
+/// that one service burning CPU always leaves a core to the others.
+pub fn default_cpu_turns() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// A route is claimed by another service.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("route {route} is already claimed by service `{owner}`")]
@@ -216,6 +228,7 @@ pub struct EventsContext {
 /// The engine and the services it serves.
 pub struct Runtime {
     engine: BerthEngine,
+    cpu_turns: usize,
     events: std::sync::OnceLock<EventsContext>,
     snapshot: ArcSwap<Snapshot>,
     /// Serializes writers: each builds the next snapshot from the current.
@@ -225,11 +238,13 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime with no services yet.
-    pub fn new(engine: BerthEngine) -> Arc<Runtime> {
+    /// A runtime with no services yet, giving each service `cpu_turns`
+    /// (see [`default_cpu_turns`]).
+    pub fn new(engine: BerthEngine, cpu_turns: usize) -> Arc<Runtime> {
         let host_slots = Arc::new(Semaphore::new(engine.max_instances() as usize));
         Arc::new(Runtime {
             engine,
+            cpu_turns,
             events: std::sync::OnceLock::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
@@ -241,6 +256,11 @@ impl Runtime {
     /// The engine.
     pub fn engine(&self) -> &BerthEngine {
         &self.engine
+    }
+
+    /// How many CPU-bound invocations of one service may run at once.
+    pub fn cpu_turns(&self) -> usize {
+        self.cpu_turns
     }
 
     /// Connects the event bus (once).

@@ -28,6 +28,8 @@ pub struct HostOptions {
     pub max_upload: ByteSize,
     /// The largest event accepted.
     pub max_event_size: ByteSize,
+    /// CPU-bound invocations of one service running at once.
+    pub cpu_turns: usize,
 }
 
 /// A running host.
@@ -56,7 +58,7 @@ impl Host {
         let cache_dir = options.cache.unwrap_or_else(|| dir.join("code"));
         let cache = CodeCache::new(&cache_dir, engine.engine())
             .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
-        let runtime = Runtime::new(engine);
+        let runtime = Runtime::new(engine, options.cpu_turns);
         runtime.start_reaper(std::time::Duration::from_millis(500));
 
         let bus: Arc<dyn Bus> = Arc::new(

@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// Instances that may run at once across all services.
     #[arg(long, default_value_t = EngineOptions::default().max_instances)]
     max_instances: u32,
+
+    /// CPU-bound invocations of one service that may run at once (default:
+    /// the machine's cores but one, at least 1).
+    #[arg(long)]
+    cpu_turns: Option<usize>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -69,6 +74,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         max_upload: args.max_upload,
         max_event_size: args.max_event_size,
+        cpu_turns: args
+            .cpu_turns
+            .unwrap_or_else(crate::runtime::default_cpu_turns),
     })
     .await?;
     let restored = host.runtime.services().len();

@@ -42,6 +42,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = EngineOptions::default().max_instances)]
     max_instances: u32,
 
+    /// CPU-bound invocations of one service that may run at once (default:
+    /// the machine's cores but one, at least 1).
+    #[arg(long)]
+    cpu_turns: Option<usize>,
+
     /// Largest event accepted (attributes and data).
     #[arg(long, default_value = "256KiB")]
     max_event_size: ByteSize,
@@ -110,6 +115,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         engine,
         max_upload: ByteSize::gib(4),
         max_event_size: args.max_event_size,
+        cpu_turns: args
+            .cpu_turns
+            .unwrap_or_else(crate::runtime::default_cpu_turns),
     })
     .await?;
 
