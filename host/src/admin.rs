@@ -18,6 +18,9 @@
 //! | GET | `/v1/events/dead` | the dead letters (`?topic=`) |
 //! | POST | `/v1/events/dead/replay` | deliver dead letters again |
 //! | DELETE | `/v1/events/dead` | purge dead letters (`?topic=`) |
+//! | GET | `/v1/usage` | usage totals (`?service=&since=&until=&by=hour\|day`) |
+//! | GET | `/v1/usage/records` | usage records (`?service=&since=&until=&limit=`) |
+//! | GET | `/metrics` | Prometheus metrics |
 
 use crate::api::{
     ArtifactView, CountView, DeadLetterView, DeployRequest, ErrorBody, ErrorDetail, EventsView,
@@ -28,7 +31,11 @@ use crate::events::Topic;
 use crate::events::bus::{BusError, Replay};
 use crate::http::body::ResponseBody;
 use crate::http::handler::health;
+use crate::metrics::{Gauge, label};
+use crate::runtime::Service;
 use crate::service::{ServiceConfig, ServiceName};
+use crate::units::parse_time;
+use crate::usage::{Ledger, Period, Query};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
@@ -295,6 +302,39 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
             json(StatusCode::OK, &CountView { count })
         }
         (["v1", "events", topic], &Method::POST) => publish(control, topic, req).await,
+        (["v1", "usage"], &Method::GET) => {
+            let (ledger, query) = usage_query(control, &req)?;
+            let report = ledger.report(&query).map_err(storage_error)?;
+            json(StatusCode::OK, &report)
+        }
+        (["v1", "usage", "records"], &Method::GET) => {
+            let (ledger, query) = usage_query(control, &req)?;
+            let limit = match query_param(&req, "limit") {
+                None => DEFAULT_RECORDS,
+                Some(n) => n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_RECORDS).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("invalid limit {n:?}: a number from 1 to {MAX_RECORDS}"),
+                        )
+                    })?,
+            };
+            let records = ledger.records(&query, limit).map_err(storage_error)?;
+            json(StatusCode::OK, &records)
+        }
+        (["metrics"], &Method::GET) => {
+            let text = scrape(control).await;
+            let mut response = Response::new(ResponseBody::full(text));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
         (
             ["v1", "artifacts"]
             | ["v1", "artifacts", _]
@@ -303,7 +343,10 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
             | ["v1", "services", _, "revisions" | "rollback"]
             | ["v1", "events"]
             | ["v1", "events", _]
-            | ["v1", "events", "dead", "replay"],
+            | ["v1", "events", "dead", "replay"]
+            | ["v1", "usage"]
+            | ["v1", "usage", "records"]
+            | ["metrics"],
             _,
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -405,16 +448,199 @@ async fn publish(
     json(StatusCode::ACCEPTED, &view)
 }
 
+/// Records listed when no `limit` is given, and the most one page holds.
+const DEFAULT_RECORDS: usize = 1000;
+const MAX_RECORDS: usize = 100_000;
+
+/// The ledger and the query of a `/v1/usage` request.
+fn usage_query<B>(
+    control: &ControlPlane,
+    req: &Request<B>,
+) -> Result<(Arc<Ledger>, Query), ApiError> {
+    let ledger = control.runtime().ledger().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this host keeps no usage ledger",
+        )
+    })?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        query_param(req, name)
+            .map(|t| parse_time(&t).map_err(|e| bad(format!("`{name}`: {e}"))))
+            .transpose()
+    };
+    let query = Query {
+        service: query_param(req, "service"),
+        since_ms: time("since")?,
+        until_ms: time("until")?,
+        by: query_param(req, "by")
+            .map(|b| b.parse::<Period>().map_err(|e| bad(format!("`by`: {e}"))))
+            .transpose()?,
+    };
+    Ok((ledger, query))
+}
+
+/// The metrics, with the gauges read now.
+async fn scrape(control: &ControlPlane) -> String {
+    let runtime = control.runtime();
+    let mut gauges: Vec<Gauge> = Vec::new();
+    let services = runtime.services();
+    let service_label = |s: &Service| format!("service=\"{}\"", label(s.name().as_str()));
+    for s in &services {
+        let in_flight = s.admission.in_flight(s.limits().concurrency);
+        gauges.push((
+            "berth_instances_in_flight",
+            "Instances of the service running now.",
+            service_label(s),
+            in_flight as f64,
+        ));
+    }
+    for s in &services {
+        gauges.push((
+            "berth_queue_depth",
+            "Invocations of the service waiting for a slot.",
+            service_label(s),
+            s.admission.queued() as f64,
+        ));
+    }
+    for s in &services {
+        gauges.push((
+            "berth_service_loaded",
+            "Whether the service's component is in memory (1) or unloaded while idle (0).",
+            service_label(s),
+            if s.is_loaded() { 1.0 } else { 0.0 },
+        ));
+    }
+    for s in &services {
+        gauges.push((
+            "berth_service_revision",
+            "The revision the service runs.",
+            service_label(s),
+            s.revision as f64,
+        ));
+    }
+    let max = runtime.engine().max_instances() as f64;
+    gauges.push((
+        "berth_host_instances_in_flight",
+        "Instances running now, all services.",
+        String::new(),
+        max - runtime.host_slots().available_permits() as f64,
+    ));
+    gauges.push((
+        "berth_host_instances_max",
+        "Instances that may run at once, all services (the pooling allocator's slots).",
+        String::new(),
+        max,
+    ));
+    gauges.push((
+        "berth_services",
+        "Services deployed.",
+        String::new(),
+        services.len() as f64,
+    ));
+    if let Some(rss) = resident_memory() {
+        gauges.push((
+            "berth_resident_memory_bytes",
+            "The host process's resident memory.",
+            String::new(),
+            rss as f64,
+        ));
+    }
+    match control.bus().stats().await {
+        Ok(stats) => {
+            let sub = |s: &crate::events::bus::SubscriptionStats| {
+                format!(
+                    "service=\"{}\",subscription=\"{}\"",
+                    label(&s.service),
+                    label(&s.subscription)
+                )
+            };
+            let families: [StatFamily; 4] = [
+                (
+                    "berth_event_queue_depth",
+                    "Deliveries waiting, retries included.",
+                    |s| s.depth,
+                ),
+                (
+                    "berth_event_in_flight",
+                    "Deliveries being handled now.",
+                    |s| s.in_flight,
+                ),
+                (
+                    "berth_event_retrying",
+                    "Deliveries waiting for a retry.",
+                    |s| s.retrying,
+                ),
+                ("berth_event_dead_letters", "Dead letters kept.", |s| {
+                    s.dead_letters
+                }),
+            ];
+            for (name, help, value) in families {
+                for s in &stats {
+                    gauges.push((name, help, sub(s), value(s) as f64));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the event queues for /metrics failed"),
+    }
+    runtime.metrics().render(&gauges)
+}
+
+/// A gauge family read from subscription stats: name, help, value.
+type StatFamily = (
+    &'static str,
+    &'static str,
+    fn(&crate::events::bus::SubscriptionStats) -> u64,
+);
+
+/// This process's resident set size, from `/proc/self/statm`.
+fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn storage_error(e: rusqlite::Error) -> ApiError {
+    ApiError::from(ControlError::Storage(e.to_string()))
+}
+
 fn bus_error(e: BusError) -> ApiError {
     ApiError::from(ControlError::Storage(e.to_string()))
 }
 
-/// One query parameter (no percent-decoding needed for topics).
+/// One query parameter, percent-decoded.
 fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == name && !v.is_empty()).then(|| v.to_owned())
+        (k == name && !v.is_empty()).then(|| percent_decode(v))
     })
+}
+
+/// Decodes `%XX` escapes (and `+`, a space in a query); an invalid escape
+/// is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(digit),
+            bytes.get(i + 2).copied().and_then(digit),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn service_name(s: &str) -> Result<ServiceName, ApiError> {
@@ -504,6 +730,16 @@ fn error_response(e: ApiError) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(
+            percent_decode("2026-11-23T10%3A00%3A00%2B01%3A00"),
+            "2026-11-23T10:00:00+01:00"
+        );
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
 
     #[test]
     fn token_comparison() {

@@ -224,6 +224,7 @@ impl ControlPlane {
             let (handlers, report) = component::load(runtime.engine(), &cache, &bytes)?;
             handlers.check(&config)?;
             log_load(&digest, &report.cache, "loaded");
+            runtime.metrics().code_cache(&report.cache);
             Ok(handlers)
         })
         .await
@@ -287,6 +288,7 @@ impl ControlPlane {
             // that usually follows.
             let (_, report) = component::load(runtime.engine(), &cache, &bytes)?;
             log_load(&digest, &report.cache, "artifact checked");
+            runtime.metrics().code_cache(&report.cache);
             artifacts
                 .put(&digest, &bytes)
                 .map_err(|e| ControlError::Storage(format!("writing artifact {digest}: {e}")))?;
@@ -489,6 +491,7 @@ impl ControlPlane {
     /// The runtime's service for `record`, loaded (`Some` handlers) or not.
     fn routed(&self, record: &RevisionRecord, handlers: Option<Handlers>) -> Service {
         Service::new(
+            &self.runtime,
             ServiceSpec {
                 name: record.service.clone(),
                 config: record.config.clone(),
@@ -496,7 +499,6 @@ impl ControlPlane {
             record.number,
             self.source(record.artifact),
             handlers,
-            self.runtime.cpu_turns(),
         )
     }
 }

@@ -9,6 +9,7 @@ use crate::events::publisher::Publisher;
 use crate::invoke::InvocationId;
 use crate::runtime::{Runtime, Service};
 use crate::service::ServiceName;
+use crate::trace::TraceContext;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -103,7 +104,8 @@ pub struct Tag {
 ///   requests fail with `HTTP-request-denied`;
 /// - wall and monotonic clocks and random numbers come from the host;
 /// - `berth:events/publisher` publishes only on the topics the service's
-///   `publish` list allows.
+///   `publish` list allows, and the events carry the invocation's
+///   `traceparent` (see [`crate::trace`]).
 ///
 /// Limits: linear memory is capped by a [`MemoryLimiter`], the fuel budget
 /// is set, and the epoch deadline yields to the async runtime on every
@@ -122,6 +124,7 @@ pub fn new_store(
     runtime: &Runtime,
     service: &Service,
     invocation: InvocationId,
+    trace: TraceContext,
 ) -> Store<InstanceState> {
     let tag = &Tag {
         service: service.name().clone(),
@@ -147,6 +150,7 @@ pub fn new_store(
             allowed: service.publish.clone(),
             bus: events.bus.clone(),
             max_event_size: events.max_event_size,
+            trace,
         }),
     };
     let mut store = Store::new(runtime.engine().engine(), state);

@@ -7,11 +7,18 @@
 
 use crate::instance::InstanceState;
 use crate::limits::Limits;
-use crate::units::{ByteSize, format_duration};
+use crate::runtime::{Runtime, Service};
+use crate::trace::TraceContext;
+use crate::units::{ByteSize, format_duration, now_ms};
+use crate::usage::{Record, Trigger};
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Store, Trap, WasmBacktrace};
 
 /// A unique, time-ordered invocation id, shown as a 26-character ULID
@@ -37,8 +44,9 @@ fn now_nanos() -> u128 {
         .unwrap_or_default()
 }
 
-/// splitmix64: fast, and plenty for ids (they need to be unique, not secret).
-fn next_random() -> u64 {
+/// A random number from a per-thread splitmix64 generator: fast, and
+/// plenty for ids (they need to be unique, not secret).
+pub fn random_u64() -> u64 {
     RNG.with(|state| {
         let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
         state.set(z);
@@ -53,7 +61,7 @@ impl InvocationId {
     pub fn new() -> InvocationId {
         let millis = (now_nanos() / 1_000_000) & ((1 << 48) - 1);
         let random =
-            ((next_random() as u128) << 16 | (next_random() as u128 & 0xffff)) & ((1 << 80) - 1);
+            ((random_u64() as u128) << 16 | (random_u64() as u128 & 0xffff)) & ((1 << 80) - 1);
         InvocationId(millis << 80 | random)
     }
 }
@@ -120,7 +128,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A short, stable name: `ok`, `trap`, `fuel`, `memory`, `deadline`.
+    /// A short, stable name: `ok`, `trap`, `fuel`, `memory`, `deadline`
+    /// (the outcomes of [`crate::usage::Record`]).
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -244,13 +253,14 @@ pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, limits: &
     Outcome::Trap { trap, backtrace }
 }
 
-/// Logs how an invocation ended: debug when it went well, a warning
-/// naming the cause (and the guest's backtrace, if any) when it did not.
+/// Logs why an invocation failed, naming the cause (and the guest's
+/// backtrace, if any); nothing when it went well (its [`Draft`] logs every
+/// invocation's summary).
 pub fn log_outcome(outcome: &Outcome, store: &Store<InstanceState>, limits: &Limits) {
     let fuel = fuel_used(store, limits);
     let peak = store.data().limiter().peak();
     match (outcome.is_ok(), outcome.backtrace()) {
-        (true, _) => tracing::debug!(fuel, peak_memory = peak, "invocation finished"),
+        (true, _) => {}
         (false, None) => tracing::warn!(
             outcome = outcome.kind(),
             fuel,
@@ -264,6 +274,202 @@ pub fn log_outcome(outcome: &Outcome, store: &Store<InstanceState>, limits: &Lim
             backtrace,
             "{outcome}"
         ),
+    }
+}
+
+/// A future that adds up the time it spends being polled: the time an
+/// invocation spends on a thread, running guest code or the host calls it
+/// makes.
+pub struct OnCpu<F> {
+    inner: Pin<Box<F>>,
+    total_ns: Arc<AtomicU64>,
+}
+
+impl<F: Future> OnCpu<F> {
+    /// Measures `inner` into `total_ns`.
+    pub fn new(inner: F, total_ns: Arc<AtomicU64>) -> Self {
+        OnCpu {
+            inner: Box::pin(inner),
+            total_ns,
+        }
+    }
+}
+
+impl<F: Future> Future for OnCpu<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let started = Instant::now();
+        let result = self.inner.as_mut().poll(cx);
+        self.total_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+/// The log span of one invocation. Its fields are known from the start
+/// (`service`, `revision`, `invocation`, `trigger`, `trace_id`), set by
+/// the trigger (`route`, `method`, `path`; `topic`, `event`, `attempt`) or
+/// recorded when the invocation is metered (`status`, `outcome`, `fuel`,
+/// `duration_ms`, `cpu_ms`, `memory`, `cold`); then one event, target
+/// `berth::invocation`, says it finished.
+pub fn span(
+    service: &Service,
+    id: InvocationId,
+    trigger: Trigger,
+    trace: &TraceContext,
+) -> tracing::Span {
+    use tracing::field::Empty;
+    tracing::info_span!(
+        "invocation",
+        service = %service.name(),
+        revision = service.revision,
+        invocation = %id,
+        trigger = trigger.as_str(),
+        trace_id = %trace.trace_id(),
+        route = Empty,
+        method = Empty,
+        path = Empty,
+        topic = Empty,
+        event = Empty,
+        attempt = Empty,
+        status = Empty,
+        outcome = Empty,
+        fuel = Empty,
+        duration_ms = Empty,
+        cpu_ms = Empty,
+        memory = Empty,
+        cold = Empty,
+    )
+}
+
+/// A usage record being filled in while its invocation runs. It is
+/// submitted (to the ledger and the metrics, and recorded in the
+/// invocation's span) once each of its parts is done: for an HTTP
+/// invocation, the guest's run and the response.
+pub struct Draft {
+    runtime: Arc<Runtime>,
+    span: tracing::Span,
+    started: Instant,
+    record: Mutex<Record>,
+    outcome_override: Mutex<Option<&'static str>>,
+    parts: AtomicU8,
+    /// Response body bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Request body bytes read.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Time on a thread, in ns.
+    pub cpu_ns: Arc<AtomicU64>,
+}
+
+impl Draft {
+    /// A draft for invocation `id` of `service`, logged in `span`, started
+    /// now, submitted after `parts` calls to [`Draft::done`].
+    pub fn new(
+        runtime: &Arc<Runtime>,
+        service: &Service,
+        trigger: Trigger,
+        id: InvocationId,
+        span: tracing::Span,
+        parts: u8,
+    ) -> Arc<Draft> {
+        Arc::new(Draft {
+            runtime: runtime.clone(),
+            span,
+            started: Instant::now(),
+            record: Mutex::new(Record {
+                invocation: id.to_string(),
+                service: service.name().to_string(),
+                revision: service.revision,
+                trigger,
+                started_ms: now_ms(),
+                wall_us: 0,
+                cpu_us: 0,
+                fuel: 0,
+                peak_memory: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                outcome: "ok".into(),
+                status: None,
+                cold: false,
+            }),
+            outcome_override: Mutex::new(None),
+            parts: AtomicU8::new(parts),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            cpu_ns: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that the invocation had to load its component.
+    pub fn cold(&self) {
+        self.record().cold = true;
+    }
+
+    /// Notes the HTTP status sent.
+    pub fn status(&self, status: u16) {
+        self.record().status = Some(status);
+    }
+
+    /// Overrides the outcome the guest's run gets (`error`, `rejected`).
+    pub fn outcome(&self, outcome: &'static str) {
+        *self
+            .outcome_override
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// Records the guest's run: its outcome, wall time, fuel and memory.
+    pub fn ran(&self, outcome: &Outcome, store: &Store<InstanceState>, limits: &Limits) {
+        let mut record = self.record();
+        record.outcome = outcome.kind().into();
+        record.wall_us = self.started.elapsed().as_micros() as u64;
+        record.fuel = fuel_used(store, limits);
+        record.peak_memory = store.data().limiter().peak() as u64;
+    }
+
+    /// Ends the invocation before it ran: `rejected`, with `status`.
+    pub fn reject(&self, status: u16) {
+        self.outcome("rejected");
+        self.status(status);
+        self.record().wall_us = self.started.elapsed().as_micros() as u64;
+        while self.parts.load(Ordering::Acquire) > 0 {
+            self.done();
+        }
+    }
+
+    /// One part is done; the last one submits the record.
+    pub fn done(&self) {
+        if self.parts.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut record = self.record().clone();
+        if let Some(outcome) = *self
+            .outcome_override
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            record.outcome = outcome.into();
+        }
+        record.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        record.cpu_us = self.cpu_ns.load(Ordering::Relaxed) / 1000;
+        let span = &self.span;
+        if let Some(status) = record.status {
+            span.record("status", status);
+        }
+        span.record("outcome", record.outcome.as_str());
+        span.record("fuel", record.fuel);
+        span.record("duration_ms", record.wall_us as f64 / 1000.0);
+        span.record("cpu_ms", record.cpu_us as f64 / 1000.0);
+        span.record("memory", record.peak_memory);
+        span.record("cold", record.cold);
+        span.in_scope(|| tracing::info!(target: "berth::invocation", "finished"));
+        self.runtime.meter(record);
     }
 }
 

@@ -14,7 +14,8 @@
 //!    [`http`] listener routes each request there.
 //! 4. [`admission`] bounds how many instances of a service run and wait.
 //! 5. [`instance`] makes a fresh `Store` (deny-by-default WASI, limits) and
-//!    [`invoke`] runs the guest under its deadline and names the outcome.
+//!    [`invoke`] runs the guest under its deadline, names the outcome and
+//!    meters it: a [`usage`] record and [`metrics`].
 //!
 //! `berth serve` adds the [`control`] plane: durable [`state`], the
 //! [`admin`] API, and live deploys that swap the runtime's services
@@ -31,17 +32,16 @@
 //! let engine = engine::BerthEngine::new(&engine::EngineOptions::default())?;
 //! let cache = CodeCache::new("/tmp/berth-code", engine.engine())?;
 //! let artifacts = berth::artifact::ArtifactStore::open("/tmp/berth-artifacts")?;
+//! let runtime = runtime::Runtime::new(engine, runtime::default_cpu_turns());
 //! let mut services = Vec::new();
 //! for entry in &manifest.services {
 //!     let bytes = std::fs::read(&entry.component)?;
-//!     let (handlers, _report) = component::load(&engine, &cache, &bytes)?;
+//!     let (handlers, _report) = component::load(runtime.engine(), &cache, &bytes)?;
 //!     handlers.check(&entry.spec.config)?;
 //!     artifacts.put(&handlers.digest, &bytes)?;
 //!     let source = component::Source { digest: handlers.digest, artifacts: artifacts.clone(), cache: cache.clone() };
-//!     let turns = runtime::default_cpu_turns();
-//!     services.push(Arc::new(runtime::Service::new(entry.spec.clone(), 1, source, Some(handlers), turns)));
+//!     services.push(Arc::new(runtime::Service::new(&runtime, entry.spec.clone(), 1, source, Some(handlers))));
 //! }
-//! let runtime = runtime::Runtime::new(engine, runtime::default_cpu_turns());
 //! runtime.replace_all(services)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! berth::http::serve(listener, runtime, berth::shutdown::signal()).await?;
@@ -66,13 +66,16 @@
 //! - [`invoke`] — invocation ids, deadlines and outcomes.
 //! - [`limits`] — per-service resource limits and their defaults.
 //! - [`manifest`] — the `berth.toml` format and its diagnostics.
+//! - [`metrics`] — Prometheus metrics, served at `/metrics`.
 //! - [`route`] — routes and the route table.
 //! - [`runtime`] — the loaded services and the route table that finds them.
 //! - [`service`] — service names and configuration.
 //! - [`shutdown`] — shutdown signals.
 //! - [`state`] — the SQLite state: artifacts index, services, revisions.
-//! - [`telemetry`] — logging.
-//! - [`units`] — byte sizes and durations.
+//! - [`telemetry`] — logging, as text or JSON.
+//! - [`trace`] — W3C trace context, in and out.
+//! - [`units`] — byte sizes, durations and times.
+//! - [`usage`] — the usage ledger: one record per invocation.
 
 #![deny(missing_docs)]
 
@@ -92,10 +95,13 @@ pub mod instance;
 pub mod invoke;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod route;
 pub mod runtime;
 pub mod service;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod trace;
 pub mod units;
+pub mod usage;

@@ -39,6 +39,8 @@ pub struct Service {
     /// How many of its invocations may run guest code at once once they
     /// are CPU-bound (see [`instance::new_store`](crate::instance::new_store)).
     pub cpu_turns: Arc<tokio::sync::Semaphore>,
+    /// Its counters and histograms.
+    pub metrics: Arc<crate::metrics::ServiceMetrics>,
     handlers: arc_swap::ArcSwapOption<Handlers>,
     loading: tokio::sync::Mutex<()>,
     last_used_ms: std::sync::atomic::AtomicI64,
@@ -55,16 +57,18 @@ pub enum Warmth {
 }
 
 impl Service {
-    /// A service from its configuration, its source and, when it was just
-    /// loaded (a deploy), its handlers; `None` makes it start unloaded.
-    /// `cpu_turns` is how many of its CPU-bound invocations may run at once.
+    /// A service of `runtime` from its configuration, its source and, when
+    /// it was just loaded (a deploy), its handlers; `None` makes it start
+    /// unloaded.
     pub fn new(
+        runtime: &Runtime,
         spec: ServiceSpec,
         revision: u32,
         source: Source,
         handlers: Option<Handlers>,
-        cpu_turns: usize,
     ) -> Self {
+        let cpu_turns = runtime.cpu_turns();
+        let metrics = runtime.metrics().service(spec.name.as_str());
         let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
         let publish = spec.config.publish.clone().into();
@@ -75,6 +79,7 @@ impl Service {
             publish,
             source,
             cpu_turns: Arc::new(tokio::sync::Semaphore::new(cpu_turns.max(1))),
+            metrics,
             handlers: arc_swap::ArcSwapOption::new(handlers.map(Arc::new)),
             loading: tokio::sync::Mutex::new(()),
             last_used_ms: std::sync::atomic::AtomicI64::new(crate::units::now_ms()),
@@ -127,6 +132,8 @@ impl Service {
                 let handlers = Arc::new(handlers);
                 self.handlers.store(Some(handlers.clone()));
                 let elapsed = started.elapsed();
+                self.metrics.cold_start(elapsed.as_secs_f64());
+                runtime.metrics().code_cache(&report.cache);
                 tracing::info!(
                     service = %self.name(),
                     revision = self.revision,
@@ -229,6 +236,8 @@ pub struct EventsContext {
 pub struct Runtime {
     engine: BerthEngine,
     cpu_turns: usize,
+    metrics: crate::metrics::Metrics,
+    ledger: std::sync::OnceLock<Arc<crate::usage::Ledger>>,
     events: std::sync::OnceLock<EventsContext>,
     snapshot: ArcSwap<Snapshot>,
     /// Serializes writers: each builds the next snapshot from the current.
@@ -245,6 +254,8 @@ impl Runtime {
         Arc::new(Runtime {
             engine,
             cpu_turns,
+            metrics: crate::metrics::Metrics::default(),
+            ledger: std::sync::OnceLock::new(),
             events: std::sync::OnceLock::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
@@ -261,6 +272,34 @@ impl Runtime {
     /// How many CPU-bound invocations of one service may run at once.
     pub fn cpu_turns(&self) -> usize {
         self.cpu_turns
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Connects the usage ledger (once).
+    pub fn set_ledger(&self, ledger: Arc<crate::usage::Ledger>) {
+        let _ = self.ledger.set(ledger);
+    }
+
+    /// The usage ledger, if the host keeps one.
+    pub fn ledger(&self) -> Option<&Arc<crate::usage::Ledger>> {
+        self.ledger.get()
+    }
+
+    /// Meters one invocation: its usage record and its metrics.
+    pub fn meter(&self, record: crate::usage::Record) {
+        self.metrics.service(&record.service).invocation(
+            record.trigger,
+            &record.outcome,
+            record.wall_us as f64 / 1e6,
+            record.fuel,
+        );
+        if let Some(ledger) = self.ledger.get() {
+            ledger.record(record);
+        }
     }
 
     /// Connects the event bus (once).
@@ -347,11 +386,16 @@ impl Runtime {
 
     /// The service whose route matches `path` best.
     pub fn route(&self, path: &str) -> Option<Arc<Service>> {
+        self.route_match(path).map(|(_, s)| s)
+    }
+
+    /// The route that matches `path` best, and its service.
+    pub fn route_match(&self, path: &str) -> Option<(Route, Arc<Service>)> {
         self.snapshot
             .load()
             .routes
             .lookup(path)
-            .map(|(_, s)| s.clone())
+            .map(|(r, s)| (r.clone(), s.clone()))
     }
 
     /// Unloads, every `period`, the services idle for their `idle_timeout`.

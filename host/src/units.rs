@@ -78,8 +78,9 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// Parses a duration with a unit: `ms`, `s`, `m` or `h` (`"500ms"`, `"30s"`,
-/// `"2m"`). A bare number is refused, since its unit would be a guess.
+/// Parses a duration with a unit: `ms`, `s`, `m`, `h` or `d` (`"500ms"`,
+/// `"30s"`, `"2m"`, `"7d"`). A bare number is refused, since its unit would
+/// be a guess.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (n, unit) = split_number(s).ok_or_else(|| {
@@ -90,14 +91,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         "" => {
             return Err(format!(
-                "invalid duration {s:?}: a unit is required (ms, s, m or h)"
+                "invalid duration {s:?}: a unit is required (ms, s, m, h or d)"
             ));
         }
         other => {
             return Err(format!(
-                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
+                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -134,6 +136,87 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+/// Parses a point in time: RFC 3339 (`2026-11-23T21:08:00Z`, with an
+/// optional fraction and offset), a date (`2026-11-23`, midnight UTC), or a
+/// duration ago (`"1h"`, `"7d"`). Returns ms since the epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(ago) = parse_duration(s) {
+        return Ok(now_ms() - ago.as_millis() as i64);
+    }
+    let bad = || {
+        format!(
+            "invalid time {s:?}: expected RFC 3339 (2026-11-23T21:08:00Z), a date (2026-11-23) or a duration ago (1h, 7d)"
+        )
+    };
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        s.get(range)
+            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(bad());
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let mut ms = days_from_civil(y, m as u32, d as u32) * 86_400_000;
+    if b.len() == 10 {
+        return Ok(ms);
+    }
+    if b.len() < 20 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if h > 23 || mi > 59 || sec > 60 {
+        return Err(bad());
+    }
+    ms += (h * 3600 + mi * 60 + sec) * 1000;
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let millis: String = frac[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
+        ms += millis.parse::<i64>().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    match rest {
+        "Z" | "z" => Ok(ms),
+        offset
+            if offset.len() == 6
+                && (offset.starts_with('+') || offset.starts_with('-'))
+                && &offset[3..4] == ":" =>
+        {
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let oh: i64 = offset[1..3].parse().map_err(|_| bad())?;
+            let om: i64 = offset[4..6].parse().map_err(|_| bad())?;
+            Ok(ms - sign * (oh * 3600 + om * 60) * 1000)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's
+/// `days_from_civil`).
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, to the
@@ -195,6 +278,30 @@ mod tests {
     }
 
     #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(
+            parse_time("2026-11-23T20:52:03.456Z"),
+            Ok(1_795_467_123_456)
+        );
+        assert_eq!(
+            parse_time("2026-11-23T21:52:03.456+01:00"),
+            Ok(1_795_467_123_456)
+        );
+        assert_eq!(parse_time("2026-11-23"), Ok(1_795_392_000_000));
+        let hour_ago = parse_time("1h").unwrap();
+        assert!((now_ms() - 3_600_000 - hour_ago).abs() < 1000);
+        for bad in [
+            "yesterday",
+            "2026-13-01",
+            "2026-11-23T25:00:00Z",
+            "2026-11-23T21:00:00",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
@@ -213,7 +320,8 @@ mod tests {
                 .unwrap_err()
                 .contains("unit is required")
         );
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");

@@ -7,6 +7,7 @@ mod examples;
 mod failures;
 mod host;
 mod limits;
+mod scale;
 mod serving;
 mod startup;
 mod support;

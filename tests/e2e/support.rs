@@ -63,6 +63,29 @@ impl Berth {
         )
     }
 
+    /// `berth up` on `manifest` with the shared code cache and an admin
+    /// listener (for `/metrics` and `/v1/usage`).
+    pub fn up_admin(manifest: &str, extra: &[&str]) -> Berth {
+        let dir = manifest_dir(manifest);
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0", "--cache-dir"])
+            .arg(shared_cache())
+            .args(extra)
+            .current_dir(dir.path());
+        Self::start(cmd, START_TIMEOUT, Some(dir), true)
+    }
+
+    /// A GET on the admin listener; the body as text.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let addr = self.admin.expect("an admin listener");
+        let req = http::Request::get(path)
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(addr, req).await
+    }
+
     /// `berth up berth.toml --listen 127.0.0.1:0 EXTRA...` in `dir`.
     pub fn up_with(dir: tempfile::TempDir, extra: &[&str]) -> Berth {
         let cwd = dir.path().to_path_buf();

@@ -12,6 +12,7 @@ use crate::events::sqlite::SqliteBus;
 use crate::runtime::{EventsContext, Runtime};
 use crate::state::{DB_FILE, State};
 use crate::units::ByteSize;
+use crate::usage::{Ledger, USAGE_FILE};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,9 +31,12 @@ pub struct HostOptions {
     pub max_event_size: ByteSize,
     /// CPU-bound invocations of one service running at once.
     pub cpu_turns: usize,
+    /// How long usage records are kept; `None` keeps no ledger (for
+    /// benchmarks of its cost).
+    pub usage_retention: Option<std::time::Duration>,
 }
 
-/// A running host.
+/// A running host. [`Host::close`] it once its invocations are drained.
 pub struct Host {
     pub runtime: Arc<Runtime>,
     pub control: Arc<ControlPlane>,
@@ -60,6 +64,12 @@ impl Host {
             .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
         let runtime = Runtime::new(engine, options.cpu_turns);
         runtime.start_reaper(std::time::Duration::from_millis(500));
+        if let Some(retention) = options.usage_retention {
+            let path = dir.join(USAGE_FILE);
+            let ledger = Ledger::open(&path, retention)
+                .with_context(|| format!("opening the usage ledger {}", path.display()))?;
+            runtime.set_ledger(ledger);
+        }
 
         let bus: Arc<dyn Bus> = Arc::new(
             SqliteBus::open(&db)
@@ -89,6 +99,15 @@ impl Host {
             control,
             _lock: lock,
         })
+    }
+}
+
+impl Host {
+    /// Stores the last usage records (see [`crate::usage`]).
+    pub fn close(&self) {
+        if let Some(ledger) = self.runtime.ledger() {
+            ledger.close();
+        }
     }
 }
 

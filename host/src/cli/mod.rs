@@ -15,6 +15,7 @@ mod rm;
 mod rollback;
 mod serve;
 mod up;
+mod usage;
 
 use crate::client::Client;
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +27,16 @@ use std::process::ExitCode;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// How logs are written to stderr: text, or JSON (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_LOG_FORMAT",
+        value_enum,
+        default_value_t = crate::telemetry::LogFormat::Text
+    )]
+    log_format: crate::telemetry::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +61,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Show event queues; list, replay or purge dead letters.
     Events(events::EventsArgs),
+    /// Show what services used: invocations, fuel, GB-seconds, time.
+    Usage(usage::UsageArgs),
 }
 
 /// How client commands reach a host.
@@ -83,7 +96,7 @@ impl ClientArgs {
 /// message on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init();
+    crate::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth-worker")
@@ -107,6 +120,7 @@ pub fn main() -> ExitCode {
             Command::Rm(args) => rm::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Events(args) => events::run(args).await,
+            Command::Usage(args) => usage::run(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

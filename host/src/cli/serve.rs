@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! DIR/berth.db        services, revisions, artifact index, event queue (SQLite, WAL)
+//! DIR/usage.db        the usage ledger: one record per invocation (SQLite, WAL)
 //! DIR/artifacts/      <sha256>.wasm, the uploaded components
 //! DIR/code/           compiled code, one entry per (artifact, engine)
 //! DIR/lock            held while a host uses the directory
@@ -61,6 +62,14 @@ pub struct ServeArgs {
     /// the machine's cores but one, at least 1).
     #[arg(long)]
     cpu_turns: Option<usize>,
+
+    /// How long usage records are kept (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_parser = crate::units::parse_duration)]
+    usage_retention: std::time::Duration,
+
+    /// Keep no usage ledger (to measure what it costs).
+    #[arg(long, hide = true)]
+    no_usage: bool,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -77,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cpu_turns: args
             .cpu_turns
             .unwrap_or_else(crate::runtime::default_cpu_turns),
+        usage_retention: (!args.no_usage).then_some(args.usage_retention),
     })
     .await?;
     let restored = host.runtime.services().len();
@@ -111,6 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     host.control.shutdown();
     let listeners = vec![public_task.await?, admin_task.await?];
     crate::http::drain(listeners, &host.runtime).await;
+    host.close();
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -24,6 +25,11 @@ pub struct UpArgs {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+
+    /// Also serve the admin API (metrics, usage, events, deploys) here;
+    /// loopback only.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 
     /// Run each service's build command before loading.
     #[arg(long)]
@@ -46,6 +52,14 @@ pub struct UpArgs {
     /// the machine's cores but one, at least 1).
     #[arg(long)]
     cpu_turns: Option<usize>,
+
+    /// How long usage records are kept (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_parser = crate::units::parse_duration)]
+    usage_retention: std::time::Duration,
+
+    /// Keep no usage ledger (to measure what it costs).
+    #[arg(long, hide = true)]
+    no_usage: bool,
 
     /// Largest event accepted (attributes and data).
     #[arg(long, default_value = "256KiB")]
@@ -81,6 +95,12 @@ impl Drop for TempState {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.admin_listen {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "berth up serves its admin API on loopback only ({addr} is not); use berth serve with a token"
+        );
+    }
     let manifest = Manifest::load(&args.manifest)?;
     if args.build {
         build(&manifest)?;
@@ -118,6 +138,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         cpu_turns: args
             .cpu_turns
             .unwrap_or_else(crate::runtime::default_cpu_turns),
+        usage_retention: (!args.no_usage).then_some(args.usage_retention),
     })
     .await?;
 
@@ -161,15 +182,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let mut listeners = vec![tokio::spawn(crate::http::accept(
+        listener,
+        crate::http::public_handler(host.runtime.clone(), addr),
+        stop.clone(),
+    ))];
     eprintln!(
         "berth: serving {count} service{} on http://{addr}",
         if count == 1 { "" } else { "s" }
     );
-    let shutdown = async {
-        crate::shutdown::signal().await;
-        host.control.shutdown();
-    };
-    crate::http::serve(listener, host.runtime.clone(), shutdown).await
+    if let Some(admin_addr) = args.admin_listen {
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("listening on {admin_addr} for the admin API"))?;
+        eprintln!("berth: admin API on http://{}", admin.local_addr()?);
+        listeners.push(tokio::spawn(crate::http::accept(
+            admin,
+            crate::admin::handler(host.control.clone(), crate::admin::Auth::none()),
+            stop.clone(),
+        )));
+    }
+    crate::shutdown::signal().await;
+    stop.cancel();
+    host.control.shutdown();
+    let mut graceful = Vec::new();
+    for listener in listeners {
+        graceful.push(listener.await?);
+    }
+    crate::http::drain(graceful, &host.runtime).await;
+    host.close();
+    Ok(())
 }
 
 /// Runs each service's build command, in manifest order, stopping at the

@@ -12,15 +12,23 @@
 //! | `err(reject)` | dead-lettered at once |
 //! | the service is busy (admission refused) or not loaded | handed out again shortly, without counting an attempt |
 //!
+//! Every delivery that reaches the guest is one invocation with one usage
+//! record (trigger `event`, or `schedule` for a schedule's firing). A
+//! delivery handed back because the service was busy or not loadable never
+//! ran, costs nothing and leaves no record: it stays queued.
+//!
 //! The dispatcher only knows the [`Bus`] trait.
 
 use super::bindings::berth::events::types::{Event as WitEvent, HandleError};
 use super::bus::{Bus, Delivery, Settle, SubscriptionSpec};
 use crate::instance;
-use crate::invoke::{self, InvocationId, Outcome};
-use crate::runtime::{Runtime, Service};
+use crate::invoke::{self, Draft, InvocationId, OnCpu, Outcome};
+use crate::runtime::{Runtime, Service, Warmth};
+use crate::trace::{TRACEPARENT, TraceContext};
 use crate::units::now_ms;
+use crate::usage::Trigger;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -193,8 +201,8 @@ impl Dispatcher {
                 };
             }
         };
-        let handlers = match service.handlers(&self.runtime).await {
-            Ok((handlers, _)) => handlers,
+        let (handlers, warmth) = match service.handlers(&self.runtime).await {
+            Ok(loaded) => loaded,
             // Not the event's fault: try again later, without an attempt.
             Err(_) => {
                 return Settle::Defer {
@@ -209,30 +217,58 @@ impl Dispatcher {
         };
         let id = InvocationId::new();
         let event = &delivery.event;
-        let span = tracing::info_span!(
-            "invocation",
-            service = %service.name(),
-            invocation = %id,
-            trigger = "event",
-            topic = %event.topic,
-            event = %event.attributes.id,
-            attempt = delivery.attempt,
+        let trigger = if event
+            .topic
+            .as_str()
+            .starts_with(super::schedule::TOPIC_PREFIX)
+        {
+            Trigger::Schedule
+        } else {
+            Trigger::Event
+        };
+        let trace = TraceContext::child_of(
+            event
+                .attributes
+                .extensions
+                .get(TRACEPARENT)
+                .map(String::as_str),
+        );
+        let span = invoke::span(service, id, trigger, &trace);
+        span.record("topic", tracing::field::display(&event.topic));
+        span.record("event", event.attributes.id.as_str());
+        span.record("attempt", delivery.attempt);
+        let draft = Draft::new(&self.runtime, service, trigger, id, span.clone(), 1);
+        if matches!(warmth, Warmth::Cold(_)) {
+            draft.cold();
+        }
+        draft.bytes_in.store(
+            event.data.as_ref().map_or(0, |d| d.len() as u64),
+            Ordering::Relaxed,
         );
         let limits = service.limits();
         let handled = async {
             let _permit = permit;
-            let mut store = instance::new_store(&self.runtime, service, id);
+            let mut store = instance::new_store(&self.runtime, service, id, trace);
             let deadline = tokio::time::Instant::now() + limits.timeout;
             let wit = to_wit(event, delivery.attempt);
-            let result = invoke::run_until_deadline(deadline, async {
-                let host = pre.instantiate_async(&mut store).await?;
-                host.berth_events_handler()
-                    .call_handle(&mut store, &wit)
-                    .await
-            })
-            .await;
+            let call = OnCpu::new(
+                async {
+                    let host = pre.instantiate_async(&mut store).await?;
+                    host.berth_events_handler()
+                        .call_handle(&mut store, &wit)
+                        .await
+                },
+                draft.cpu_ns.clone(),
+            );
+            let result = invoke::run_until_deadline(deadline, call).await;
             let outcome = invoke::outcome(&result, &store, limits);
             invoke::log_outcome(&outcome, &store, limits);
+            draft.ran(&outcome, &store, limits);
+            if matches!(result, Ok(Err(_))) {
+                draft.outcome("error");
+            }
+            drop(store);
+            draft.done();
             match (result, outcome) {
                 (Ok(Ok(())), _) => Handled::Ok,
                 (Ok(Err(HandleError::Retry(why))), _) => {

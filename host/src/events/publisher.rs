@@ -9,6 +9,7 @@ use super::{Attributes, Event, Topic, TopicPattern};
 use crate::instance::InstanceState;
 use crate::invoke::InvocationId;
 use crate::service::ServiceName;
+use crate::trace::{TRACEPARENT, TraceContext};
 use crate::units::{now_ms, rfc3339};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub struct Publisher {
     pub bus: Arc<dyn Bus>,
     /// The largest event accepted, in bytes.
     pub max_event_size: usize,
+    /// The publishing invocation's trace: events carry it on as their
+    /// `traceparent` extension unless the guest set one.
+    pub trace: TraceContext,
 }
 
 impl Publisher {
@@ -57,6 +61,9 @@ impl Publisher {
             }
             extensions.insert(name, value);
         }
+        extensions
+            .entry(TRACEPARENT.to_owned())
+            .or_insert_with(|| self.trace.traceparent());
         let event = Event {
             topic,
             attributes: Attributes {

@@ -28,9 +28,12 @@ use crate::invoke::InvocationId;
 use crate::runtime::Runtime;
 use crate::service::ServiceName;
 use crate::state::State;
-use crate::units::{now_ms, rfc3339};
+use crate::units::{days_from_civil, now_ms, rfc3339};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// The prefix of every schedule's topic.
+pub const TOPIC_PREFIX: &str = "berth.schedule.";
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,7 +112,7 @@ impl Schedule {
 
     /// The topic its firings are published on.
     pub fn topic(&self, service: &str) -> String {
-        format!("{}schedule.{service}.{}", super::SYSTEM_PREFIX, self.name)
+        format!("{TOPIC_PREFIX}{service}.{}", self.name)
     }
 
     /// The subscription that delivers its firings to its service.
@@ -423,18 +426,6 @@ impl FromStr for Cron {
         }
         Ok(cron)
     }
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn days_in_month(y: i64, m: u32) -> u32 {

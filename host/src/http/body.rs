@@ -7,33 +7,43 @@
 //!   client sees an incomplete response) when the invocation ended before
 //!   the guest finished it.
 
+use crate::invoke::Draft;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A request body that errors once more than `limit` bytes arrive.
+/// A request body that errors once more than `limit` bytes arrive, and
+/// counts the bytes it passes on.
 pub struct LimitedBody {
     inner: hyper::body::Incoming,
     remaining: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
 }
 
 impl LimitedBody {
-    /// Wraps `inner`; `exceeded` is set when the limit is crossed.
-    pub fn new(inner: hyper::body::Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    /// Wraps `inner`; `exceeded` is set when the limit is crossed, `read`
+    /// counts the bytes read.
+    pub fn new(
+        inner: hyper::body::Incoming,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        read: Arc<AtomicU64>,
+    ) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
             limit,
             exceeded,
+            read,
         }
     }
 }
@@ -62,6 +72,7 @@ impl Body for LimitedBody {
                 ))));
             }
             self.remaining -= len;
+            self.read.fetch_add(len, Ordering::Relaxed);
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -113,7 +124,21 @@ pub enum ResponseBody {
         inner: HyperOutgoingBody,
         /// Set by the invocation before its instance is dropped.
         end: Arc<BodyEnd>,
+        /// The invocation's usage record: bytes sent are counted into it,
+        /// and dropping the body completes its response part.
+        draft: Option<Arc<Draft>>,
     },
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let ResponseBody::Guest {
+            draft: Some(draft), ..
+        } = self
+        {
+            draft.done();
+        }
+    }
 }
 
 impl ResponseBody {
@@ -133,12 +158,19 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Guest { inner, end } => match Pin::new(inner).poll_frame(cx) {
+            ResponseBody::Guest { inner, end, draft } => match Pin::new(inner).poll_frame(cx) {
                 // The guest's stream also ends "cleanly" when its instance is
                 // dropped mid-body; only the invocation knows which it was.
                 Poll::Ready(None) if end.is_incomplete() => Poll::Ready(Some(Err(CutOff.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(draft)) = (frame.data_ref(), draft.as_ref()) {
+                        draft
+                            .bytes_out
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Pending => Poll::Pending,
             },

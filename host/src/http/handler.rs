@@ -13,7 +13,9 @@
 //! | deadline passed before the response | 504 |
 //!
 //! Every routed request gets an invocation id, returned in the
-//! `berth-invocation-id` header and attached to every log line about it.
+//! `berth-invocation-id` header and attached to every log line about it,
+//! and a place in a trace: a child of the request's `traceparent`, if it
+//! has a valid one, else the root of a new trace (see [`crate::trace`]).
 //!
 //! Two paths belong to the host on every listener and are never routed to
 //! a service: `/healthz` (the process is up) and `/readyz` (it serves its
@@ -21,8 +23,10 @@
 
 use crate::http::body::{BodyEnd, LimitedBody, ResponseBody};
 use crate::instance;
-use crate::invoke::{self, InvocationId, Outcome};
-use crate::runtime::{Runtime, Service};
+use crate::invoke::{self, Draft, InvocationId, OnCpu, Outcome};
+use crate::runtime::{Runtime, Service, Warmth};
+use crate::trace::{TRACEPARENT, TraceContext};
+use crate::usage::Trigger;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use std::net::SocketAddr;
@@ -49,18 +53,17 @@ pub async fn handle(
     if let Some(response) = health(req.uri().path()) {
         return response;
     }
-    let Some(service) = runtime.route(req.uri().path()) else {
+    let Some((route, service)) = runtime.route_match(req.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no service is routed at this path\n");
     };
     let id = InvocationId::new();
-    let span = tracing::info_span!(
-        "invocation",
-        service = %service.name(),
-        invocation = %id,
-        method = %req.method(),
-        path = %req.uri().path(),
-    );
-    let mut response = invoke_http(runtime, service, id, req, local)
+    let trace =
+        TraceContext::child_of(req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let span = invoke::span(&service, id, Trigger::Http, &trace);
+    span.record("route", tracing::field::display(&route));
+    span.record("method", tracing::field::display(req.method()));
+    span.record("path", req.uri().path());
+    let mut response = invoke_http(runtime, service, id, trace, req, local, span.clone())
         .instrument(span)
         .await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
@@ -73,13 +76,18 @@ async fn invoke_http(
     runtime: &Arc<Runtime>,
     service: Arc<Service>,
     id: InvocationId,
+    trace: TraceContext,
     mut req: Request<hyper::body::Incoming>,
     local: SocketAddr,
+    span: tracing::Span,
 ) -> Response<ResponseBody> {
+    // Submitted once the guest has run and the response is sent.
+    let draft = Draft::new(runtime, &service, Trigger::Http, id, span, 2);
     let limits = service.limits();
     let body_limit = limits.request_body.bytes();
     if declared_length(&req).is_some_and(|len| len > body_limit) {
         tracing::info!(limit = %limits.request_body, "request body over the limit");
+        draft.reject(413);
         return too_large(&service);
     }
 
@@ -87,37 +95,31 @@ async fn invoke_http(
         Ok(permit) => permit,
         Err(rejection) => {
             tracing::warn!(%rejection, "request rejected");
-            let mut response = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service is busy; retry later\n",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-            return response;
+            draft.reject(503);
+            return unavailable("the service is busy; retry later\n");
         }
     };
 
     let pre = match service.handlers(runtime).await {
-        Ok((handlers, _)) => match handlers.http.clone() {
-            Some(pre) => pre,
-            // Routes are only accepted for components that export the handler.
-            None => {
-                return plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the service cannot serve HTTP\n",
-                );
+        Ok((handlers, warmth)) => {
+            if matches!(warmth, Warmth::Cold(_)) {
+                draft.cold();
             }
-        },
+            match handlers.http.clone() {
+                Some(pre) => pre,
+                // Routes are only accepted for components that export the handler.
+                None => {
+                    draft.reject(500);
+                    return plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the service cannot serve HTTP\n",
+                    );
+                }
+            }
+        }
         Err(_) => {
-            let mut response = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service cannot be loaded\n",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-            return response;
+            draft.reject(503);
+            return unavailable("the service cannot be loaded\n");
         }
     };
 
@@ -128,9 +130,10 @@ async fn invoke_http(
         req.headers_mut().insert(HOST, host);
     }
     let exceeded = Arc::new(AtomicBool::new(false));
-    let req = req.map(|body| LimitedBody::new(body, body_limit, exceeded.clone()));
+    let bytes_in = draft.bytes_in.clone();
+    let req = req.map(|body| LimitedBody::new(body, body_limit, exceeded.clone(), bytes_in));
 
-    let mut store = instance::new_store(runtime, &service, id);
+    let mut store = instance::new_store(runtime, &service, id, trace);
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let (response_tx, response_rx) = tokio::sync::oneshot::channel();
     let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
@@ -148,6 +151,7 @@ async fn invoke_http(
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(error = %e, "the request could not be handed to the guest");
+            draft.reject(400);
             return plain(StatusCode::BAD_REQUEST, "malformed request\n");
         }
     };
@@ -155,57 +159,61 @@ async fn invoke_http(
 
     let task_service = service.clone();
     let task_end = end.clone();
+    let task_draft = draft.clone();
     runtime.tasks().spawn(
         async move {
             let _permit = permit;
             let service = task_service;
             let limits = service.limits();
-            let result = invoke::run_until_deadline(deadline, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, wasi_req, out)
-                    .await
-            })
-            .await;
+            let call = OnCpu::new(
+                async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, wasi_req, out)
+                        .await
+                },
+                task_draft.cpu_ns.clone(),
+            );
+            let result = invoke::run_until_deadline(deadline, call).await;
             let outcome = invoke::outcome(&result, &store, limits);
             // Say whether the response body was finished before dropping
             // the instance, which ends the body's stream either way.
             task_end.set(!has_unfinished_body(&mut store));
-            let fuel = invoke::fuel_used(&store, limits);
-            let peak = store.data().limiter().peak();
-            if outcome.is_ok() {
-                tracing::debug!(fuel, peak_memory = peak, "invocation finished");
-            } else {
-                tracing::warn!(
-                    outcome = outcome.kind(),
-                    fuel,
-                    peak_memory = peak,
-                    "{outcome}"
-                );
-            }
+            invoke::log_outcome(&outcome, &store, limits);
+            task_draft.ran(&outcome, &store, limits);
             let _ = outcome_tx.send(outcome);
             drop(store);
+            task_draft.done();
         }
         .in_current_span(),
     );
 
-    match response_rx.await {
+    let response = match response_rx.await {
         Ok(Ok(response)) => {
             if exceeded.load(Ordering::Acquire) {
-                return too_large(&service);
+                too_large(&service)
+            } else {
+                draft.status(response.status().as_u16());
+                // The response part is done when the body is.
+                return response.map(|inner| ResponseBody::Guest {
+                    inner,
+                    end,
+                    draft: Some(draft),
+                });
             }
-            response.map(|inner| ResponseBody::Guest { inner, end })
         }
         Ok(Err(code)) => {
             if exceeded.load(Ordering::Acquire) {
-                return too_large(&service);
+                too_large(&service)
+            } else {
+                tracing::warn!(error_code = ?code, "the guest answered with an error instead of a response");
+                draft.outcome("error");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "the service failed to produce a response\n",
+                )
             }
-            tracing::warn!(error_code = ?code, "the guest answered with an error instead of a response");
-            plain(
-                StatusCode::BAD_GATEWAY,
-                "the service failed to produce a response\n",
-            )
         }
         Err(_) => {
             let outcome = outcome_rx.await.unwrap_or_else(|_| Outcome::Trap {
@@ -213,26 +221,41 @@ async fn invoke_http(
                 backtrace: None,
             });
             if exceeded.load(Ordering::Acquire) {
-                return too_large(&service);
-            }
-            match outcome {
-                Outcome::Ok => {
-                    tracing::warn!("the guest returned without setting a response");
-                    plain(
-                        StatusCode::BAD_GATEWAY,
-                        "the service returned no response\n",
-                    )
-                }
-                Outcome::Deadline { .. } => plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the service did not answer in time\n",
-                ),
-                Outcome::Trap { .. } | Outcome::OutOfFuel { .. } | Outcome::MemoryLimit { .. } => {
-                    plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
+                too_large(&service)
+            } else {
+                match outcome {
+                    Outcome::Ok => {
+                        tracing::warn!("the guest returned without setting a response");
+                        draft.outcome("error");
+                        plain(
+                            StatusCode::BAD_GATEWAY,
+                            "the service returned no response\n",
+                        )
+                    }
+                    Outcome::Deadline { .. } => plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the service did not answer in time\n",
+                    ),
+                    Outcome::Trap { .. }
+                    | Outcome::OutOfFuel { .. }
+                    | Outcome::MemoryLimit { .. } => {
+                        plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
+                    }
                 }
             }
         }
-    }
+    };
+    draft.status(response.status().as_u16());
+    draft.done();
+    response
+}
+
+fn unavailable(text: &str) -> Response<ResponseBody> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
 }
 
 /// Whether the guest still holds a response body it never finished (the
