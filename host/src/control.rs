@@ -241,30 +241,32 @@ impl ControlPlane {
     pub async fn restore(&self) -> Result<usize, ControlError> {
         let _changes = self.changes.lock().await;
         let records = self.db(|s| s.services()).await?;
-        let mut restored = 0;
+        let mut services = Vec::with_capacity(records.len());
         for record in records {
-            let name = record.active.service.clone();
-            let result = (|| {
-                if !self.artifacts.contains(&record.active.artifact) {
-                    return Err(ControlError::Storage(format!(
-                        "artifact {} is missing from the artifact store",
-                        record.active.artifact
-                    )));
-                }
-                self.runtime
-                    .upsert(Arc::new(self.routed(&record.active, None)))?;
-                Ok::<_, ControlError>(())
-            })();
-            match result {
-                Ok(()) => restored += 1,
-                Err(e) => {
-                    tracing::error!(service = %name, revision = record.active.number, error = %e, "cannot restore the service; it is not served");
-                    self.failed().insert(name, e.to_string());
-                }
+            if self.artifacts.contains(&record.active.artifact) {
+                services.push(Arc::new(self.routed(&record.active, None)));
+            } else {
+                let e = ControlError::Storage(format!(
+                    "artifact {} is missing from the artifact store",
+                    record.active.artifact
+                ));
+                self.restore_failed(&record.active.service, record.active.number, e);
             }
+        }
+        let mut restored = services.len();
+        for (service, conflict) in self.runtime.upsert_many(services) {
+            restored -= 1;
+            self.restore_failed(service.name(), service.revision, conflict.into());
         }
         self.sync_events().await;
         Ok(restored)
+    }
+
+    /// Notes that a stored service could not be restored: it is not
+    /// served, and says why.
+    fn restore_failed(&self, name: &ServiceName, revision: u32, e: ControlError) {
+        tracing::error!(service = %name, revision, error = %e, "cannot restore the service; it is not served");
+        self.failed().insert(name.clone(), e.to_string());
     }
 
     fn failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceName, String>> {

@@ -4,7 +4,9 @@
 //! Per service, counters and histograms are plain atomics reached through
 //! an `Arc` the service holds, so recording an invocation takes no lock;
 //! gauges (instances in flight, queue depth, loaded, event queues) are read
-//! when the metrics are scraped.
+//! when the metrics are scraped. A service's counters and histograms
+//! appear once they count something, so that thousands of idle services
+//! cost a few gauge lines each.
 
 use crate::cache::CacheOutcome;
 use crate::usage::Trigger;
@@ -222,27 +224,32 @@ impl Metrics {
         }
         out.push_str("# HELP berth_invocation_fuel Fuel consumed by invocations that ran.\n# TYPE berth_invocation_fuel histogram\n");
         for name in &names {
-            services[*name].fuel.render(
-                &mut out,
-                "berth_invocation_fuel",
-                &format!("service=\"{name}\""),
-            );
+            let h = &services[*name].fuel;
+            if h.count.load(Ordering::Relaxed) > 0 {
+                h.render(
+                    &mut out,
+                    "berth_invocation_fuel",
+                    &format!("service=\"{name}\""),
+                );
+            }
         }
         out.push_str("# HELP berth_cold_starts_total Invocations that had to load their service's component first.\n# TYPE berth_cold_starts_total counter\n");
         for name in &names {
-            let _ = writeln!(
-                out,
-                "berth_cold_starts_total{{service=\"{name}\"}} {}",
-                services[*name].cold_starts()
-            );
+            let n = services[*name].cold_starts();
+            if n > 0 {
+                let _ = writeln!(out, "berth_cold_starts_total{{service=\"{name}\"}} {n}");
+            }
         }
         out.push_str("# HELP berth_cold_start_duration_seconds Time to load a component on a cold start.\n# TYPE berth_cold_start_duration_seconds histogram\n");
         for name in &names {
-            services[*name].cold_start_duration.render(
-                &mut out,
-                "berth_cold_start_duration_seconds",
-                &format!("service=\"{name}\""),
-            );
+            let h = &services[*name].cold_start_duration;
+            if h.count.load(Ordering::Relaxed) > 0 {
+                h.render(
+                    &mut out,
+                    "berth_cold_start_duration_seconds",
+                    &format!("service=\"{name}\""),
+                );
+            }
         }
         out.push_str("# HELP berth_code_cache_total Compiled components obtained, by how.\n# TYPE berth_code_cache_total counter\n");
         for (i, result) in ["hit", "miss", "rebuilt", "uncached"].iter().enumerate() {

@@ -185,6 +185,18 @@ pub fn default_cpu_turns() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
+/// Gives the memory the allocator holds but no longer uses back to the
+/// system, so that unloading services lowers the host's resident memory
+/// rather than only its heap's occupancy.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` is glibc's, thread-safe, and only releases
+    // memory no allocation uses.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A route is claimed by another service.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("route {route} is already claimed by service `{owner}`")]
@@ -345,6 +357,42 @@ impl Runtime {
         Ok(old)
     }
 
+    /// Routes every one of `services` in one switch (a restore): each in
+    /// place of any service of the same name, unless another service holds
+    /// one of its routes — those are left out and returned with the
+    /// conflict. Costs one snapshot build, however many services there are.
+    pub fn upsert_many(&self, services: Vec<Arc<Service>>) -> Vec<(Arc<Service>, RouteConflict)> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.snapshot.load().services.clone();
+        for service in &services {
+            all.remove(service.name());
+        }
+        let mut snapshot =
+            Snapshot::build(all).expect("the routed services' routes do not conflict");
+        let mut refused = Vec::new();
+        for service in services {
+            let conflict = service.spec.config.routes.iter().find_map(|route| {
+                snapshot.routes.owner(route).map(|owner| RouteConflict {
+                    route: route.clone(),
+                    owner: owner.name().clone(),
+                })
+            });
+            if let Some(conflict) = conflict {
+                refused.push((service, conflict));
+                continue;
+            }
+            for route in &service.spec.config.routes {
+                // Checked free above; a service's own routes are distinct.
+                let _ = snapshot.routes.insert(route.clone(), service.clone());
+            }
+            snapshot
+                .services
+                .insert(service.name().clone(), service.clone());
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        refused
+    }
+
     /// Whether `routes` are free for service `name` (held by nobody, or by
     /// `name` itself).
     pub fn check_routes(&self, name: &ServiceName, routes: &[Route]) -> Result<(), RouteConflict> {
@@ -408,8 +456,12 @@ impl Runtime {
                     return;
                 };
                 let now = crate::units::now_ms();
+                let mut unloaded = 0;
                 for service in runtime.snapshot.load().services.values() {
-                    service.unload_if_idle(now);
+                    unloaded += usize::from(service.unload_if_idle(now));
+                }
+                if unloaded > 0 {
+                    release_freed_memory();
                 }
             }
         });

@@ -433,6 +433,13 @@ async fn the_ledger_has_exactly_one_record_per_invocation_under_concurrent_load(
     );
 }
 
+/// `berth usage --json ARGS`, parsed.
+fn usage(host: &crate::host::Host, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["usage", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&host.cli_ok(&all)).unwrap()
+}
+
 async fn records_now(berth: &Berth) -> Vec<serde_json::Value> {
     let reply = berth.admin_get("/v1/usage/records?limit=100000").await;
     serde_json::from_str(&reply.text()).unwrap()
@@ -632,5 +639,103 @@ async fn json_logs_are_one_object_per_line_with_the_invocation_span() {
     for line in berth.logs().lines().filter(|l| !l.starts_with("berth: ")) {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+#[tokio::test]
+async fn berth_usage_reports_totals_and_records_and_they_survive_restarts_and_crashes() {
+    let mut host = crate::host::Host::start(&[]);
+    host.cli_ok(&[
+        "deploy",
+        "hello",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/hello",
+        "--idle-timeout",
+        "10m",
+    ]);
+    let inspect = host.cli_ok(&["inspect", "hello"]);
+    assert!(inspect.contains("idle timeout: 10m (loaded)"), "{inspect}");
+    host.deploy("panic", programs::PANIC, "/panic");
+    for _ in 0..4 {
+        assert_eq!(get(&host.berth, "/hello").await.status, 200);
+    }
+    assert_eq!(get(&host.berth, "/panic").await.status, 500);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while usage(&host, &[])["total"]["invocations"] != 5 {
+        assert!(Instant::now() < deadline, "{:#}", usage(&host, &[]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = usage(&host, &[]);
+    assert_eq!(report["total"]["ok"], 4);
+    assert_eq!(report["total"]["failed"], 1);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["service"], "hello");
+    assert_eq!(rows[0]["invocations"], 4);
+    assert!(rows[0]["gb_seconds"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["cpu_ms"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["wall_ms"].as_f64().unwrap() >= rows[0]["cpu_ms"].as_f64().unwrap() * 0.5);
+
+    let hello = usage(
+        &host,
+        &["--service", "hello", "--since", "1h", "--by", "hour"],
+    );
+    let rows = hello["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{hello:#}");
+    assert!(rows[0]["period"].as_str().unwrap().ends_with(":00:00.000Z"));
+    assert_eq!(rows[0]["invocations"], 4);
+    assert_eq!(
+        usage(&host, &["--until", "2000-01-01"])["total"]["invocations"],
+        0
+    );
+
+    // The table, for people.
+    let table = host.cli_ok(&["usage", "--by", "day"]);
+    assert!(table.starts_with("SERVICE  PERIOD"), "{table}");
+    assert!(table.contains("TOTAL"), "{table}");
+    let records = host.cli_ok(&["usage", "--records", "--service", "panic"]);
+    assert_eq!(records.lines().count(), 2, "{records}");
+    assert!(records.contains(" trap "), "{records}");
+
+    // Bad input is refused with the reason.
+    let out = host.cli(&["usage", "--by", "week"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use hour or day"));
+    let reply = host
+        .api(
+            "GET",
+            "/v1/usage?since=yesterday",
+            "",
+            Some(crate::host::TOKEN),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.text().contains("invalid time"), "{}", reply.text());
+
+    // Durable: a clean restart keeps every record, and so does a crash
+    // once a record is committed (visible).
+    host.restart();
+    assert_eq!(usage(&host, &[])["total"]["invocations"], 5);
+    assert_eq!(usage(&host, &[])["total"]["cold_starts"], 0);
+    assert_eq!(get(&host.berth, "/hello").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while usage(&host, &[])["total"]["invocations"] != 6 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.berth.kill9();
+    host.start_again();
+    let report = usage(&host, &[]);
+    assert_eq!(report["total"]["invocations"], 6);
+    // Services are restored unloaded: the first request after each start
+    // was a cold start.
+    assert_eq!(get(&host.berth, "/hello").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while usage(&host, &[])["total"]["cold_starts"] != 2 {
+        assert!(Instant::now() < deadline, "{:#}", usage(&host, &[]));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

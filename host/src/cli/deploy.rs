@@ -76,6 +76,11 @@ pub struct DeployArgs {
     #[arg(long)]
     request_body: Option<ByteSize>,
 
+    /// Idle time after which the service's compiled code is unloaded
+    /// (scale to zero), e.g. 5m.
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
     /// With a manifest: run each service's build command first.
     #[arg(long)]
     build: bool,
@@ -114,6 +119,9 @@ impl DeployArgs {
         }
         if let Some(v) = self.request_body {
             limits.request_body = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            limits.idle_timeout = v;
         }
     }
 }

@@ -48,6 +48,14 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
             format!("{} (timeout {})", l.queue, format_duration(l.queue_timeout)),
         ),
         ("request body", l.request_body.to_string()),
+        (
+            "idle timeout",
+            format!(
+                "{} ({})",
+                format_duration(l.idle_timeout),
+                if s.loaded { "loaded" } else { "unloaded" }
+            ),
+        ),
         ("created", s.created_at.clone()),
         ("updated", s.updated_at.clone()),
     ];

@@ -37,6 +37,18 @@ pub struct Cli {
         default_value_t = crate::telemetry::LogFormat::Text
     )]
     log_format: crate::telemetry::LogFormat,
+
+    /// How long log lines gather before they are written to stderr
+    /// together (fewer system calls; a crash loses the last window's
+    /// lines). `0ms` writes each line as it is logged.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_LOG_BUFFER",
+        default_value = "5ms",
+        value_parser = crate::units::parse_duration
+    )]
+    log_buffer: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +108,7 @@ impl ClientArgs {
 /// message on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.log_format);
+    let logs = crate::telemetry::init(cli.log_format, cli.log_buffer);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth-worker")
@@ -125,6 +137,7 @@ pub fn main() -> ExitCode {
     });
     // Invocations still running past the drain limit are abandoned here.
     runtime.shutdown_background();
+    drop(logs);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -99,6 +99,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {} for the admin API", args.admin_listen))?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    crate::telemetry::flush();
     eprintln!(
         "berth: serving {restored} service{} on http://{public_addr}",
         if restored == 1 { "" } else { "s" }

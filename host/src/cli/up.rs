@@ -2,7 +2,8 @@
 //! deploy every service to a host of its own, and only then listen.
 //!
 //! The host is the same as `berth serve`'s, on a temporary state directory
-//! (removed on exit) unless `--state` names one; compiled code goes to the
+//! (in memory when the system has a memory-backed directory; removed on
+//! exit) unless `--state` names one; compiled code goes to the
 //! user's cache, so a second `up` does not recompile.
 
 use super::host::{Host, HostOptions};
@@ -121,11 +122,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let (state, _temp) = match &args.state {
         Some(dir) => (dir.clone(), None),
         None => {
-            let dir = std::env::temp_dir().join(format!(
-                "berth-up-{}-{}",
-                std::process::id(),
-                crate::invoke::InvocationId::new()
-            ));
+            let dir = ephemeral_state();
             (dir.clone(), Some(TempState(dir)))
         }
     };
@@ -188,6 +185,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         crate::http::public_handler(host.runtime.clone(), addr),
         stop.clone(),
     ))];
+    crate::telemetry::flush();
     eprintln!(
         "berth: serving {count} service{} on http://{addr}",
         if count == 1 { "" } else { "s" }
@@ -246,6 +244,30 @@ pub(super) fn build(manifest: &Manifest) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A fresh state directory that lives only as long as the process: in a
+/// memory-backed directory when there is one (`$XDG_RUNTIME_DIR`, else
+/// `/dev/shm`), where the state's syncs to disk cost nothing, else in the
+/// temporary directory.
+fn ephemeral_state() -> PathBuf {
+    let name = format!(
+        "berth-up-{}-{}",
+        std::process::id(),
+        crate::invoke::InvocationId::new()
+    );
+    let memory = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/dev/shm")])
+        .filter(|p| p.is_absolute());
+    for base in memory {
+        let dir = base.join(&name);
+        if std::fs::create_dir(&dir).is_ok() {
+            return dir;
+        }
+    }
+    std::env::temp_dir().join(name)
 }
 
 fn default_cache_dir() -> PathBuf {
