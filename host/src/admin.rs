@@ -118,6 +118,7 @@ impl From<ControlError> for ApiError {
             ControlError::RouteConflict(_) => StatusCode::CONFLICT,
             ControlError::InvalidComponent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ControlError::MissingSecret(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
         ApiError::new(status, e.code(), e.to_string())
@@ -220,6 +221,9 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
                 subscriptions: request.subscriptions,
                 publish: request.publish,
                 schedules: request.schedules,
+                files: request.files,
+                env: request.env,
+                allowed_outbound: request.allowed_outbound,
             };
             let record = control.deploy(name, artifact, config).await?;
             // Revision 1 is a new service.

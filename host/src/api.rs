@@ -1,6 +1,7 @@
 //! The admin API's resources as JSON: what the server sends and the CLI
 //! reads. `docs/admin-api.md` shows each with an example.
 
+use crate::capabilities::{EnvValue, FileMount, OutboundRule};
 use crate::control::ServiceStatus;
 use crate::events::schedule::Schedule;
 use crate::events::{Subscription, TopicPattern};
@@ -9,6 +10,7 @@ use crate::route::Route;
 use crate::state::{ArtifactRecord, RevisionRecord};
 use crate::units::rfc3339;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// An uploaded artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,15 @@ pub struct ServiceView {
     /// Its schedules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// Host directories its guest sees.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// Its guest's environment: values, and secrets by name only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
+    /// The origins its guest may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound: Vec<OutboundRule>,
     /// `serving`, or `failed` when its revision could not be loaded.
     pub status: String,
     /// Why it failed, when it did.
@@ -87,6 +98,9 @@ impl From<&ServiceStatus> for ServiceView {
             subscriptions: active.config.subscriptions.clone(),
             publish: active.config.publish.clone(),
             schedules: active.config.schedules.clone(),
+            files: active.config.files.clone(),
+            env: active.config.env.clone(),
+            allowed_outbound: active.config.allowed_outbound.clone(),
             status: if s.error.is_some() {
                 "failed"
             } else {
@@ -127,6 +141,15 @@ pub struct RevisionView {
     /// Its schedules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// Host directories its guest sees.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// Its guest's environment: values, and secrets by name only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
+    /// The origins its guest may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound: Vec<OutboundRule>,
     /// When it was deployed.
     pub created_at: String,
 }
@@ -144,6 +167,9 @@ impl RevisionView {
             subscriptions: record.config.subscriptions.clone(),
             publish: record.config.publish.clone(),
             schedules: record.config.schedules.clone(),
+            files: record.config.files.clone(),
+            env: record.config.env.clone(),
+            allowed_outbound: record.config.allowed_outbound.clone(),
             created_at: rfc3339(record.created_ms),
         }
     }
@@ -170,6 +196,15 @@ pub struct DeployRequest {
     /// Its schedules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// Host directories its guest sees (absolute host paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// Its guest's environment: values, or `{"secret": "name"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
+    /// The origins its guest may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound: Vec<OutboundRule>,
 }
 
 /// `POST /v1/services/{name}/rollback`.

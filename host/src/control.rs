@@ -45,6 +45,9 @@ pub enum ControlError {
     /// The upload is over the size limit.
     #[error("the upload is over the limit of {0}")]
     TooLarge(ByteSize),
+    /// A secret the service refers to is not set on this host.
+    #[error("{0}")]
+    MissingSecret(String),
     /// The state directory could not be written or read (unwritable, disk
     /// full, damaged).
     #[error("storage: {0}")]
@@ -69,6 +72,7 @@ impl ControlError {
             ControlError::InvalidComponent(LoadError::MissingExport { .. }) => "missing_export",
             ControlError::InvalidComponent(LoadError::UnknownImport(_)) => "unknown_import",
             ControlError::TooLarge(_) => "payload_too_large",
+            ControlError::MissingSecret(_) => "missing_secret",
             ControlError::Storage(_) => "storage_error",
         }
     }
@@ -315,7 +319,9 @@ impl ControlPlane {
         artifact: Digest,
         config: ServiceConfig,
     ) -> Result<RevisionRecord, ControlError> {
+        let mut config = config;
         config.validate().map_err(ControlError::BadRequest)?;
+        self.check_capabilities(&mut config)?;
         let _changes = self.changes.lock().await;
         if self.db(move |s| s.artifact(&artifact)).await?.is_none() {
             return Err(ControlError::NotFound(format!(
@@ -333,6 +339,27 @@ impl ControlPlane {
         self.sync_events().await;
         tracing::info!(service = %name, revision = record.number, artifact = %artifact.short(), "deployed");
         Ok(record)
+    }
+
+    /// Checks what a configuration gives its guest can be given on this
+    /// host: every mounted directory exists (its path is made canonical,
+    /// so the revision records exactly what the guest gets), and every
+    /// secret is set. Secrets are only looked up, never recorded.
+    fn check_capabilities(&self, config: &mut ServiceConfig) -> Result<(), ControlError> {
+        for (i, mount) in config.files.iter_mut().enumerate() {
+            mount
+                .resolve(None)
+                .map_err(|e| ControlError::BadRequest(format!("files[{i}].host: {e}")))?;
+        }
+        for (var, value) in &config.env {
+            if let crate::capabilities::EnvValue::Secret(name) = value {
+                self.runtime
+                    .secrets()
+                    .read(name)
+                    .map_err(|e| ControlError::MissingSecret(format!("env.{var}: {e}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// Switches `name` back to revision `to`, or to the one before its

@@ -5,6 +5,7 @@
 //! An instance is made for one invocation and dropped after it; nothing a
 //! guest does survives it.
 
+use crate::capabilities::{self, Destination, EnvValue, Mode, OutboundRule};
 use crate::events::publisher::Publisher;
 use crate::invoke::InvocationId;
 use crate::runtime::{Runtime, Service};
@@ -14,12 +15,13 @@ use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::AsyncWrite;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// The data of every instance's `Store`.
@@ -94,14 +96,44 @@ pub struct Tag {
     pub invocation: InvocationId,
 }
 
-/// Makes the `Store` for one invocation of `service`.
+/// Why an instance could not be made for an invocation (a preopened
+/// directory gone, a secret missing). Never holds a secret's value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// The services a call passed through to reach this invocation, outermost
+/// first (empty for an invocation started by a client, an event or a
+/// schedule).
+#[derive(Debug, Clone, Default)]
+pub struct CallChain(pub Arc<[ServiceName]>);
+
+impl CallChain {
+    /// The chain as `a → b → c`.
+    pub fn describe(&self, then: &str) -> String {
+        let mut text = String::new();
+        for name in self.0.iter() {
+            text.push_str(name.as_str());
+            text.push_str(" → ");
+        }
+        text.push_str(then);
+        text
+    }
+}
+
+/// Makes the `Store` for one invocation of `service`, due by `deadline`.
 ///
-/// The WASI context is deny-by-default:
+/// The WASI context is deny-by-default, and grants only what the
+/// service's configuration lists (see [`crate::capabilities`]):
 /// - stdin is closed; stdout and stderr become log lines tagged with the
 ///   service and invocation (see [`GuestOutput`]);
-/// - no environment variables, no arguments, no preopened directories;
-/// - no network: TCP, UDP and name lookups are refused, and outgoing HTTP
-///   requests fail with `HTTP-request-denied`;
+/// - environment variables: exactly the service's `env`, secrets read from
+///   the host's secrets source now; no arguments;
+/// - files: exactly the service's `files`, each a cap-std directory handle
+///   (read-only unless `rw`) that no path can leave;
+/// - no sockets: TCP, UDP and name lookups are refused;
+/// - outgoing HTTP: only to the origins of `allowed_outbound` (see
+///   [`Hooks`]), other services in-process;
 /// - wall and monotonic clocks and random numbers come from the host;
 /// - `berth:events/publisher` publishes only on the topics the service's
 ///   `publish` list allows, and the events carry the invocation's
@@ -121,27 +153,66 @@ pub struct Tag {
 /// compete with the rest of the host for the runtime's threads, and a
 /// guest waiting on I/O never holds a turn.
 pub fn new_store(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     service: &Service,
     invocation: InvocationId,
     trace: TraceContext,
-) -> Store<InstanceState> {
+    deadline: tokio::time::Instant,
+    chain: CallChain,
+) -> Result<Store<InstanceState>, StartError> {
     let tag = &Tag {
         service: service.name().clone(),
         invocation,
     };
     let limits = service.limits();
+    let config = &service.spec.config;
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(GuestOutput::new(tag.clone(), "stdout"))
         .stderr(GuestOutput::new(tag.clone(), "stderr"))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    for mount in &config.files {
+        let perms = match mount.mode {
+            Mode::Ro => FsPerms::ReadOnly,
+            Mode::Rw => FsPerms::ReadWrite,
+        };
+        wasi.preopened_dir(&mount.host, mount.guest.as_str(), perms)
+            .map_err(|e| {
+                StartError(format!(
+                    "cannot open {} (mounted at {}): {e}",
+                    mount.host.display(),
+                    mount.guest
+                ))
+            })?;
+    }
+    for (name, value) in &config.env {
+        match value {
+            EnvValue::Value(value) => wasi.env(name, value),
+            EnvValue::Secret(secret) => {
+                let value = runtime
+                    .secrets()
+                    .read(secret)
+                    .map_err(|e| StartError(format!("environment variable {name}: {e}")))?;
+                wasi.env(name, value)
+            }
+        };
+    }
+    let outbound = (!config.allowed_outbound.is_empty()).then(|| Outbound {
+        runtime: runtime.clone(),
+        rules: service.outbound.clone(),
+        trace,
+        deadline,
+        chain,
+    });
     let state = InstanceState {
         table: ResourceTable::new(),
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: Hooks { tag: tag.clone() },
+        hooks: Hooks {
+            tag: tag.clone(),
+            outbound,
+        },
         limiter: MemoryLimiter::new(limits.memory.bytes()),
         turn: CpuTurn::new(service.cpu_turns.clone()),
         publisher: runtime.events().map(|events| Publisher {
@@ -169,7 +240,7 @@ pub fn new_store(
         }
         Ok(())
     });
-    store
+    Ok(store)
 }
 
 /// An invocation's share of its service's CPU turns (see [`CpuTurn`]).
@@ -238,37 +309,131 @@ fn release_elsewhere(permit: tokio::sync::OwnedSemaphorePermit) {
     }
 }
 
-/// `wasi:http` hooks: outgoing requests are denied.
+/// How long an outgoing request may take to connect, and to send its
+/// first response byte (or the next one), unless the guest asks for less;
+/// always bounded by what is left of the invocation's deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The response future `send_request` returns.
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+/// `wasi:http` hooks: outgoing requests go where the service's
+/// `allowed_outbound` allows, and nowhere else.
 struct Hooks {
     tag: Tag,
+    /// Present when the service may send requests at all.
+    outbound: Option<Outbound>,
+}
+
+/// What an instance needs to send requests.
+struct Outbound {
+    runtime: Arc<Runtime>,
+    rules: Arc<[OutboundRule]>,
+    trace: TraceContext,
+    deadline: tokio::time::Instant,
+    chain: CallChain,
+}
+
+impl Hooks {
+    fn deny(&self, uri: &http::Uri, why: &str) -> SendFuture {
+        tracing::warn!(
+            service = %self.tag.service,
+            invocation = %self.tag.invocation,
+            uri = %uri,
+            "outgoing HTTP request denied: {why}"
+        );
+        Box::new(std::future::ready(Err(
+            wasmtime_wasi_http::Error::HttpRequestDenied,
+        )))
+    }
 }
 
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        let Some(out) = &self.outbound else {
+            return self.deny(
+                request.uri(),
+                "this service has no outbound allow-list (allowed_outbound)",
+            );
+        };
+        let destination = capabilities::destination(&out.rules, request.uri());
+        // The invocation is the parent of what it calls, unless the guest
+        // traces on its own and says so.
+        if !request.headers().contains_key(crate::trace::TRACEPARENT)
+            && let Ok(value) = http::HeaderValue::from_str(&out.trace.traceparent())
+        {
+            request
+                .headers_mut()
+                .insert(crate::trace::TRACEPARENT, value);
+        }
+        match destination {
+            Destination::Denied => {
+                let uri = request.uri().clone();
+                self.deny(&uri, "not in the service's allowed_outbound")
+            }
+            Destination::Service(name) => {
+                let mut chain: Vec<ServiceName> = out.chain.0.to_vec();
+                chain.push(self.tag.service.clone());
+                let call = crate::http::handler::call_service(
+                    out.runtime.clone(),
+                    name,
+                    request,
+                    out.trace,
+                    CallChain(chain.into()),
+                );
+                Box::new(async move {
+                    let response = call.await?;
+                    Ok((
+                        response,
+                        Box::new(std::future::ready(Ok(()))) as Box<dyn Future<Output = _> + Send>,
+                    ))
+                })
+            }
+            Destination::Remote => {
+                let left = out
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now());
+                let bound = |asked: Option<Duration>, default: Duration| {
+                    Some(asked.unwrap_or(default).min(default).min(left))
+                };
+                let options = options.unwrap_or_default();
+                let options = wasmtime_wasi_http::RequestOptions {
+                    connect_timeout: bound(options.connect_timeout, CONNECT_TIMEOUT),
+                    first_byte_timeout: bound(options.first_byte_timeout, FIRST_BYTE_TIMEOUT),
+                    between_bytes_timeout: bound(
+                        options.between_bytes_timeout,
+                        BETWEEN_BYTES_TIMEOUT,
                     ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        tracing::warn!(
-            service = %self.tag.service,
-            invocation = %self.tag.invocation,
-            uri = %request.uri(),
-            "outgoing HTTP request denied: this service has no outbound allow-list"
-        );
-        Box::new(std::future::ready(Err(
-            wasmtime_wasi_http::Error::HttpRequestDenied,
-        )))
+                };
+                tracing::debug!(uri = %request.uri(), "outgoing HTTP request");
+                Box::new(async move {
+                    use http_body_util::BodyExt;
+                    let (response, io) =
+                        wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                    Ok((
+                        response.map(BodyExt::boxed_unsync),
+                        Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                    ))
+                })
+            }
+        }
     }
 }
 

@@ -55,6 +55,7 @@
 //! - [`api`] — the admin API's resources as JSON.
 //! - [`artifact`] — artifacts (`.wasm` components) and their digests.
 //! - [`cache`] — compiled code on disk, keyed by digest and engine.
+//! - [`capabilities`] — files, env vars, secrets, outbound HTTP a guest is given.
 //! - [`cli`] — the `berth` command line.
 //! - [`client`] — the CLI's client of the admin API.
 //! - [`component`] — loading and checking a component into a handler.
@@ -84,6 +85,7 @@ pub mod admission;
 pub mod api;
 pub mod artifact;
 pub mod cache;
+pub mod capabilities;
 pub mod cli;
 pub mod client;
 pub mod component;

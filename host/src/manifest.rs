@@ -30,6 +30,7 @@
 //! line and column, and the field (see [`Diagnostic`]). `docs/manifest.md`
 //! documents every field and its default.
 
+use crate::capabilities::{EnvValue, FileMount, OutboundRule};
 use crate::events::schedule::Schedule;
 use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
@@ -201,6 +202,12 @@ struct RawService {
     #[serde(default)]
     schedules: Vec<Spanned<Schedule>>,
     #[serde(default)]
+    files: Vec<Spanned<FileMount>>,
+    #[serde(default)]
+    env: Option<Spanned<BTreeMap<String, EnvValue>>>,
+    #[serde(default)]
+    allowed_outbound: Vec<OutboundRule>,
+    #[serde(default)]
     build: Option<BuildSpec>,
 }
 
@@ -347,6 +354,36 @@ impl Manifest {
                     return Err(source.diagnostic(route.span(), &field(routes_field), message));
                 }
             }
+            let mut files = Vec::with_capacity(svc.files.len());
+            for (i, mount) in svc.files.into_iter().enumerate() {
+                let span = mount.span();
+                let mut mount = mount.into_inner();
+                let problem = mount.resolve(Some(&dir)).err().or_else(|| {
+                    files
+                        .iter()
+                        .any(|m: &FileMount| m.guest == mount.guest)
+                        .then(|| format!("guest path {} is mounted twice", mount.guest))
+                });
+                if let Some(message) = problem {
+                    return Err(source.diagnostic(
+                        span,
+                        &format!("service.{name}.files[{i}]"),
+                        message,
+                    ));
+                }
+                files.push(mount);
+            }
+            let env = match svc.env {
+                Some(env) => {
+                    let span = env.span();
+                    let env = env.into_inner();
+                    if let Err(message) = crate::capabilities::validate_env(&env) {
+                        return Err(source.diagnostic(span, &field("env"), message));
+                    }
+                    env
+                }
+                None => BTreeMap::new(),
+            };
             if svc.component.get_ref().trim().is_empty() {
                 return Err(source.diagnostic(
                     svc.component.span(),
@@ -369,6 +406,9 @@ impl Manifest {
                             .collect(),
                         publish: svc.publish,
                         schedules: svc.schedules.into_iter().map(Spanned::into_inner).collect(),
+                        files,
+                        env,
+                        allowed_outbound: svc.allowed_outbound,
                     },
                 },
                 component,

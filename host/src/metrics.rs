@@ -28,7 +28,12 @@ pub const OUTCOMES: &[&str] = &[
     "ok", "trap", "fuel", "memory", "deadline", "error", "rejected",
 ];
 
-const TRIGGERS: &[Trigger] = &[Trigger::Http, Trigger::Event, Trigger::Schedule];
+const TRIGGERS: &[Trigger] = &[
+    Trigger::Http,
+    Trigger::Event,
+    Trigger::Schedule,
+    Trigger::Call,
+];
 
 /// Escapes a label value (backslash, double quote, newline).
 pub fn label(value: &str) -> String {

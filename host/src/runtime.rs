@@ -34,6 +34,8 @@ pub struct Service {
     pub admission: Admission,
     /// The topics it may publish on.
     pub publish: Arc<[TopicPattern]>,
+    /// The origins it may send HTTP requests to.
+    pub outbound: Arc<[crate::capabilities::OutboundRule]>,
     /// Where its component is loaded from.
     pub source: Source,
     /// How many of its invocations may run guest code at once once they
@@ -72,11 +74,13 @@ impl Service {
         let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
         let publish = spec.config.publish.clone().into();
+        let outbound = spec.config.allowed_outbound.clone().into();
         Service {
             spec,
             revision,
             admission,
             publish,
+            outbound,
             source,
             cpu_turns: Arc::new(tokio::sync::Semaphore::new(cpu_turns.max(1))),
             metrics,
@@ -251,6 +255,7 @@ pub struct Runtime {
     metrics: crate::metrics::Metrics,
     ledger: std::sync::OnceLock<Arc<crate::usage::Ledger>>,
     events: std::sync::OnceLock<EventsContext>,
+    secrets: std::sync::OnceLock<crate::capabilities::Secrets>,
     snapshot: ArcSwap<Snapshot>,
     /// Serializes writers: each builds the next snapshot from the current.
     writer: Mutex<()>,
@@ -269,6 +274,7 @@ impl Runtime {
             metrics: crate::metrics::Metrics::default(),
             ledger: std::sync::OnceLock::new(),
             events: std::sync::OnceLock::new(),
+            secrets: std::sync::OnceLock::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             host_slots,
@@ -312,6 +318,19 @@ impl Runtime {
         if let Some(ledger) = self.ledger.get() {
             ledger.record(record);
         }
+    }
+
+    /// Sets where secrets are read from (once; by default, only from
+    /// `BERTH_SECRET_*` environment variables).
+    pub fn set_secrets(&self, secrets: crate::capabilities::Secrets) {
+        let _ = self.secrets.set(secrets);
+    }
+
+    /// Where secrets are read from.
+    pub fn secrets(&self) -> &crate::capabilities::Secrets {
+        self.secrets.get_or_init(|| {
+            crate::capabilities::Secrets::new(None, crate::capabilities::DEFAULT_SECRET_PREFIX)
+        })
     }
 
     /// Connects the event bus (once).

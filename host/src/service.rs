@@ -1,11 +1,13 @@
 //! What a service is, apart from its code: a validated name, the routes it
 //! claims and the limits it runs under.
 
+use crate::capabilities::{EnvValue, FileMount, OutboundRule};
 use crate::events::schedule::Schedule;
 use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::route::Route;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -106,6 +108,16 @@ pub struct ServiceConfig {
     /// When it is invoked on its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<Schedule>,
+    /// Host directories its guest sees.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// Its guest's environment variables (values, or secret names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
+    /// The origins its guest may send HTTP requests to (other services:
+    /// `http://NAME.svc`); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound: Vec<OutboundRule>,
 }
 
 impl ServiceConfig {
@@ -117,6 +129,9 @@ impl ServiceConfig {
             subscriptions: Vec::new(),
             publish: Vec::new(),
             schedules: Vec::new(),
+            files: Vec::new(),
+            env: BTreeMap::new(),
+            allowed_outbound: Vec::new(),
         }
     }
 
@@ -152,6 +167,8 @@ impl ServiceConfig {
                 return Err(format!("schedule {:?} is listed twice", schedule.name));
             }
         }
+        crate::capabilities::validate_files(&self.files)?;
+        crate::capabilities::validate_env(&self.env)?;
         Ok(())
     }
 

@@ -58,15 +58,18 @@ pub enum Trigger {
     Event,
     /// A schedule's firing.
     Schedule,
+    /// A call from another service (`http://NAME.svc/…`).
+    Call,
 }
 
 impl Trigger {
-    /// `http`, `event` or `schedule`.
+    /// `http`, `event`, `schedule` or `call`.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Http => "http",
             Trigger::Event => "event",
             Trigger::Schedule => "schedule",
+            Trigger::Call => "call",
         }
     }
 }
@@ -351,6 +354,7 @@ impl Ledger {
                     trigger: match trigger.as_str() {
                         "event" => Trigger::Event,
                         "schedule" => Trigger::Schedule,
+                        "call" => Trigger::Call,
                         _ => Trigger::Http,
                     },
                     started_ms: r.get(4)?,

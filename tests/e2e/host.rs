@@ -16,22 +16,34 @@ pub struct Host {
     pub state: PathBuf,
     _dir: Option<tempfile::TempDir>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Host {
     /// A host on a fresh state directory.
     pub fn start(extra: &[&str]) -> Host {
+        Host::start_with_env(extra, &[])
+    }
+
+    /// A host on a fresh state directory, with these environment
+    /// variables set for the host process.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("berth-host-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap();
         let state = dir.path().join("state");
-        let berth = serve(&state, extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let berth = serve(&state, extra, &env);
         Host {
             berth,
             state,
             _dir: Some(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env,
         }
     }
 
@@ -45,7 +57,7 @@ impl Host {
     /// Starts again on the same state directory (after a crash, say).
     pub fn start_again(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.berth = serve(&self.state, &extra);
+        self.berth = serve(&self.state, &extra, &self.env);
     }
 
     pub fn admin_url(&self) -> String {
@@ -163,13 +175,14 @@ impl Host {
     }
 }
 
-fn serve(state: &Path, extra: &[&str]) -> Berth {
+fn serve(state: &Path, extra: &[&str], env: &[(String, String)]) -> Berth {
     let mut cmd = Command::new(berth_bin());
     cmd.args(["serve", "--state"])
         .arg(state)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(extra)
-        .env("BERTH_TOKEN", TOKEN);
+        .env("BERTH_TOKEN", TOKEN)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     Berth::start(cmd, Duration::from_secs(120), None, true)
 }
 

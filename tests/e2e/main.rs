@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `berth` binary, listening on `127.0.0.1:0`,
 //! against guest components built from source (`tests/programs`).
 
+mod capabilities;
 mod control;
 mod events;
 mod examples;

@@ -187,7 +187,7 @@ async fn scrape(berth: &Berth) -> Scrape {
 
 /// Usage records, once `n` of them are stored (they are committed just
 /// after their invocation ends).
-async fn records(berth: &Berth, n: usize) -> Vec<serde_json::Value> {
+pub(crate) async fn records(berth: &Berth, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let reply = berth.admin_get("/v1/usage/records?limit=100000").await;

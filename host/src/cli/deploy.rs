@@ -164,6 +164,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                     subscriptions: config.subscriptions,
                     publish: config.publish,
                     schedules: config.schedules,
+                    files: config.files,
+                    env: config.env,
+                    allowed_outbound: config.allowed_outbound,
                 };
                 revisions.push(put(&client, &entry.spec.name, &request, args.client.json).await?);
             }
@@ -199,6 +202,9 @@ async fn deploy_one(
             subscriptions: current.subscriptions.clone(),
             publish: current.publish.clone(),
             schedules: current.schedules.clone(),
+            files: current.files.clone(),
+            env: current.env.clone(),
+            allowed_outbound: current.allowed_outbound.clone(),
         },
         (current, true) => DeployRequest {
             artifact: String::new(),
@@ -220,6 +226,15 @@ async fn deploy_one(
             schedules: current
                 .as_ref()
                 .map(|c| c.schedules.clone())
+                .unwrap_or_default(),
+            files: current
+                .as_ref()
+                .map(|c| c.files.clone())
+                .unwrap_or_default(),
+            env: current.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
+            allowed_outbound: current
+                .as_ref()
+                .map(|c| c.allowed_outbound.clone())
                 .unwrap_or_default(),
         },
         (None, false) => anyhow::bail!(

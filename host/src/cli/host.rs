@@ -34,6 +34,55 @@ pub struct HostOptions {
     /// How long usage records are kept; `None` keeps no ledger (for
     /// benchmarks of its cost).
     pub usage_retention: Option<std::time::Duration>,
+    /// Where secrets are read from.
+    pub secrets: crate::capabilities::Secrets,
+}
+
+/// Where the host reads the secrets services refer to (shared by `up` and
+/// `serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SecretArgs {
+    /// A directory of secrets: one file per secret, named after it, that
+    /// only its owner may read (mode 0600). Read at each invocation, so an
+    /// updated file takes effect at once.
+    #[arg(long, env = "BERTH_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
+    /// Host environment variables holding secrets start with this
+    /// (`db-password` is then `BERTH_SECRET_DB_PASSWORD`); a file in
+    /// --secrets-dir wins over a variable.
+    #[arg(long, default_value = crate::capabilities::DEFAULT_SECRET_PREFIX)]
+    pub secret_env_prefix: String,
+}
+
+impl SecretArgs {
+    /// The secrets source these arguments describe.
+    pub fn secrets(&self) -> anyhow::Result<crate::capabilities::Secrets> {
+        if let Some(dir) = &self.secrets_dir {
+            let meta = std::fs::metadata(dir)
+                .with_context(|| format!("the secrets directory {}", dir.display()))?;
+            anyhow::ensure!(
+                meta.is_dir(),
+                "the secrets directory {} is not a directory",
+                dir.display()
+            );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "the secrets directory is open to group or others (mode {mode:03o}); make it 0700"
+                    );
+                }
+            }
+        }
+        Ok(crate::capabilities::Secrets::new(
+            self.secrets_dir.clone(),
+            self.secret_env_prefix.clone(),
+        ))
+    }
 }
 
 /// A running host. [`Host::close`] it once its invocations are drained.
@@ -63,6 +112,7 @@ impl Host {
         let cache = CodeCache::new(&cache_dir, engine.engine())
             .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
         let runtime = Runtime::new(engine, options.cpu_turns);
+        runtime.set_secrets(options.secrets);
         runtime.start_reaper(std::time::Duration::from_millis(500));
         if let Some(retention) = options.usage_retention {
             let path = dir.join(USAGE_FILE);

@@ -2,6 +2,7 @@
 
 use super::{ClientArgs, output};
 use crate::api::ServiceView;
+use crate::capabilities::{EnvValue, Mode};
 use crate::units::format_duration;
 use clap::Args;
 
@@ -20,7 +21,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         return output::json(&s);
     }
     let l = &s.limits;
-    let rows = [
+    let mut rows = vec![
         ("name", s.name.clone()),
         (
             "revision",
@@ -59,6 +60,50 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         ("created", s.created_at.clone()),
         ("updated", s.updated_at.clone()),
     ];
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    rows.push((
+        "files",
+        list(
+            s.files
+                .iter()
+                .map(|f| {
+                    let mode = match f.mode {
+                        Mode::Ro => "ro",
+                        Mode::Rw => "rw",
+                    };
+                    format!("{} → {} ({mode})", f.host.display(), f.guest)
+                })
+                .collect(),
+        ),
+    ));
+    rows.push((
+        "env",
+        list(
+            s.env
+                .iter()
+                .map(|(name, value)| match value {
+                    EnvValue::Value(v) => format!("{name}={v}"),
+                    EnvValue::Secret(secret) => format!("{name}=(secret {secret})"),
+                })
+                .collect(),
+        ),
+    ));
+    rows.push((
+        "outbound",
+        list(s.allowed_outbound.iter().map(|r| r.to_string()).collect()),
+    ));
+    if !s.publish.is_empty() {
+        rows.push((
+            "publish",
+            list(s.publish.iter().map(|p| p.to_string()).collect()),
+        ));
+    }
     for (key, value) in rows {
         println!("{:<14}{value}", format!("{key}:"));
     }

@@ -50,6 +50,9 @@ pub struct ServeArgs {
     #[arg(long, default_value = "128MiB")]
     max_upload: ByteSize,
 
+    #[command(flatten)]
+    secrets: super::host::SecretArgs,
+
     /// Largest event accepted (attributes and data).
     #[arg(long, default_value = "256KiB")]
     max_event_size: ByteSize,
@@ -87,6 +90,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .cpu_turns
             .unwrap_or_else(crate::runtime::default_cpu_turns),
         usage_retention: (!args.no_usage).then_some(args.usage_retention),
+        secrets: args.secrets.secrets()?,
     })
     .await?;
     let restored = host.runtime.services().len();

@@ -62,6 +62,9 @@ pub struct UpArgs {
     #[arg(long, hide = true)]
     no_usage: bool,
 
+    #[command(flatten)]
+    secrets: super::host::SecretArgs,
+
     /// Largest event accepted (attributes and data).
     #[arg(long, default_value = "256KiB")]
     max_event_size: ByteSize,
@@ -136,6 +139,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .cpu_turns
             .unwrap_or_else(crate::runtime::default_cpu_turns),
         usage_retention: (!args.no_usage).then_some(args.usage_retention),
+        secrets: args.secrets.secrets()?,
     })
     .await?;
 

@@ -21,7 +21,7 @@
 
 use super::bindings::berth::events::types::{Event as WitEvent, HandleError};
 use super::bus::{Bus, Delivery, Settle, SubscriptionSpec};
-use crate::instance;
+use crate::instance::{self, CallChain};
 use crate::invoke::{self, Draft, InvocationId, OnCpu, Outcome};
 use crate::runtime::{Runtime, Service, Warmth};
 use crate::trace::{TRACEPARENT, TraceContext};
@@ -248,8 +248,23 @@ impl Dispatcher {
         let limits = service.limits();
         let handled = async {
             let _permit = permit;
-            let mut store = instance::new_store(&self.runtime, service, id, trace);
             let deadline = tokio::time::Instant::now() + limits.timeout;
+            let mut store = match instance::new_store(
+                &self.runtime,
+                service,
+                id,
+                trace,
+                deadline,
+                CallChain::default(),
+            ) {
+                Ok(store) => store,
+                Err(e) => {
+                    tracing::error!(error = %e, "the instance could not be made");
+                    draft.outcome("rejected");
+                    draft.done();
+                    return Handled::Retry(format!("the instance could not be made: {e}"));
+                }
+            };
             let wit = to_wit(event, delivery.attempt);
             let call = OnCpu::new(
                 async {

@@ -21,23 +21,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body that errors once more than `limit` bytes arrive, and
 /// counts the bytes it passes on.
-pub struct LimitedBody {
-    inner: hyper::body::Incoming,
+pub struct LimitedBody<B = hyper::body::Incoming> {
+    inner: B,
     remaining: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
     read: Arc<AtomicU64>,
 }
 
-impl LimitedBody {
+impl<B> LimitedBody<B> {
     /// Wraps `inner`; `exceeded` is set when the limit is crossed, `read`
     /// counts the bytes read.
-    pub fn new(
-        inner: hyper::body::Incoming,
-        limit: u64,
-        exceeded: Arc<AtomicBool>,
-        read: Arc<AtomicU64>,
-    ) -> Self {
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>, read: Arc<AtomicU64>) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
@@ -48,7 +43,11 @@ impl LimitedBody {
     }
 }
 
-impl Body for LimitedBody {
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 

@@ -21,10 +21,12 @@
 //! a service: `/healthz` (the process is up) and `/readyz` (it serves its
 //! services).
 
+use crate::capabilities::MAX_CALL_DEPTH;
 use crate::http::body::{BodyEnd, LimitedBody, ResponseBody};
-use crate::instance;
+use crate::instance::{self, CallChain};
 use crate::invoke::{self, Draft, InvocationId, OnCpu, Outcome};
 use crate::runtime::{Runtime, Service, Warmth};
+use crate::service::ServiceName;
 use crate::trace::{TRACEPARENT, TraceContext};
 use crate::usage::Trigger;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
@@ -34,9 +36,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;
 use wasmtime::Store;
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HostOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 /// The response header carrying the invocation id.
 pub const INVOCATION_HEADER: &str = "berth-invocation-id";
@@ -63,26 +65,87 @@ pub async fn handle(
     span.record("route", tracing::field::display(&route));
     span.record("method", tracing::field::display(req.method()));
     span.record("path", req.uri().path());
-    let mut response = invoke_http(runtime, service, id, trace, req, local, span.clone())
-        .instrument(span)
-        .await;
+    let mut response = invoke_http(
+        runtime,
+        service,
+        id,
+        trace,
+        req,
+        Some(local),
+        CallChain::default(),
+        span.clone(),
+    )
+    .instrument(span)
+    .await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(INVOCATION_HEADER, value);
     }
     response
 }
 
-async fn invoke_http(
+/// Calls service `name` for another service's invocation, in-process (a
+/// guest's request to `http://NAME.svc/…`): the callee runs as an
+/// invocation of its own, with its own limits, admission and usage record
+/// (trigger `call`), in the caller's trace. `chain` holds the callers; a
+/// call nested deeper than [`MAX_CALL_DEPTH`] fails with `loop-detected`.
+pub async fn call_service(
+    runtime: Arc<Runtime>,
+    name: String,
+    req: Request<WasiBody>,
+    caller: TraceContext,
+    chain: CallChain,
+) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
+    use http_body_util::BodyExt;
+    let service = ServiceName::parse(&name)
+        .ok()
+        .and_then(|name| runtime.service(&name));
+    let Some(service) = service else {
+        tracing::warn!(callee = %name, chain = %chain.describe(&name), "service call to a service that does not exist");
+        return Err(wasmtime_wasi_http::Error::DestinationNotFound);
+    };
+    if chain.0.len() > MAX_CALL_DEPTH {
+        tracing::warn!(
+            chain = %chain.describe(&name),
+            "service call refused: calls nest deeper than {MAX_CALL_DEPTH} (a loop?)"
+        );
+        return Err(wasmtime_wasi_http::Error::LoopDetected);
+    }
+    let id = InvocationId::new();
+    let trace = TraceContext::child_of(Some(&caller.traceparent()));
+    let span = invoke::span(&service, id, Trigger::Call, &trace);
+    span.record("method", tracing::field::display(req.method()));
+    span.record("path", req.uri().path());
+    let response = invoke_http(&runtime, service, id, trace, req, None, chain, span.clone())
+        .instrument(span)
+        .await;
+    Ok(response.map(|body| {
+        body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+            .boxed_unsync()
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn invoke_http<B>(
     runtime: &Arc<Runtime>,
     service: Arc<Service>,
     id: InvocationId,
     trace: TraceContext,
-    mut req: Request<hyper::body::Incoming>,
-    local: SocketAddr,
+    mut req: Request<B>,
+    local: Option<SocketAddr>,
+    chain: CallChain,
     span: tracing::Span,
-) -> Response<ResponseBody> {
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let trigger = if chain.0.is_empty() {
+        Trigger::Http
+    } else {
+        Trigger::Call
+    };
     // Submitted once the guest has run and the response is sent.
-    let draft = Draft::new(runtime, &service, Trigger::Http, id, span, 2);
+    let draft = Draft::new(runtime, &service, trigger, id, span, 2);
     let limits = service.limits();
     let body_limit = limits.request_body.bytes();
     if declared_length(&req).is_some_and(|len| len > body_limit) {
@@ -125,6 +188,7 @@ async fn invoke_http(
 
     // A request without a Host header (HTTP/1.0) still has an authority.
     if !req.headers().contains_key(HOST)
+        && let Some(local) = local
         && let Ok(host) = HeaderValue::from_str(&local.to_string())
     {
         req.headers_mut().insert(HOST, host);
@@ -133,8 +197,18 @@ async fn invoke_http(
     let bytes_in = draft.bytes_in.clone();
     let req = req.map(|body| LimitedBody::new(body, body_limit, exceeded.clone(), bytes_in));
 
-    let mut store = instance::new_store(runtime, &service, id, trace);
     let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut store = match instance::new_store(runtime, &service, id, trace, deadline, chain) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "the instance could not be made");
+            draft.reject(500);
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the service could not be started\n",
+            );
+        }
+    };
     let (response_tx, response_rx) = tokio::sync::oneshot::channel();
     let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
     let resources = store
