@@ -133,7 +133,7 @@ impl CallChain {
 ///   (read-only unless `rw`) that no path can leave;
 /// - no sockets: TCP, UDP and name lookups are refused;
 /// - outgoing HTTP: only to the origins of `allowed_outbound` (see
-///   [`Hooks`]), other services in-process;
+///   the hooks below), other services in-process;
 /// - wall and monotonic clocks and random numbers come from the host;
 /// - `berth:events/publisher` publishes only on the topics the service's
 ///   `publish` list allows, and the events carry the invocation's
