@@ -230,6 +230,43 @@ async fn variables_and_secrets_reach_their_service_only_and_never_leak() {
     );
     assert_eq!(get(&host.berth, "/broken/envs").await.status, 404);
 
+    // The same from the command line, without a manifest.
+    host.cli_ok(&[
+        "deploy",
+        "flagged",
+        "--component",
+        programs::CAPS,
+        "--route",
+        "/flagged/...",
+        "--env",
+        "MODE=cli",
+        "--secret",
+        "DB_PASSWORD=db-password",
+        "--file",
+        &format!("{}:/scratch", env!("CARGO_TARGET_TMPDIR")),
+        "--allow-outbound",
+        "http://vault.svc",
+    ]);
+    assert_eq!(value("/flagged/env?name=MODE").await, (200, "cli".into()));
+    assert_eq!(
+        value("/flagged/env?name=DB_PASSWORD").await,
+        (200, SECOND.into())
+    );
+    let flagged = host.cli_ok(&["inspect", "flagged"]);
+    assert!(
+        flagged.contains("DB_PASSWORD=(secret db-password)"),
+        "{flagged}"
+    );
+    assert!(flagged.contains("MODE=cli"), "{flagged}");
+    assert!(flagged.contains("/scratch (ro)"), "{flagged}");
+    assert!(flagged.contains("http://vault.svc"), "{flagged}");
+    let call = get(
+        &host.berth,
+        "/flagged/fetch?url=http://vault.svc/vault/env?name=GREETING",
+    )
+    .await;
+    assert_eq!(call.text(), "status=200\nhello");
+
     // The configuration shows the secret's name, never its value: in the
     // CLI, in every API answer, in the logs, in the state directory.
     let inspect = host.cli_ok(&["inspect", "vault"]);
@@ -237,6 +274,7 @@ async fn variables_and_secrets_reach_their_service_only_and_never_leak() {
     let views = [
         inspect,
         host.cli_ok(&["inspect", "vault", "--json"]),
+        host.cli_ok(&["inspect", "flagged", "--json"]),
         host.cli_ok(&["ls", "--json"]),
         host.cli_ok(&["revisions", "vault", "--json"]),
         host.api("GET", "/v1/services/vault", "", Some(crate::host::TOKEN))

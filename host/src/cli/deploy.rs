@@ -9,6 +9,7 @@
 
 use super::{ClientArgs, output};
 use crate::api::{ArtifactView, DeployRequest, RevisionView, ServiceView};
+use crate::capabilities::{EnvValue, FileMount, GuestPath, Mode, OutboundRule, SecretName};
 use crate::client::{Client, ClientError};
 use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
@@ -19,6 +20,7 @@ use crate::units::{ByteSize, parse_duration};
 use anyhow::Context;
 use clap::Args;
 use http::Method;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -80,6 +82,28 @@ pub struct DeployArgs {
     /// (scale to zero), e.g. 5m.
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
+
+    /// An environment variable, NAME=VALUE (repeat for several). Given
+    /// any of --env/--secret, the service's environment is exactly these.
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// An environment variable holding a secret, NAME=SECRET (repeat for
+    /// several): only the secret's name is sent and stored.
+    #[arg(long = "secret", value_parser = parse_env)]
+    secrets: Vec<(String, String)>,
+
+    /// A host directory for the guest, HOST:GUEST[:ro|rw] (repeat for
+    /// several; read-only by default). Given any, they replace the
+    /// service's mounts.
+    #[arg(long = "file", value_parser = parse_mount)]
+    files: Vec<FileMount>,
+
+    /// An origin the guest may send HTTP requests to, e.g.
+    /// https://api.example.com or http://users.svc (repeat for several).
+    /// Given any, they replace the service's list.
+    #[arg(long = "allow-outbound", value_parser = OutboundRule::parse)]
+    allow_outbound: Vec<OutboundRule>,
 
     /// With a manifest: run each service's build command first.
     #[arg(long)]
@@ -244,6 +268,23 @@ async fn deploy_one(
     if !args.publish.is_empty() {
         request.publish = args.publish.clone();
     }
+    if !args.env.is_empty() || !args.secrets.is_empty() {
+        let mut env = BTreeMap::new();
+        for (name, value) in &args.env {
+            env.insert(name.clone(), EnvValue::Value(value.clone()));
+        }
+        for (name, secret) in &args.secrets {
+            let secret = SecretName::parse(secret).map_err(anyhow::Error::msg)?;
+            env.insert(name.clone(), EnvValue::Secret(secret));
+        }
+        request.env = env;
+    }
+    if !args.files.is_empty() {
+        request.files = args.files.clone();
+    }
+    if !args.allow_outbound.is_empty() {
+        request.allowed_outbound = args.allow_outbound.clone();
+    }
     args.apply_limits(&mut request.limits);
     let bytes = read(component)?;
     request.artifact = upload(client, component, bytes, args.client.json)
@@ -336,4 +377,37 @@ async fn put(
         );
     }
     Ok(revision)
+}
+
+/// `NAME=VALUE`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    let env = BTreeMap::from([(name.to_owned(), EnvValue::Value(value.to_owned()))]);
+    crate::capabilities::validate_env(&env)?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// `HOST:GUEST[:ro|rw]`; a relative host path is made absolute here, and
+/// must exist on the host the service is deployed to.
+fn parse_mount(s: &str) -> Result<FileMount, String> {
+    let mut parts = s.split(':');
+    let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
+        return Err(format!("expected HOST:GUEST[:ro|rw], got {s:?}"));
+    };
+    let mode = match parts.next() {
+        None | Some("ro") => Mode::Ro,
+        Some("rw") => Mode::Rw,
+        Some(other) => return Err(format!("invalid mode {other:?}: use ro or rw")),
+    };
+    if parts.next().is_some() {
+        return Err(format!("expected HOST:GUEST[:ro|rw], got {s:?}"));
+    }
+    let host = std::path::absolute(host).map_err(|e| format!("{host}: {e}"))?;
+    Ok(FileMount {
+        host,
+        guest: GuestPath::parse(guest)?,
+        mode,
+    })
 }
