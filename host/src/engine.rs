@@ -188,6 +188,7 @@ impl EpochTicker {
             .spawn({
                 let stop = stop.clone();
                 move || {
+                    realtime_priority();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
@@ -198,6 +199,29 @@ impl EpochTicker {
         EpochTicker {
             stop,
             thread: Some(thread),
+        }
+    }
+}
+
+/// Asks for real-time scheduling (`SCHED_FIFO`, lowest priority) for the
+/// calling thread, so a tick is not delayed behind busy threads and
+/// CPU-bound guests are interrupted on time. It needs `CAP_SYS_NICE`;
+/// without it the ticker runs as an ordinary thread (ticks may then come
+/// late, by up to an OS time slice, when every core is busy).
+fn realtime_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: plain system call on the calling thread with a valid
+        // parameter.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+        if rc == 0 {
+            tracing::debug!("epoch ticker: real-time priority");
+        } else {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "epoch ticker: no real-time priority (needs CAP_SYS_NICE); ticks may come late under load"
+            );
         }
     }
 }

@@ -145,8 +145,8 @@ impl CallChain {
 /// thread. (The wall-clock deadline itself is enforced by the caller, which
 /// drops the invocation's future when it passes.)
 ///
-/// Fairness: a guest that is still running when the epoch ticks is
-/// CPU-bound. At each tick it gives back its CPU turn and waits for one of
+/// Fairness: a guest that is still running after a whole epoch tick is
+/// CPU-bound. From then on, at each tick it gives back its CPU turn and waits for one of
 /// its service's turns (as many as the machine has cores) before it goes
 /// on, and it gives the turn back whenever it calls the host. So however
 /// many invocations of one service burn CPU, at most that many of them
@@ -229,7 +229,10 @@ pub fn new_store(
     store
         .set_fuel(limits.fuel)
         .expect("the engine is configured with fuel");
-    store.set_epoch_deadline(1);
+    // The first check comes after one to two ticks: a guest that answers
+    // within a tick (most do) never yields or queues for a turn; one
+    // still running after a whole tick is CPU-bound.
+    store.set_epoch_deadline(2);
     store.epoch_deadline_callback(|store| {
         let turn = store.data().turn.clone();
         Ok(UpdateDeadline::YieldCustom(1, Box::pin(turn.next_turn())))
