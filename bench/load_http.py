@@ -187,12 +187,18 @@ def main():
             f"**{statistics.median(startup) * 1000:.1f} ms**, "
             f"max {startup[-1] * 1000:.1f} ms over {len(startup)} starts."
         )
+    publish(lines, BEGIN, END, write=not args.no_write)
+
+
+def publish(lines, begin, end, write=True):
+    """Prints the results and, with `write`, puts them in docs/benchmarks.md
+    between the `begin` and `end` markers."""
     table = "\n".join(lines)
     print()
     print(table)
-    if not args.no_write:
+    if write:
         doc = DOC.read_text()
-        start_i, end_i = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+        start_i, end_i = doc.index(begin) + len(begin), doc.index(end)
         DOC.write_text(doc[:start_i] + "\n" + table + "\n" + doc[end_i:])
         print(f"\nwrote {DOC.relative_to(ROOT)}")
 

@@ -20,8 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load_http  # noqa: E402  (start, stop, wrk, machine)
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- scale-results:begin -->"
 END = "<!-- scale-results:end -->"
 
@@ -398,14 +396,7 @@ def main():
                       f"throughput; invocation log line: **{(1 - rows[0][1] / rows[1][1]) * 100:.0f}%**.", ""]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = "\n".join(lines)
-    print()
-    print(table)
-    if not args.no_write:
-        doc = DOC.read_text()
-        start_i, end_i = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        DOC.write_text(doc[:start_i] + "\n" + table + "\n" + doc[end_i:])
-        print(f"\nwrote {DOC.relative_to(ROOT)}")
+    load_http.publish(lines, BEGIN, END, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ use crate::http::body::ResponseBody;
 use crate::http::handler::health;
 use crate::metrics::{Gauge, label};
 use crate::runtime::Service;
-use crate::service::{ServiceConfig, ServiceName};
+use crate::service::ServiceName;
 use crate::units::parse_time;
 use crate::usage::{Ledger, Period, Query};
 use bytes::Bytes;
@@ -215,17 +215,9 @@ async fn route(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> A
                     format!("artifact: {e}"),
                 )
             })?;
-            let config = ServiceConfig {
-                routes: request.routes,
-                limits: request.limits,
-                subscriptions: request.subscriptions,
-                publish: request.publish,
-                schedules: request.schedules,
-                files: request.files,
-                env: request.env,
-                allowed_outbound: request.allowed_outbound,
-            };
-            let record = control.deploy(name, artifact, config).await?;
+            let record = control
+                .deploy(name, artifact, request.into_config())
+                .await?;
             // Revision 1 is a new service.
             let status = if record.number == 1 {
                 StatusCode::CREATED

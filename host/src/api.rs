@@ -7,6 +7,7 @@ use crate::events::schedule::Schedule;
 use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::route::Route;
+use crate::service::ServiceConfig;
 use crate::state::{ArtifactRecord, RevisionRecord};
 use crate::units::rfc3339;
 use serde::{Deserialize, Serialize};
@@ -44,28 +45,10 @@ pub struct ServiceView {
     pub latest_revision: u32,
     /// The active revision's artifact.
     pub artifact: String,
-    /// Its routes.
-    pub routes: Vec<Route>,
-    /// Its limits.
-    pub limits: Limits,
-    /// Its subscriptions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subscriptions: Vec<Subscription>,
-    /// The topics it may publish on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<TopicPattern>,
-    /// Its schedules.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub schedules: Vec<Schedule>,
-    /// Host directories its guest sees.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<FileMount>,
-    /// Its guest's environment: values, and secrets by name only.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, EnvValue>,
-    /// The origins its guest may call.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_outbound: Vec<OutboundRule>,
+    /// Its configuration: routes, limits, triggers and what its guest
+    /// is given (secrets by name only).
+    #[serde(flatten)]
+    pub config: ServiceConfig,
     /// `serving`, or `failed` when its revision could not be loaded.
     pub status: String,
     /// Why it failed, when it did.
@@ -93,14 +76,7 @@ impl From<&ServiceStatus> for ServiceView {
             revision: active.number,
             latest_revision: s.record.latest,
             artifact: active.artifact.to_string(),
-            routes: active.config.routes.clone(),
-            limits: active.config.limits.clone(),
-            subscriptions: active.config.subscriptions.clone(),
-            publish: active.config.publish.clone(),
-            schedules: active.config.schedules.clone(),
-            files: active.config.files.clone(),
-            env: active.config.env.clone(),
-            allowed_outbound: active.config.allowed_outbound.clone(),
+            config: active.config.clone(),
             status: if s.error.is_some() {
                 "failed"
             } else {
@@ -128,28 +104,10 @@ pub struct RevisionView {
     pub active: bool,
     /// Its artifact.
     pub artifact: String,
-    /// Its routes.
-    pub routes: Vec<Route>,
-    /// Its limits.
-    pub limits: Limits,
-    /// Its subscriptions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subscriptions: Vec<Subscription>,
-    /// The topics it may publish on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<TopicPattern>,
-    /// Its schedules.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub schedules: Vec<Schedule>,
-    /// Host directories its guest sees.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<FileMount>,
-    /// Its guest's environment: values, and secrets by name only.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, EnvValue>,
-    /// The origins its guest may call.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_outbound: Vec<OutboundRule>,
+    /// Its configuration: routes, limits, triggers and what its guest
+    /// is given (secrets by name only).
+    #[serde(flatten)]
+    pub config: ServiceConfig,
     /// When it was deployed.
     pub created_at: String,
 }
@@ -162,14 +120,7 @@ impl RevisionView {
             revision: record.number,
             active,
             artifact: record.artifact.to_string(),
-            routes: record.config.routes.clone(),
-            limits: record.config.limits.clone(),
-            subscriptions: record.config.subscriptions.clone(),
-            publish: record.config.publish.clone(),
-            schedules: record.config.schedules.clone(),
-            files: record.config.files.clone(),
-            env: record.config.env.clone(),
-            allowed_outbound: record.config.allowed_outbound.clone(),
+            config: record.config.clone(),
             created_at: rfc3339(record.created_ms),
         }
     }
@@ -205,6 +156,37 @@ pub struct DeployRequest {
     /// The origins its guest may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound: Vec<OutboundRule>,
+}
+
+impl DeployRequest {
+    /// A deploy of `artifact` configured as `config`.
+    pub fn new(artifact: String, config: ServiceConfig) -> Self {
+        DeployRequest {
+            artifact,
+            routes: config.routes,
+            limits: config.limits,
+            subscriptions: config.subscriptions,
+            publish: config.publish,
+            schedules: config.schedules,
+            files: config.files,
+            env: config.env,
+            allowed_outbound: config.allowed_outbound,
+        }
+    }
+
+    /// The configuration it asks for.
+    pub fn into_config(self) -> ServiceConfig {
+        ServiceConfig {
+            routes: self.routes,
+            limits: self.limits,
+            subscriptions: self.subscriptions,
+            publish: self.publish,
+            schedules: self.schedules,
+            files: self.files,
+            env: self.env,
+            allowed_outbound: self.allowed_outbound,
+        }
+    }
 }
 
 /// `POST /v1/services/{name}/rollback`.

@@ -15,7 +15,7 @@ use crate::events::{Subscription, TopicPattern};
 use crate::limits::Limits;
 use crate::manifest::Manifest;
 use crate::route::Route;
-use crate::service::ServiceName;
+use crate::service::{ServiceConfig, ServiceName};
 use crate::units::{ByteSize, parse_duration};
 use anyhow::Context;
 use clap::Args;
@@ -181,17 +181,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                 let bytes = read(&entry.component)?;
                 let artifact = upload(&client, &entry.component, bytes, args.client.json).await?;
                 let config = entry.spec.config.clone();
-                let request = DeployRequest {
-                    artifact: artifact.digest,
-                    routes: config.routes,
-                    limits: config.limits,
-                    subscriptions: config.subscriptions,
-                    publish: config.publish,
-                    schedules: config.schedules,
-                    files: config.files,
-                    env: config.env,
-                    allowed_outbound: config.allowed_outbound,
-                };
+                let request = DeployRequest::new(artifact.digest, config);
                 revisions.push(put(&client, &entry.spec.name, &request, args.client.json).await?);
             }
             if args.client.json {
@@ -218,55 +208,29 @@ async fn deploy_one(
         Err(e) => return Err(e.into()),
     };
     let new_triggers = !args.routes.is_empty() || !args.subscribe.is_empty();
-    let mut request = match (&current, new_triggers) {
-        (Some(current), false) => DeployRequest {
-            artifact: String::new(),
-            routes: current.routes.clone(),
-            limits: current.limits.clone(),
-            subscriptions: current.subscriptions.clone(),
-            publish: current.publish.clone(),
-            schedules: current.schedules.clone(),
-            files: current.files.clone(),
-            env: current.env.clone(),
-            allowed_outbound: current.allowed_outbound.clone(),
-        },
-        (current, true) => DeployRequest {
-            artifact: String::new(),
-            routes: args.routes.clone(),
-            limits: current
-                .as_ref()
-                .map(|c| c.limits.clone())
-                .unwrap_or_default(),
-            subscriptions: args
+    let mut config = match (&current, new_triggers) {
+        (Some(current), false) => current.config.clone(),
+        (current, true) => {
+            // New triggers; everything else as it is (or the defaults).
+            let mut config = current.as_ref().map_or_else(
+                || ServiceConfig::http(Vec::new(), Limits::default()),
+                |c| c.config.clone(),
+            );
+            config.routes = args.routes.clone();
+            config.subscriptions = args
                 .subscribe
                 .iter()
                 .cloned()
                 .map(Subscription::to)
-                .collect(),
-            publish: current
-                .as_ref()
-                .map(|c| c.publish.clone())
-                .unwrap_or_default(),
-            schedules: current
-                .as_ref()
-                .map(|c| c.schedules.clone())
-                .unwrap_or_default(),
-            files: current
-                .as_ref()
-                .map(|c| c.files.clone())
-                .unwrap_or_default(),
-            env: current.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
-            allowed_outbound: current
-                .as_ref()
-                .map(|c| c.allowed_outbound.clone())
-                .unwrap_or_default(),
-        },
+                .collect();
+            config
+        }
         (None, false) => anyhow::bail!(
             "service `{name}` does not exist yet: give its triggers with --route or --subscribe"
         ),
     };
     if !args.publish.is_empty() {
-        request.publish = args.publish.clone();
+        config.publish = args.publish.clone();
     }
     if !args.env.is_empty() || !args.secrets.is_empty() {
         let mut env = BTreeMap::new();
@@ -277,19 +241,20 @@ async fn deploy_one(
             let secret = SecretName::parse(secret).map_err(anyhow::Error::msg)?;
             env.insert(name.clone(), EnvValue::Secret(secret));
         }
-        request.env = env;
+        config.env = env;
     }
     if !args.files.is_empty() {
-        request.files = args.files.clone();
+        config.files = args.files.clone();
     }
     if !args.allow_outbound.is_empty() {
-        request.allowed_outbound = args.allow_outbound.clone();
+        config.allowed_outbound = args.allow_outbound.clone();
     }
-    args.apply_limits(&mut request.limits);
+    args.apply_limits(&mut config.limits);
     let bytes = read(component)?;
-    request.artifact = upload(client, component, bytes, args.client.json)
+    let artifact = upload(client, component, bytes, args.client.json)
         .await?
         .digest;
+    let request = DeployRequest::new(artifact, config);
     Ok(put(client, name, &request, args.client.json).await?)
 }
 
@@ -373,7 +338,7 @@ async fn put(
             revision.service,
             revision.revision,
             output::short_digest(&revision.artifact),
-            output::routes(&revision.routes)
+            output::routes(&revision.config.routes)
         );
     }
     Ok(revision)

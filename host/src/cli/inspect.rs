@@ -20,7 +20,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     if args.client.json {
         return output::json(&s);
     }
-    let l = &s.limits;
+    let l = &s.config.limits;
     let mut rows = vec![
         ("name", s.name.clone()),
         (
@@ -28,7 +28,7 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
             format!("{} (latest {})", s.revision, s.latest_revision),
         ),
         ("artifact", s.artifact.clone()),
-        ("routes", output::routes(&s.routes)),
+        ("routes", output::routes(&s.config.routes)),
         (
             "status",
             match &s.error {
@@ -70,7 +70,8 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     rows.push((
         "files",
         list(
-            s.files
+            s.config
+                .files
                 .iter()
                 .map(|f| {
                     let mode = match f.mode {
@@ -85,7 +86,8 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     rows.push((
         "env",
         list(
-            s.env
+            s.config
+                .env
                 .iter()
                 .map(|(name, value)| match value {
                     EnvValue::Value(v) => format!("{name}={v}"),
@@ -96,12 +98,18 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     ));
     rows.push((
         "outbound",
-        list(s.allowed_outbound.iter().map(|r| r.to_string()).collect()),
+        list(
+            s.config
+                .allowed_outbound
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+        ),
     ));
-    if !s.publish.is_empty() {
+    if !s.config.publish.is_empty() {
         rows.push((
             "publish",
-            list(s.publish.iter().map(|p| p.to_string()).collect()),
+            list(s.config.publish.iter().map(|p| p.to_string()).collect()),
         ));
     }
     for (key, value) in rows {

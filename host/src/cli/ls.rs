@@ -21,7 +21,7 @@ pub async fn run(args: LsArgs) -> anyhow::Result<()> {
             vec![
                 s.name.clone(),
                 s.revision.to_string(),
-                output::routes(&s.routes),
+                output::routes(&s.config.routes),
                 output::short_digest(&s.artifact),
                 s.status.clone(),
                 s.in_flight.to_string(),

@@ -25,7 +25,7 @@ pub async fn run(args: RevisionsArgs) -> anyhow::Result<()> {
                 r.revision.to_string(),
                 if r.active { "*".into() } else { String::new() },
                 output::short_digest(&r.artifact),
-                output::routes(&r.routes),
+                output::routes(&r.config.routes),
                 r.created_at.clone(),
             ]
         })
