@@ -540,3 +540,45 @@ async fn services_call_each_other_by_name_metered_twice_and_loops_are_cut() {
         .count();
     assert_eq!(calls, 8);
 }
+
+#[tokio::test]
+async fn the_rest_of_wasi_is_as_documented_sockets_refused_clocks_and_random_given_stdin_closed() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    let berth = Berth::up(&caps_service("plain", "/...", ""));
+
+    // No UDP, no name lookups.
+    let reply = get(&berth, &format!("/udp?addr={udp_addr}")).await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        udp.recv_from(&mut buf).map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the guest sent a datagram"
+    );
+    let reply = get(&berth, "/resolve?host=localhost").await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+
+    // Clocks: the host's wall clock, and a monotonic clock that moves.
+    let reply = get(&berth, "/clock").await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    let (secs, monotonic_sane) = text.split_once(' ').unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(secs.parse::<u64>().unwrap().abs_diff(now) < 60, "{text}");
+    assert_eq!(monotonic_sane, "true");
+
+    // Random: given, and different each time.
+    let a = get(&berth, "/random").await.text();
+    let b = get(&berth, "/random").await.text();
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, b);
+
+    // stdin: closed, read to its end at once.
+    let reply = get(&berth, "/stdin").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "0 bytes"));
+}

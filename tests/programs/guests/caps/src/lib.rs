@@ -11,6 +11,12 @@
 //! - `/fetch?url=URL` — a GET; answers `status=N` and the body, or the
 //!   `wasi:http` error code
 //! - `/tcp?addr=HOST:PORT` — opens a TCP connection
+//! - `/udp?addr=HOST:PORT` — sends a UDP datagram
+//! - `/resolve?host=NAME` — looks a name up
+//! - `/clock` — the wall clock (seconds since the epoch) and whether the
+//!   monotonic clock moves sanely
+//! - `/random` — 16 random bytes, in hex
+//! - `/stdin` — reads stdin to its end
 //! - `/loop` — fetches `http://$PEER.svc/loop` and passes on what it got
 
 use std::io::Read as _;
@@ -65,6 +71,39 @@ impl wasip2::exports::http::incoming_handler::Guest for Caps {
                 Ok(_) => (200, "connected".to_owned()),
                 Err(e) => (422, format!("error: {e}")),
             },
+            "udp" => match std::net::UdpSocket::bind("0.0.0.0:0") {
+                Ok(socket) => match socket.send_to(b"x", param("addr").unwrap_or_default()) {
+                    Ok(_) => (200, "sent".to_owned()),
+                    Err(e) => (422, format!("error: {e}")),
+                },
+                Err(e) => (422, format!("error: {e}")),
+            },
+            "resolve" => {
+                use std::net::ToSocketAddrs;
+                match (param("host").unwrap_or_default().as_str(), 80).to_socket_addrs() {
+                    Ok(addrs) => (200, format!("{:?}", addrs.collect::<Vec<_>>())),
+                    Err(e) => (422, format!("error: {e}")),
+                }
+            }
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let started = std::time::Instant::now();
+                (200, format!("{now} {}", started.elapsed().as_nanos() < 1_000_000_000))
+            }
+            "random" => {
+                let bytes = wasip2::random::random::get_random_bytes(16);
+                (200, bytes.iter().map(|b| format!("{b:02x}")).collect())
+            }
+            "stdin" => {
+                let mut input = Vec::new();
+                match std::io::stdin().read_to_end(&mut input) {
+                    Ok(n) => (200, format!("{n} bytes")),
+                    Err(e) => (422, format!("error: {e}")),
+                }
+            }
             "loop" => {
                 let peer = std::env::var("PEER").unwrap_or_default();
                 fetch(&format!("http://{peer}.svc/loop"))
