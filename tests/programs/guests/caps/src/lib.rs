@@ -91,7 +91,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Caps {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let started = std::time::Instant::now();
-                (200, format!("{now} {}", started.elapsed().as_nanos() < 1_000_000_000))
+                (
+                    200,
+                    format!("{now} {}", started.elapsed().as_nanos() < 1_000_000_000),
+                )
             }
             "random" => {
                 let bytes = wasip2::random::random::get_random_bytes(16);
