@@ -398,7 +398,7 @@ impl WasiHttpHooks for Hooks {
                     out.runtime.clone(),
                     name,
                     request,
-                    out.trace,
+                    (self.tag.invocation, out.trace),
                     CallChain(chain.into()),
                 );
                 Box::new(async move {

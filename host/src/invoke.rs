@@ -309,7 +309,8 @@ impl<F: Future> Future for OnCpu<F> {
 
 /// The log span of one invocation. Its fields are known from the start
 /// (`service`, `revision`, `invocation`, `trigger`, `trace_id`), set by
-/// the trigger (`route`, `method`, `path`; `topic`, `event`, `attempt`) or
+/// the trigger (`route`, `method`, `path`; `topic`, `event`, `attempt`;
+/// `caller`, the calling invocation, for a service call) or
 /// recorded when the invocation is metered (`status`, `outcome`, `fuel`,
 /// `duration_ms`, `cpu_ms`, `memory`, `cold`); then one event, target
 /// `berth::invocation`, says it finished.
@@ -333,6 +334,7 @@ pub fn span(
         topic = Empty,
         event = Empty,
         attempt = Empty,
+        caller = Empty,
         status = Empty,
         outcome = Empty,
         fuel = Empty,

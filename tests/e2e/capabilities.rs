@@ -512,6 +512,10 @@ async fn services_call_each_other_by_name_metered_twice_and_loops_are_cut() {
     assert_eq!(hello["outcome"], "ok");
     assert_eq!(hello["status"], 200);
     assert!(hello["fuel"].as_u64().unwrap() > 0);
+    // Its span names the calling invocation.
+    let line = berth.log_line(hello["invocation"].as_str().unwrap(), "finished");
+    assert!(line.contains(&format!("caller={front_id}")), "{line}");
+    assert!(line.contains("trigger=\"call\""), "{line}");
 
     // Calling a service that is not on the list is denied like any host.
     let reply = get(&berth, "/front/fetch?url=http://ping.svc/loop").await;

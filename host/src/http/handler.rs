@@ -86,15 +86,17 @@ pub async fn handle(
 /// Calls service `name` for another service's invocation, in-process (a
 /// guest's request to `http://NAME.svc/…`): the callee runs as an
 /// invocation of its own, with its own limits, admission and usage record
-/// (trigger `call`), in the caller's trace. `chain` holds the callers; a
+/// (trigger `call`), in the caller's trace, its span naming the calling
+/// invocation. `chain` holds the callers; a
 /// call nested deeper than [`MAX_CALL_DEPTH`] fails with `loop-detected`.
 pub async fn call_service(
     runtime: Arc<Runtime>,
     name: String,
     req: Request<WasiBody>,
-    caller: TraceContext,
+    caller: (InvocationId, TraceContext),
     chain: CallChain,
 ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
+    let (caller, caller_trace) = caller;
     use http_body_util::BodyExt;
     let service = ServiceName::parse(&name)
         .ok()
@@ -111,8 +113,9 @@ pub async fn call_service(
         return Err(wasmtime_wasi_http::Error::LoopDetected);
     }
     let id = InvocationId::new();
-    let trace = TraceContext::child_of(Some(&caller.traceparent()));
+    let trace = TraceContext::child_of(Some(&caller_trace.traceparent()));
     let span = invoke::span(&service, id, Trigger::Call, &trace);
+    span.record("caller", tracing::field::display(caller));
     span.record("method", tracing::field::display(req.method()));
     span.record("path", req.uri().path());
     let response = invoke_http(&runtime, service, id, trace, req, None, chain, span.clone())
