@@ -148,6 +148,46 @@ pub fn validate_files(files: &[FileMount]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that no mount lies inside a writable one (or contains one): a
+/// guest could otherwise replace the inner directory with a symlink in
+/// its writable mount and have the next instance preopen wherever it
+/// points. Paths must be resolved (canonical) first.
+pub fn validate_nesting(files: &[FileMount]) -> Result<(), String> {
+    for rw in files.iter().filter(|m| m.mode == Mode::Rw) {
+        for other in files {
+            if std::ptr::eq(rw, other) {
+                continue;
+            }
+            if other.host.starts_with(&rw.host) || rw.host.starts_with(&other.host) {
+                return Err(format!(
+                    "host paths {} and {} overlap, and {} is writable: mount directories that do not contain each other",
+                    rw.host.display(),
+                    other.host.display(),
+                    rw.host.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl FileMount {
+    /// Checks, when an instance is made, that the host path still names
+    /// the directory it named at deploy time with no symlink on the way
+    /// (a component replaced by a symlink would redirect the mount).
+    pub fn check_unchanged(&self) -> Result<(), String> {
+        match std::fs::canonicalize(&self.host) {
+            Ok(path) if path == self.host => Ok(()),
+            Ok(path) => Err(format!(
+                "{} now leads to {} (a symlink was put on its path); refusing to mount it",
+                self.host.display(),
+                path.display()
+            )),
+            Err(e) => Err(format!("{}: {e}", self.host.display())),
+        }
+    }
+}
+
 /// The value of an environment variable: text, or a secret's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EnvValue {
@@ -371,6 +411,9 @@ impl Secrets {
     }
 }
 
+/// The largest secret read, in bytes.
+const MAX_SECRET: u64 = 64 * 1024;
+
 /// A secret's file: `None` when it does not exist.
 fn read_secret_file(file: &Path) -> Result<Option<String>, SecretError> {
     use std::io::Read;
@@ -378,7 +421,7 @@ fn read_secret_file(file: &Path) -> Result<Option<String>, SecretError> {
         file: file.display().to_string(),
         error: e.to_string(),
     };
-    let mut f = match std::fs::File::open(file) {
+    let f = match std::fs::File::open(file) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(unreadable(&e)),
@@ -398,8 +441,13 @@ fn read_secret_file(file: &Path) -> Result<Option<String>, SecretError> {
     if !meta.is_file() {
         return Err(unreadable(&"not a regular file"));
     }
+    if meta.len() > MAX_SECRET {
+        return Err(unreadable(&format!("larger than {MAX_SECRET} bytes")));
+    }
     let mut value = String::new();
-    f.read_to_string(&mut value).map_err(|e| unreadable(&e))?;
+    f.take(MAX_SECRET + 1)
+        .read_to_string(&mut value)
+        .map_err(|e| unreadable(&e))?;
     if value.ends_with('\n') {
         value.pop();
         if value.ends_with('\r') {
@@ -563,9 +611,14 @@ pub fn destination(rules: &[OutboundRule], uri: &http::Uri) -> Destination {
         Some("http") => false,
         _ => return Destination::Denied,
     };
+    // `user@host` authorities are refused outright: what is checked here
+    // and what a connection would be made to must be the same text.
     let Some(host) = uri.host() else {
         return Destination::Denied;
     };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Destination::Denied;
+    }
     let host = host.to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     if !rules.iter().any(|r| r.allows(https, &host, port)) {
@@ -578,6 +631,65 @@ pub fn destination(rules: &[OutboundRule], uri: &http::Uri) -> Destination {
         Some(name) if !https && !name.contains('.') => Destination::Service(name.to_owned()),
         _ => Destination::Remote,
     }
+}
+
+/// Whether a connection to `addr` would reach one of this host's own
+/// listeners (`listeners`, public and admin): same port, and an address
+/// of this machine (loopback, unspecified, or one of `local`). A guest
+/// must never reach the admin API, nor loop back into the public listener
+/// around the call-depth bound.
+pub fn is_own_listener(
+    addr: std::net::SocketAddr,
+    listeners: &[std::net::SocketAddr],
+    local: &[std::net::IpAddr],
+) -> bool {
+    let ip = addr.ip().to_canonical();
+    listeners.iter().any(|l| l.port() == addr.port())
+        && (ip.is_loopback() || ip.is_unspecified() || local.contains(&ip))
+}
+
+/// The addresses of this machine's network interfaces.
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    #[cfg(unix)]
+    {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `list` with a linked list we only read
+        // and then free with freeifaddrs.
+        if unsafe { libc::getifaddrs(&mut list) } != 0 {
+            return out;
+        }
+        let mut cursor = list;
+        while !cursor.is_null() {
+            // SAFETY: `cursor` is a node of the list getifaddrs returned.
+            let entry = unsafe { &*cursor };
+            if !entry.ifa_addr.is_null() {
+                // SAFETY: `ifa_addr` points to a sockaddr whose family says
+                // which sockaddr_* it is.
+                unsafe {
+                    match i32::from((*entry.ifa_addr).sa_family) {
+                        libc::AF_INET => {
+                            let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                            out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                                u32::from_be(sin.sin_addr.s_addr),
+                            )));
+                        }
+                        libc::AF_INET6 => {
+                            let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                            out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                                sin6.sin6_addr.s6_addr,
+                            )));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            cursor = entry.ifa_next;
+        }
+        // SAFETY: `list` came from getifaddrs and is freed once.
+        unsafe { libc::freeifaddrs(list) };
+    }
+    out
 }
 
 #[cfg(test)]
@@ -661,6 +773,38 @@ mod tests {
                 .env_var(DEFAULT_SECRET_PREFIX),
             "BERTH_SECRET_DB_PASSWORD"
         );
+    }
+
+    #[test]
+    fn own_listeners() {
+        let listeners: Vec<std::net::SocketAddr> = vec![
+            "127.0.0.1:3001".parse().unwrap(),
+            "0.0.0.0:3000".parse().unwrap(),
+        ];
+        let local: Vec<std::net::IpAddr> = vec!["10.1.2.3".parse().unwrap()];
+        let own = |a: &str| is_own_listener(a.parse().unwrap(), &listeners, &local);
+        assert!(own("127.0.0.1:3001"));
+        assert!(own("127.0.0.2:3001"));
+        assert!(own("[::1]:3001"));
+        assert!(own("[::ffff:127.0.0.1]:3000"));
+        assert!(own("0.0.0.0:3000"));
+        assert!(own("10.1.2.3:3000"));
+        assert!(!own("127.0.0.1:8080"));
+        assert!(!own("93.184.216.34:3000"));
+        assert!(local_addresses().iter().any(|ip| ip.is_loopback()));
+    }
+
+    #[test]
+    fn writable_mounts_contain_no_other_mount() {
+        let mount = |host: &str, mode| FileMount {
+            host: host.into(),
+            guest: GuestPath::parse(&format!("/m{}", host.len())).unwrap(),
+            mode,
+        };
+        assert!(validate_nesting(&[mount("/a", Mode::Ro), mount("/a/b", Mode::Ro)]).is_ok());
+        assert!(validate_nesting(&[mount("/a", Mode::Rw), mount("/b", Mode::Ro)]).is_ok());
+        assert!(validate_nesting(&[mount("/a", Mode::Rw), mount("/a/b", Mode::Ro)]).is_err());
+        assert!(validate_nesting(&[mount("/a/b", Mode::Rw), mount("/a", Mode::Ro)]).is_err());
     }
 
     #[test]

@@ -351,6 +351,7 @@ impl ControlPlane {
                 .resolve(None)
                 .map_err(|e| ControlError::BadRequest(format!("files[{i}].host: {e}")))?;
         }
+        crate::capabilities::validate_nesting(&config.files).map_err(ControlError::BadRequest)?;
         for (var, value) in &config.env {
             if let crate::capabilities::EnvValue::Secret(name) = value {
                 self.runtime
@@ -400,6 +401,15 @@ impl ControlPlane {
             return Ok(target);
         }
         self.runtime.check_routes(&name, &target.config.routes)?;
+        // What the old revision gives its guest must still be there.
+        let mut config = target.config.clone();
+        self.check_capabilities(&mut config)?;
+        if config.files != target.config.files {
+            return Err(ControlError::BadRequest(format!(
+                "revision {} mounts a directory that has moved since it was deployed; deploy it again",
+                target.number
+            )));
+        }
         let handler = self.load(target.artifact, &target.config).await?;
         {
             let (name, number) = (name.clone(), target.number);

@@ -173,6 +173,7 @@ pub fn new_store(
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     for mount in &config.files {
+        mount.check_unchanged().map_err(StartError)?;
         let perms = match mount.mode {
             Mode::Ro => FsPerms::ReadOnly,
             Mode::Rw => FsPerms::ReadWrite,
@@ -398,7 +399,7 @@ impl WasiHttpHooks for Hooks {
                     out.runtime.clone(),
                     name,
                     request,
-                    (self.tag.invocation, out.trace),
+                    (self.tag.invocation, out.trace, out.deadline),
                     CallChain(chain.into()),
                 );
                 Box::new(async move {
@@ -426,8 +427,13 @@ impl WasiHttpHooks for Hooks {
                     ),
                 };
                 tracing::debug!(uri = %request.uri(), "outgoing HTTP request");
+                let listeners = out.runtime.listeners();
+                let tag = self.tag.clone();
                 Box::new(async move {
                     use http_body_util::BodyExt;
+                    if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+                        pin_address(&mut request, &listeners, left, &tag).await?;
+                    }
                     let (response, io) =
                         wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
                     Ok((
@@ -438,6 +444,60 @@ impl WasiHttpHooks for Hooks {
             }
         }
     }
+}
+
+/// Resolves a plain-HTTP request's host now, refuses addresses of this
+/// host's own listeners (the admin API takes no token on loopback, and
+/// the public listener would be a way around the call-depth bound), and
+/// points the request at the address it checked, so nothing resolves the
+/// name differently afterwards. The `Host` header keeps the name.
+/// (HTTPS needs the name for TLS; Berth's listeners speak plain HTTP, so
+/// an HTTPS request to one fails its handshake.)
+async fn pin_address(
+    request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
+    listeners: &[std::net::SocketAddr],
+    within: Duration,
+    tag: &Tag,
+) -> Result<(), wasmtime_wasi_http::Error> {
+    let uri = request.uri().clone();
+    let host = uri
+        .host()
+        .ok_or(wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(within, tokio::net::lookup_host((host, port))).await {
+            Err(_) => return Err(wasmtime_wasi_http::Error::DnsTimeout),
+            Ok(Err(_)) => return Err(wasmtime_wasi_http::Error::DestinationNotFound),
+            Ok(Ok(addrs)) => addrs.collect(),
+        };
+    let local = capabilities::local_addresses();
+    let Some(addr) = addrs
+        .iter()
+        .copied()
+        .find(|a| !capabilities::is_own_listener(*a, listeners, &local))
+    else {
+        tracing::warn!(
+            service = %tag.service,
+            invocation = %tag.invocation,
+            uri = %uri,
+            "outgoing HTTP request denied: it would reach this host's own listener"
+        );
+        return Err(if addrs.is_empty() {
+            wasmtime_wasi_http::Error::DestinationNotFound
+        } else {
+            wasmtime_wasi_http::Error::HttpRequestDenied
+        });
+    };
+    let mut parts = uri.into_parts();
+    parts.authority = Some(
+        addr.to_string()
+            .parse()
+            .map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?,
+    );
+    *request.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+    Ok(())
 }
 
 /// Caps an instance's linear memory (the sum over all its memories) and

@@ -373,6 +373,9 @@ impl Manifest {
                 }
                 files.push(mount);
             }
+            if let Err(message) = crate::capabilities::validate_nesting(&files) {
+                return Err(source.diagnostic(table_span.clone(), &field("files"), message));
+            }
             let env = match svc.env {
                 Some(env) => {
                     let span = env.span();

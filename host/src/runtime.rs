@@ -256,6 +256,7 @@ pub struct Runtime {
     ledger: std::sync::OnceLock<Arc<crate::usage::Ledger>>,
     events: std::sync::OnceLock<EventsContext>,
     secrets: std::sync::OnceLock<crate::capabilities::Secrets>,
+    listeners: Mutex<Vec<std::net::SocketAddr>>,
     snapshot: ArcSwap<Snapshot>,
     /// Serializes writers: each builds the next snapshot from the current.
     writer: Mutex<()>,
@@ -275,6 +276,7 @@ impl Runtime {
             ledger: std::sync::OnceLock::new(),
             events: std::sync::OnceLock::new(),
             secrets: std::sync::OnceLock::new(),
+            listeners: Mutex::new(Vec::new()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             host_slots,
@@ -331,6 +333,23 @@ impl Runtime {
         self.secrets.get_or_init(|| {
             crate::capabilities::Secrets::new(None, crate::capabilities::DEFAULT_SECRET_PREFIX)
         })
+    }
+
+    /// Notes an address this host listens on (public or admin): guests'
+    /// outgoing requests may never reach it.
+    pub fn add_listener(&self, addr: std::net::SocketAddr) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(addr);
+    }
+
+    /// The addresses this host listens on.
+    pub fn listeners(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Connects the event bus (once).

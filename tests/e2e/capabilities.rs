@@ -86,6 +86,33 @@ async fn files_are_preopened_read_only_unless_rw_and_no_path_escapes() {
         std::fs::read_to_string(root.join("static/hello.txt")).unwrap(),
         "hello file"
     );
+
+    // A mounted directory swapped for a symlink (say, by a guest that could
+    // write its parent) is not followed: the instance is refused.
+    std::fs::rename(root.join("static"), root.join("static-moved")).unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("static")).unwrap();
+    let reply = get(&berth, "/read?p=/static/passwd").await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    berth.wait_for_logs(&["a symlink was put on its path"]);
+}
+
+#[tokio::test]
+async fn a_mount_inside_a_writable_mount_is_refused() {
+    let manifest = caps_service(
+        "site",
+        "/...",
+        r#"files = [{ host = "./data", guest = "/data", mode = "rw" }, { host = "./data/inner", guest = "/inner" }]"#,
+    );
+    let dir = manifest_dir(&manifest);
+    std::fs::create_dir_all(dir.path().join("data/inner")).unwrap();
+    let failed = up_fails(dir.path(), "berth.toml");
+    assert!(!failed.status.success());
+    assert!(
+        failed.stderr.contains("service.site.files: host paths")
+            && failed.stderr.contains("overlap"),
+        "{}",
+        failed.stderr
+    );
 }
 
 /// A directory of secrets as an operator would keep it: 0700, files 0600.
@@ -466,6 +493,33 @@ async fn outbound_http_reaches_only_allowed_origins_and_sockets_are_denied() {
 }
 
 #[tokio::test]
+async fn a_guest_cannot_reach_the_hosts_own_listeners() {
+    let berth = Berth::up_admin(
+        &caps_service(
+            "sneaky",
+            "/...",
+            r#"allowed_outbound = ["http://127.0.0.1:*", "http://localhost:*"]"#,
+        ),
+        &[],
+    );
+    let admin = berth.admin.unwrap().port();
+    let public = berth.addr.port();
+    for url in [
+        format!("http://127.0.0.1:{admin}/v1/services"),
+        format!("http://localhost:{admin}/metrics"),
+        format!("http://127.0.0.1:{public}/fetch"),
+    ] {
+        let reply = get(&berth, &format!("/fetch?url={url}")).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (502, "error=ErrorCode::HttpRequestDenied"),
+            "{url}"
+        );
+    }
+    berth.wait_for_logs(&["it would reach this host's own listener"]);
+}
+
+#[tokio::test]
 async fn services_call_each_other_by_name_metered_twice_and_loops_are_cut() {
     let manifest = format!(
         "{}{}{}{}",
@@ -543,6 +597,31 @@ async fn services_call_each_other_by_name_metered_twice_and_loops_are_cut() {
         .filter(|r| r["trigger"] == "call" && r["service"] != "hello")
         .count();
     assert_eq!(calls, 8);
+}
+
+#[tokio::test]
+async fn a_service_call_ends_by_its_callers_deadline() {
+    let manifest = format!(
+        "{}{}",
+        caps_service(
+            "impatient",
+            "/...",
+            "allowed_outbound = [\"http://sleeper.svc\"]\n[service.impatient.limits]\ntimeout = \"1s\""
+        ),
+        service("sleeper", programs::SLEEP, "/sleeper", "timeout = \"1h\""),
+    );
+    let berth = Berth::up_admin(&manifest, &[]);
+    let reply = get(&berth, "/fetch?url=http://sleeper.svc/").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    // The callee, allowed an hour of its own, was stopped with its caller.
+    let records = crate::scale::records(&berth, 2).await;
+    let sleeper = records.iter().find(|r| r["service"] == "sleeper").unwrap();
+    assert_eq!(sleeper["trigger"], "call");
+    assert_eq!(sleeper["outcome"], "deadline");
+    assert!(
+        sleeper["wall_us"].as_u64().unwrap() < 30_000_000,
+        "{sleeper}"
+    );
 }
 
 #[tokio::test]

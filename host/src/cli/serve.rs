@@ -103,6 +103,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {} for the admin API", args.admin_listen))?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    host.runtime.add_listener(public_addr);
+    host.runtime.add_listener(admin_addr);
     crate::telemetry::flush();
     eprintln!(
         "berth: serving {restored} service{} on http://{public_addr}",

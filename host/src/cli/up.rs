@@ -183,6 +183,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    host.runtime.add_listener(addr);
     let stop = CancellationToken::new();
     let mut listeners = vec![tokio::spawn(crate::http::accept(
         listener,
@@ -198,6 +199,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("listening on {admin_addr} for the admin API"))?;
+        host.runtime.add_listener(admin.local_addr()?);
         eprintln!("berth: admin API on http://{}", admin.local_addr()?);
         listeners.push(tokio::spawn(crate::http::accept(
             admin,

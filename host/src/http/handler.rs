@@ -72,7 +72,7 @@ pub async fn handle(
         trace,
         req,
         Some(local),
-        CallChain::default(),
+        (CallChain::default(), None),
         span.clone(),
     )
     .instrument(span)
@@ -87,16 +87,17 @@ pub async fn handle(
 /// guest's request to `http://NAME.svc/…`): the callee runs as an
 /// invocation of its own, with its own limits, admission and usage record
 /// (trigger `call`), in the caller's trace, its span naming the calling
-/// invocation. `chain` holds the callers; a
+/// invocation, and ending by the caller's deadline at the latest. `chain`
+/// holds the callers; a
 /// call nested deeper than [`MAX_CALL_DEPTH`] fails with `loop-detected`.
 pub async fn call_service(
     runtime: Arc<Runtime>,
     name: String,
     req: Request<WasiBody>,
-    caller: (InvocationId, TraceContext),
+    caller: (InvocationId, TraceContext, tokio::time::Instant),
     chain: CallChain,
 ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
-    let (caller, caller_trace) = caller;
+    let (caller, caller_trace, caller_deadline) = caller;
     use http_body_util::BodyExt;
     let service = ServiceName::parse(&name)
         .ok()
@@ -118,9 +119,18 @@ pub async fn call_service(
     span.record("caller", tracing::field::display(caller));
     span.record("method", tracing::field::display(req.method()));
     span.record("path", req.uri().path());
-    let response = invoke_http(&runtime, service, id, trace, req, None, chain, span.clone())
-        .instrument(span)
-        .await;
+    let response = invoke_http(
+        &runtime,
+        service,
+        id,
+        trace,
+        req,
+        None,
+        (chain, Some(caller_deadline)),
+        span.clone(),
+    )
+    .instrument(span)
+    .await;
     Ok(response.map(|body| {
         body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
             .boxed_unsync()
@@ -135,7 +145,7 @@ async fn invoke_http<B>(
     trace: TraceContext,
     mut req: Request<B>,
     local: Option<SocketAddr>,
-    chain: CallChain,
+    (chain, caller_deadline): (CallChain, Option<tokio::time::Instant>),
     span: tracing::Span,
 ) -> Response<ResponseBody>
 where
@@ -200,7 +210,11 @@ where
     let bytes_in = draft.bytes_in.clone();
     let req = req.map(|body| LimitedBody::new(body, body_limit, exceeded.clone(), bytes_in));
 
-    let deadline = tokio::time::Instant::now() + limits.timeout;
+    // A call ends by its caller's deadline at the latest.
+    let mut deadline = tokio::time::Instant::now() + limits.timeout;
+    if let Some(cap) = caller_deadline {
+        deadline = deadline.min(cap);
+    }
     let mut store = match instance::new_store(runtime, &service, id, trace, deadline, chain) {
         Ok(store) => store,
         Err(e) => {
