@@ -434,8 +434,12 @@ impl Draft {
         record.peak_memory = store.data().limiter().peak() as u64;
     }
 
-    /// Ends the invocation before it ran: `rejected`, with `status`.
+    /// Ends the invocation before it ran: `rejected`, with `status` (a
+    /// record already submitted is left as it is).
     pub fn reject(&self, status: u16) {
+        if self.parts.load(Ordering::Acquire) == 0 {
+            return;
+        }
         self.outcome("rejected");
         self.status(status);
         self.record().wall_us = self.started.elapsed().as_micros() as u64;
@@ -444,9 +448,18 @@ impl Draft {
         }
     }
 
-    /// One part is done; the last one submits the record.
+    /// Notes the HTTP status unless one is set already.
+    pub fn status_if_unset(&self, status: u16) {
+        self.record().status.get_or_insert(status);
+    }
+
+    /// One part is done; the last one submits the record (once: further
+    /// calls do nothing).
     pub fn done(&self) {
-        if self.parts.fetch_sub(1, Ordering::AcqRel) != 1 {
+        let before = self
+            .parts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+        if before != Ok(1) {
             return;
         }
         let mut record = self.record().clone();

@@ -739,3 +739,28 @@ async fn berth_usage_reports_totals_and_records_and_they_survive_restarts_and_cr
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test]
+async fn an_invocation_whose_client_goes_away_still_has_its_record() {
+    let berth = Berth::up_admin(
+        &service("sleep", programs::SLEEP, "/sleep", "timeout = \"1s\""),
+        &[],
+    );
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(berth.addr).await.unwrap();
+        stream
+            .write_all(b"GET /sleep HTTP/1.1\r\nhost: berth\r\n\r\n")
+            .await
+            .unwrap();
+        // Wait until the invocation is running, then hang up.
+        berth.wait_for_logs(&["trigger=\"http\""]);
+    }
+    let records = records(&berth, 1).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    // 504 if the host noticed only when it answered, 499 if it noticed
+    // the hang-up first.
+    let status = records[0]["status"].as_u64().unwrap();
+    assert!([499, 504].contains(&status), "{:#}", records[0]);
+    assert_eq!(records[0]["outcome"], "deadline", "{:#}", records[0]);
+}

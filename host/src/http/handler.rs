@@ -159,6 +159,12 @@ where
     };
     // Submitted once the guest has run and the response is sent.
     let draft = Draft::new(runtime, &service, trigger, id, span, 2);
+    // If this future is dropped (the client went away, or a calling
+    // invocation gave up), the record is still completed.
+    let mut abandoned = Abandoned {
+        draft: Some(draft.clone()),
+        running: false,
+    };
     let limits = service.limits();
     let body_limit = limits.request_body.bytes();
     if declared_length(&req).is_some_and(|len| len > body_limit) {
@@ -251,6 +257,7 @@ where
     let task_service = service.clone();
     let task_end = end.clone();
     let task_draft = draft.clone();
+    abandoned.running = true;
     runtime.tasks().spawn(
         async move {
             let _permit = permit;
@@ -287,6 +294,7 @@ where
             } else {
                 draft.status(response.status().as_u16());
                 // The response part is done when the body is.
+                abandoned.draft = None;
                 return response.map(|inner| ResponseBody::Guest {
                     inner,
                     end,
@@ -337,8 +345,31 @@ where
         }
     };
     draft.status(response.status().as_u16());
+    abandoned.draft = None;
     draft.done();
     response
+}
+
+/// Completes an HTTP invocation's record when its handling is dropped
+/// half-way: before the guest ran, as `rejected`; while it runs, its
+/// response part (the guest's run completes the rest). The status is 499
+/// (client closed request) unless one was set.
+struct Abandoned {
+    draft: Option<Arc<Draft>>,
+    running: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(draft) = self.draft.take() {
+            if self.running {
+                draft.status_if_unset(499);
+                draft.done();
+            } else {
+                draft.reject(499);
+            }
+        }
+    }
 }
 
 fn unavailable(text: &str) -> Response<ResponseBody> {
