@@ -7,7 +7,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -16,8 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load_http  # noqa: E402  (machine, publish)
+
 BEGIN = "<!-- events-results:begin -->"
 END = "<!-- events-results:end -->"
 TOKEN = "bench-token"
@@ -55,18 +55,6 @@ def counted(admin, topic):
 def check_counted(admin, topic, total):
     if counted(admin, topic) != total:
         sys.exit(f"expected {total} events on {topic}, the host counted {counted(admin, topic)}")
-
-
-def machine():
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}"
 
 
 def main():
@@ -177,7 +165,7 @@ def run(args, proc, state, env):
     singles = counted(admin, "bench.single")
 
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; `bench/events.sh`: "
+        f"Measured {time.strftime('%Y-%m-%d')} on {load_http.machine()}; `bench/events.sh`: "
         f"{total:,} events of {args.data_bytes} bytes published by {args.clients} clients in batches of "
         f"{args.batch} (CloudEvents batch mode, admin API), one subscription (concurrency {args.concurrency}) "
         f"to a handler that acknowledges them (`bench/consumer`), `synchronous = FULL`, "
@@ -195,13 +183,7 @@ def run(args, proc, state, env):
         f"- One event per request: {singles:,} events in {args.single_seconds} s, average publish latency "
         f"{p99} (each answered after its commit), all delivered {single_delivered:.2f} s after the first.",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        doc = DOC.read_text()
-        i, j = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        DOC.write_text(doc[:i] + "\n" + table + "\n" + doc[j:])
-        print(f"\nwrote {DOC.relative_to(ROOT)}")
+    load_http.publish(lines, BEGIN, END, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,30 @@ pub struct HostOptions {
     pub secrets: crate::capabilities::Secrets,
 }
 
-/// Where the host reads the secrets services refer to (shared by `up` and
-/// `serve`).
+/// The settings of a host that `up` and `serve` share.
 #[derive(clap::Args, Debug, Clone)]
-pub struct SecretArgs {
+pub struct HostArgs {
+    /// Largest event accepted (attributes and data).
+    #[arg(long, default_value = "256KiB")]
+    pub max_event_size: ByteSize,
+
+    /// Instances that may run at once across all services.
+    #[arg(long, default_value_t = EngineOptions::default().max_instances)]
+    pub max_instances: u32,
+
+    /// CPU-bound invocations of one service that may run at once (default:
+    /// the machine's cores but one, at least 1).
+    #[arg(long)]
+    pub cpu_turns: Option<usize>,
+
+    /// How long usage records are kept (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_parser = crate::units::parse_duration)]
+    pub usage_retention: std::time::Duration,
+
+    /// Keep no usage ledger (to measure what it costs).
+    #[arg(long, hide = true)]
+    pub no_usage: bool,
+
     /// A directory of secrets: one file per secret, named after it, that
     /// only its owner may read (mode 0600). Read at each invocation, so an
     /// updated file takes effect at once.
@@ -55,9 +75,37 @@ pub struct SecretArgs {
     pub secret_env_prefix: String,
 }
 
-impl SecretArgs {
+impl HostArgs {
+    /// The options of a host on `state`, with these settings (the engine's
+    /// instance cap among them).
+    pub fn options(
+        &self,
+        state: PathBuf,
+        cache: Option<PathBuf>,
+        engine: EngineOptions,
+        max_upload: ByteSize,
+    ) -> anyhow::Result<HostOptions> {
+        Ok(HostOptions {
+            state,
+            cache,
+            engine: EngineOptions {
+                max_instances: self.max_instances,
+                ..engine
+            },
+            max_upload,
+            max_event_size: self.max_event_size,
+            cpu_turns: self
+                .cpu_turns
+                .unwrap_or_else(crate::runtime::default_cpu_turns),
+            usage_retention: (!self.no_usage).then_some(self.usage_retention),
+            secrets: self.secrets()?,
+        })
+    }
+}
+
+impl HostArgs {
     /// The secrets source these arguments describe.
-    pub fn secrets(&self) -> anyhow::Result<crate::capabilities::Secrets> {
+    fn secrets(&self) -> anyhow::Result<crate::capabilities::Secrets> {
         if let Some(dir) = &self.secrets_dir {
             let meta = std::fs::metadata(dir)
                 .with_context(|| format!("the secrets directory {}", dir.display()))?;

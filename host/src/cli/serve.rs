@@ -13,7 +13,7 @@
 //! DIR/lock            held while a host uses the directory
 //! ```
 
-use super::host::{Host, HostOptions};
+use super::host::Host;
 use crate::admin::{self, Auth};
 use crate::engine::EngineOptions;
 use crate::units::ByteSize;
@@ -51,47 +51,17 @@ pub struct ServeArgs {
     max_upload: ByteSize,
 
     #[command(flatten)]
-    secrets: super::host::SecretArgs,
-
-    /// Largest event accepted (attributes and data).
-    #[arg(long, default_value = "256KiB")]
-    max_event_size: ByteSize,
-
-    /// Instances that may run at once across all services.
-    #[arg(long, default_value_t = EngineOptions::default().max_instances)]
-    max_instances: u32,
-
-    /// CPU-bound invocations of one service that may run at once (default:
-    /// the machine's cores but one, at least 1).
-    #[arg(long)]
-    cpu_turns: Option<usize>,
-
-    /// How long usage records are kept (e.g. 30d, 12h).
-    #[arg(long, default_value = "30d", value_parser = crate::units::parse_duration)]
-    usage_retention: std::time::Duration,
-
-    /// Keep no usage ledger (to measure what it costs).
-    #[arg(long, hide = true)]
-    no_usage: bool,
+    host: super::host::HostArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = auth(&args)?;
-    let host = Host::open(HostOptions {
-        state: args.state.clone(),
-        cache: None,
-        engine: EngineOptions {
-            max_instances: args.max_instances,
-            ..EngineOptions::default()
-        },
-        max_upload: args.max_upload,
-        max_event_size: args.max_event_size,
-        cpu_turns: args
-            .cpu_turns
-            .unwrap_or_else(crate::runtime::default_cpu_turns),
-        usage_retention: (!args.no_usage).then_some(args.usage_retention),
-        secrets: args.secrets.secrets()?,
-    })
+    let host = Host::open(args.host.options(
+        args.state.clone(),
+        None,
+        EngineOptions::default(),
+        args.max_upload,
+    )?)
     .await?;
     let restored = host.runtime.services().len();
 

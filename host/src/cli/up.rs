@@ -6,7 +6,7 @@
 //! exit) unless `--state` names one; compiled code goes to the
 //! user's cache, so a second `up` does not recompile.
 
-use super::host::{Host, HostOptions};
+use super::host::Host;
 use crate::control::ControlError;
 use crate::engine::EngineOptions;
 use crate::manifest::Manifest;
@@ -45,29 +45,8 @@ pub struct UpArgs {
     #[arg(long, env = "BERTH_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
-    /// Instances that may run at once across all services.
-    #[arg(long, default_value_t = EngineOptions::default().max_instances)]
-    max_instances: u32,
-
-    /// CPU-bound invocations of one service that may run at once (default:
-    /// the machine's cores but one, at least 1).
-    #[arg(long)]
-    cpu_turns: Option<usize>,
-
-    /// How long usage records are kept (e.g. 30d, 12h).
-    #[arg(long, default_value = "30d", value_parser = crate::units::parse_duration)]
-    usage_retention: std::time::Duration,
-
-    /// Keep no usage ledger (to measure what it costs).
-    #[arg(long, hide = true)]
-    no_usage: bool,
-
     #[command(flatten)]
-    secrets: super::host::SecretArgs,
-
-    /// Largest event accepted (attributes and data).
-    #[arg(long, default_value = "256KiB")]
-    max_event_size: ByteSize,
+    host: super::host::HostArgs,
 
     /// Engine tuning, for benchmarks: do not use the pooling allocator.
     #[arg(long, hide = true)]
@@ -113,7 +92,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let defaults = EngineOptions::default();
     let engine = EngineOptions {
-        max_instances: args.max_instances,
         pooling: !args.no_pooling,
         memory_init_cow: !args.no_cow,
         pagemap_scan: !args.no_pagemap_scan,
@@ -129,18 +107,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             (dir.clone(), Some(TempState(dir)))
         }
     };
-    let host = Host::open(HostOptions {
+    let host = Host::open(args.host.options(
         state,
-        cache: Some(args.cache_dir.clone().unwrap_or_else(default_cache_dir)),
+        Some(args.cache_dir.clone().unwrap_or_else(default_cache_dir)),
         engine,
-        max_upload: ByteSize::gib(4),
-        max_event_size: args.max_event_size,
-        cpu_turns: args
-            .cpu_turns
-            .unwrap_or_else(crate::runtime::default_cpu_turns),
-        usage_retention: (!args.no_usage).then_some(args.usage_retention),
-        secrets: args.secrets.secrets()?,
-    })
+        ByteSize::gib(4),
+    )?)
     .await?;
 
     // Exactly the manifest's services: deploy each, remove any other.
