@@ -34,7 +34,7 @@ use crate::http::handler::health;
 use crate::metrics::{Gauge, label};
 use crate::runtime::Service;
 use crate::service::ServiceName;
-use crate::units::parse_time;
+use crate::units::{ByteSize, parse_time};
 use crate::usage::{Ledger, Period, Query};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
@@ -367,21 +367,13 @@ async fn upload(control: &ControlPlane, req: Request<hyper::body::Incoming>) -> 
     if declared.is_some_and(|len| len > limit.bytes()) {
         return Err(ControlError::TooLarge(limit).into());
     }
-    let body = Limited::new(req.into_body(), limit.bytes() as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::from(ControlError::TooLarge(limit))
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("reading the upload failed: {e}"),
-                )
-            }
-        })?
-        .to_bytes();
+    let body = read_limited(
+        req.into_body(),
+        limit.bytes() as usize,
+        Some(limit),
+        "the upload",
+    )
+    .await?;
     let (record, created) = control.upload(body.to_vec()).await?;
     let status = if created {
         StatusCode::CREATED
@@ -415,21 +407,13 @@ async fn publish(
         max_event.bytes() + 4096
     };
     let headers = req.headers().clone();
-    let body = Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::from(ControlError::TooLarge(max_event))
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("reading the events failed: {e}"),
-                )
-            }
-        })?
-        .to_bytes();
+    let body = read_limited(
+        req.into_body(),
+        limit as usize,
+        Some(max_event),
+        "the events",
+    )
+    .await?;
     let events = crate::events::cloudevents::from_request(&topic, &headers, body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     let ids: Vec<String> = events.iter().map(|e| e.attributes.id.clone()).collect();
@@ -645,15 +629,29 @@ fn service_name(s: &str) -> Result<ServiceName, ApiError> {
 }
 
 async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
-    Ok(Limited::new(req.into_body(), MAX_JSON)
+    read_limited(req.into_body(), MAX_JSON, None, "the request body").await
+}
+
+/// Reads a body of at most `limit` bytes. Past it: `413` naming
+/// `too_large` when given, else `400` like any failed read of `what`.
+async fn read_limited(
+    body: hyper::body::Incoming,
+    limit: usize,
+    too_large: Option<ByteSize>,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, limit)
         .collect()
         .await
-        .map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match too_large {
+            Some(shown) if e.is::<http_body_util::LengthLimitError>() => {
+                ApiError::from(ControlError::TooLarge(shown))
+            }
+            _ => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("reading the request body failed: {e}"),
-            )
+                format!("reading {what} failed: {e}"),
+            ),
         })?
         .to_bytes())
 }
