@@ -6,6 +6,7 @@
 #
 #     bench/http.sh                 # 3 rounds, wrk -t1 -c16 -d6s after a 2 s warm-up
 #     ROUNDS=5 DURATION=10 bench/http.sh
+#     bench/http.sh --baseline /path/to/older/berth   # also an earlier build, same run
 #
 # Needs: wrk (apt-get install -y wrk) and wasmtime-cli 48.0.8
 # (cargo install wasmtime-cli --version 48.0.8 --locked); it installs them

@@ -111,6 +111,9 @@ def machine():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--berth", required=True)
+    ap.add_argument("--baseline",
+                    help="another berth binary (an earlier commit) to measure in the same run, "
+                         "as 'berth (baseline)'")
     ap.add_argument("--wasmtime", required=True)
     ap.add_argument("--native", required=True)
     ap.add_argument("--component", required=True)
@@ -138,13 +141,19 @@ def main():
                                   "--addr", "127.0.0.1:0", str(component)],
         "native hyper": [args.native, "127.0.0.1:0"],
     }
+    if args.baseline:
+        # Its own code cache: another build may compile to another engine key.
+        servers["berth (baseline)"] = [args.baseline, "up", str(work / "berth.toml"), "--listen",
+                                       "127.0.0.1:0", "--cache-dir", str(work / "cache-baseline")]
     if args.only:
         wanted = args.only.split(",")
         servers = {k: v for k, v in servers.items() if k.split()[0] in wanted}
 
-    # Warm Berth's code cache once.
-    proc, _ = start(berth_cmd)
-    stop(proc)
+    # Warm Berth's code cache(s) once.
+    for name, cmd in servers.items():
+        if name.startswith("berth"):
+            proc, _ = start(cmd)
+            stop(proc)
 
     results = {name: [] for name in servers}
     for round_ in range(args.rounds):
@@ -178,6 +187,9 @@ def main():
     lines.append("")
     if "berth" in results and "wasmtime serve -S cli" in results:
         lines.append(f"- Berth / `wasmtime serve`: **{med('berth', 0) / med('wasmtime serve -S cli', 0):.2f}×** the throughput.")
+    if "berth" in results and "berth (baseline)" in results:
+        lines.append(f"- Berth / the baseline build: **{med('berth', 0) / med('berth (baseline)', 0):.2f}×** "
+                     "the throughput (same run, rounds interleaved).")
     if "berth" in results and "native hyper" in results:
         lines.append(f"- Berth / native hyper: **{med('berth', 0) / med('native hyper', 0):.2f}×** "
                      "(the cost of a fresh sandboxed instance per request).")

@@ -485,14 +485,16 @@ fn assert_state_consistent(host: &Host) {
         if let Some(hex) = name.strip_suffix(".wasm") {
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(
-                berth::artifact::Digest::of(&bytes).hex(),
+                berth::values::digest::Digest::of(&bytes).hex(),
                 hex,
                 "{name} is damaged"
             );
             on_disk += 1;
         }
     }
-    let state = berth::state::State::open(&host.state.join(berth::state::DB_FILE)).unwrap();
+    let state =
+        berth::control::state::State::open(&host.state.join(berth::control::state::DB_FILE))
+            .unwrap();
     state.check().expect("the database is consistent");
     let indexed = state.artifacts().unwrap();
     for artifact in &indexed {
@@ -541,7 +543,7 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_revision() {
         let (before_rev, before) = active(&host);
         let new = format!(
             "sha256:{}",
-            berth::artifact::Digest::of(&std::fs::read(component).unwrap()).hex()
+            berth::values::digest::Digest::of(&std::fs::read(component).unwrap()).hex()
         );
         let mut deploy = std::process::Command::new(berth_bin())
             .args(["deploy", "svc", "--component", component])

@@ -8,6 +8,7 @@ mod examples;
 mod failures;
 mod host;
 mod limits;
+mod pipeline;
 mod scale;
 mod serving;
 mod startup;

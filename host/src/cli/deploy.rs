@@ -7,16 +7,17 @@
 //!   order; each one is its own deploy (a failure stops there, and the
 //!   services already deployed stay deployed).
 
+use super::client::{Client, ClientError};
 use super::{ClientArgs, output};
-use crate::api::{ArtifactView, DeployRequest, RevisionView, ServiceView};
-use crate::capabilities::{EnvValue, FileMount, GuestPath, Mode, OutboundRule, SecretName};
-use crate::client::{Client, ClientError};
-use crate::events::{Subscription, TopicPattern};
-use crate::limits::Limits;
-use crate::manifest::Manifest;
-use crate::route::Route;
-use crate::service::{ServiceConfig, ServiceName};
-use crate::units::{ByteSize, parse_duration};
+use crate::control::admin::api::{ArtifactView, DeployRequest, RevisionView, ServiceView};
+use crate::values::capabilities::{EnvValue, FileMount, GuestPath, Mode, OutboundRule, SecretName};
+use crate::values::event::Subscription;
+use crate::values::limits::Limits;
+use crate::values::manifest::Manifest;
+use crate::values::route::Route;
+use crate::values::service::{ServiceConfig, ServiceName};
+use crate::values::topic::TopicPattern;
+use crate::values::units::{ByteSize, parse_duration};
 use anyhow::Context;
 use clap::Args;
 use http::Method;
@@ -350,7 +351,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
     let env = BTreeMap::from([(name.to_owned(), EnvValue::Value(value.to_owned()))]);
-    crate::capabilities::validate_env(&env)?;
+    crate::values::capabilities::validate_env(&env).map_err(|e| e.to_string())?;
     Ok((name.to_owned(), value.to_owned()))
 }
 
@@ -372,7 +373,7 @@ fn parse_mount(s: &str) -> Result<FileMount, String> {
     let host = std::path::absolute(host).map_err(|e| format!("{host}: {e}"))?;
     Ok(FileMount {
         host,
-        guest: GuestPath::parse(guest)?,
+        guest: GuestPath::parse(guest).map_err(|e| e.to_string())?,
         mode,
     })
 }

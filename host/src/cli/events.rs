@@ -7,7 +7,7 @@
 //! - `berth events purge [--topic T]`: delete dead letters.
 
 use super::{ClientArgs, output};
-use crate::api::{CountView, DeadLetterView, EventsView, ReplayRequest};
+use crate::control::admin::api::{CountView, DeadLetterView, EventsView, ReplayRequest};
 use clap::{Args, Subcommand};
 use http::Method;
 

@@ -1,9 +1,9 @@
 //! `berth inspect NAME`: one service in full.
 
 use super::{ClientArgs, output};
-use crate::api::ServiceView;
-use crate::capabilities::{EnvValue, Mode};
-use crate::units::format_duration;
+use crate::control::admin::api::ServiceView;
+use crate::values::capabilities::{EnvValue, Mode};
+use crate::values::units::format_duration;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -20,8 +20,16 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     if args.client.json {
         return output::json(&s);
     }
+    for (key, value) in overview(&s).into_iter().chain(capabilities(&s)) {
+        println!("{:<14}{value}", format!("{key}:"));
+    }
+    Ok(())
+}
+
+/// Name, revision, routes, status, limits, times.
+fn overview(s: &ServiceView) -> Vec<(&'static str, String)> {
     let l = &s.config.limits;
-    let mut rows = vec![
+    vec![
         ("name", s.name.clone()),
         (
             "revision",
@@ -59,7 +67,12 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         ),
         ("created", s.created_at.clone()),
         ("updated", s.updated_at.clone()),
-    ];
+    ]
+}
+
+/// What the guest is given: files, environment (secrets by name), outbound
+/// origins, topics it may publish on.
+fn capabilities(s: &ServiceView) -> Vec<(&'static str, String)> {
     let list = |items: Vec<String>| {
         if items.is_empty() {
             "none".to_owned()
@@ -67,53 +80,29 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
             items.join(", ")
         }
     };
-    rows.push((
-        "files",
-        list(
-            s.config
-                .files
-                .iter()
-                .map(|f| {
-                    let mode = match f.mode {
-                        Mode::Ro => "ro",
-                        Mode::Rw => "rw",
-                    };
-                    format!("{} → {} ({mode})", f.host.display(), f.guest)
-                })
-                .collect(),
-        ),
-    ));
-    rows.push((
-        "env",
-        list(
-            s.config
-                .env
-                .iter()
-                .map(|(name, value)| match value {
-                    EnvValue::Value(v) => format!("{name}={v}"),
-                    EnvValue::Secret(secret) => format!("{name}=(secret {secret})"),
-                })
-                .collect(),
-        ),
-    ));
-    rows.push((
-        "outbound",
-        list(
-            s.config
-                .allowed_outbound
-                .iter()
-                .map(|r| r.to_string())
-                .collect(),
-        ),
-    ));
-    if !s.config.publish.is_empty() {
+    let config = &s.config;
+    let files = config.files.iter().map(|f| {
+        let mode = match f.mode {
+            Mode::Ro => "ro",
+            Mode::Rw => "rw",
+        };
+        format!("{} → {} ({mode})", f.host.display(), f.guest)
+    });
+    let env = config.env.iter().map(|(name, value)| match value {
+        EnvValue::Value(v) => format!("{name}={v}"),
+        EnvValue::Secret(secret) => format!("{name}=(secret {secret})"),
+    });
+    let outbound = config.allowed_outbound.iter().map(|r| r.to_string());
+    let mut rows = vec![
+        ("files", list(files.collect())),
+        ("env", list(env.collect())),
+        ("outbound", list(outbound.collect())),
+    ];
+    if !config.publish.is_empty() {
         rows.push((
             "publish",
-            list(s.config.publish.iter().map(|p| p.to_string()).collect()),
+            list(config.publish.iter().map(|p| p.to_string()).collect()),
         ));
     }
-    for (key, value) in rows {
-        println!("{:<14}{value}", format!("{key}:"));
-    }
-    Ok(())
+    rows
 }

@@ -1,7 +1,7 @@
 //! `berth ls`: the services of a host.
 
 use super::{ClientArgs, output};
-use crate::api::ServiceView;
+use crate::control::admin::api::ServiceView;
 use clap::Args;
 
 #[derive(Debug, Args)]

@@ -1,11 +1,15 @@
-//! The `berth` command line: one module per command.
+//! The `berth` command line: one module per command, on top of every other
+//! layer.
 //!
-//! `up` and `serve` run a host; the other commands talk to a running host
-//! through its admin API (`--host`/`BERTH_HOST`, token in `BERTH_TOKEN`).
+//! `up` and `serve` parse their flags and run a [`Host`](crate::host::Host);
+//! the other commands talk to a running host through its admin API
+//! ([`client`]; `--host`/`BERTH_HOST`, token in `BERTH_TOKEN`).
+//! [`telemetry`] sets up logging; [`shutdown`] waits for the signals.
 
+pub mod client;
 mod deploy;
 mod events;
-mod host;
+mod host_args;
 mod inspect;
 mod ls;
 mod output;
@@ -14,11 +18,13 @@ mod revisions;
 mod rm;
 mod rollback;
 mod serve;
+pub mod shutdown;
+pub mod telemetry;
 mod up;
 mod usage;
 
-use crate::client::Client;
 use clap::{Args, Parser, Subcommand};
+use client::Client;
 use std::process::ExitCode;
 
 /// Berth: a WebAssembly host for microservices and functions.
@@ -34,9 +40,9 @@ pub struct Cli {
         global = true,
         env = "BERTH_LOG_FORMAT",
         value_enum,
-        default_value_t = crate::telemetry::LogFormat::Text
+        default_value_t = telemetry::LogFormat::Text
     )]
-    log_format: crate::telemetry::LogFormat,
+    log_format: telemetry::LogFormat,
 
     /// How long log lines gather before they are written to stderr
     /// together (fewer system calls; a crash loses the last window's
@@ -46,7 +52,7 @@ pub struct Cli {
         global = true,
         env = "BERTH_LOG_BUFFER",
         default_value = "5ms",
-        value_parser = crate::units::parse_duration
+        value_parser = crate::values::units::parse_duration
     )]
     log_buffer: std::time::Duration,
 }
@@ -108,7 +114,7 @@ impl ClientArgs {
 /// message on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = crate::telemetry::init(cli.log_format, cli.log_buffer);
+    let logs = telemetry::init(cli.log_format, cli.log_buffer);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth-worker")

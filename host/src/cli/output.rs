@@ -50,7 +50,7 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// Routes as one cell.
-pub fn routes(routes: &[crate::route::Route]) -> String {
+pub fn routes(routes: &[crate::values::route::Route]) -> String {
     routes
         .iter()
         .map(|r| r.as_str())

@@ -2,8 +2,8 @@
 //! admin API.
 
 use super::{ClientArgs, output};
-use crate::api::PublishedView;
-use crate::invoke::InvocationId;
+use crate::control::admin::api::PublishedView;
+use crate::values::id::InvocationId;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;

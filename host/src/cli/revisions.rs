@@ -1,7 +1,7 @@
 //! `berth revisions NAME`: a service's revisions, newest first.
 
 use super::{ClientArgs, output};
-use crate::api::RevisionView;
+use crate::control::admin::api::RevisionView;
 use clap::Args;
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 //! revision (by default the one before the active one).
 
 use super::{ClientArgs, output};
-use crate::api::{RevisionView, RollbackRequest};
+use crate::control::admin::api::{RevisionView, RollbackRequest};
 use clap::Args;
 use http::Method;
 

@@ -6,16 +6,16 @@
 //! exit) unless `--state` names one; compiled code goes to the
 //! user's cache, so a second `up` does not recompile.
 
-use super::host::Host;
+use super::host_args::{HostArgs, TokenArgs};
 use crate::control::ControlError;
-use crate::engine::EngineOptions;
-use crate::manifest::Manifest;
-use crate::units::ByteSize;
+use crate::host::{Host, Listeners, bind};
+use crate::values::manifest::Manifest;
+use crate::values::units::ByteSize;
+use crate::wasm::engine::EngineOptions;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -27,10 +27,13 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
 
-    /// Also serve the admin API (metrics, usage, events, deploys) here;
-    /// loopback only.
+    /// Also serve the admin API (metrics, usage, events, deploys) here.
+    /// Off loopback, a token is required.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    token: TokenArgs,
 
     /// Run each service's build command before loading.
     #[arg(long)]
@@ -46,7 +49,7 @@ pub struct UpArgs {
     cache_dir: Option<PathBuf>,
 
     #[command(flatten)]
-    host: super::host::HostArgs,
+    host: HostArgs,
 
     /// Engine tuning, for benchmarks: do not use the pooling allocator.
     #[arg(long, hide = true)]
@@ -78,28 +81,16 @@ impl Drop for TempState {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    if let Some(addr) = args.admin_listen {
-        anyhow::ensure!(
-            addr.ip().is_loopback(),
-            "berth up serves its admin API on loopback only ({addr} is not); use berth serve with a token"
-        );
-    }
+    let auth = match args.admin_listen {
+        Some(addr) => Some(args.token.auth(addr)?),
+        None => None,
+    };
     let manifest = Manifest::load(&args.manifest)?;
     if args.build {
         build(&manifest)?;
     }
     manifest.check_components()?;
 
-    let defaults = EngineOptions::default();
-    let engine = EngineOptions {
-        pooling: !args.no_pooling,
-        memory_init_cow: !args.no_cow,
-        pagemap_scan: !args.no_pagemap_scan,
-        memory_keep_resident: args
-            .memory_keep_resident
-            .unwrap_or(defaults.memory_keep_resident),
-        ..defaults
-    };
     let (state, _temp) = match &args.state {
         Some(dir) => (dir.clone(), None),
         None => {
@@ -107,16 +98,52 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             (dir.clone(), Some(TempState(dir)))
         }
     };
-    let host = Host::open(args.host.options(
-        state,
-        Some(args.cache_dir.clone().unwrap_or_else(default_cache_dir)),
-        engine,
-        ByteSize::gib(4),
-    )?)
-    .await?;
+    let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let options = args
+        .host
+        .options(state, Some(cache), args.engine(), ByteSize::gib(4))?;
+    let host = Host::open(options).await?;
+    deploy_exactly(&host, &manifest).await?;
 
-    // Exactly the manifest's services: deploy each, remove any other.
-    let control = &host.control;
+    let public = bind(args.listen, "").await?;
+    let admin = match (args.admin_listen, auth) {
+        (Some(addr), Some(auth)) => Some((bind(addr, " for the admin API").await?, auth)),
+        _ => None,
+    };
+    super::telemetry::flush();
+    let count = manifest.services.len();
+    eprintln!(
+        "berth: serving {count} service{} on http://{}",
+        if count == 1 { "" } else { "s" },
+        public.local_addr()?
+    );
+    if let Some((admin, _)) = &admin {
+        eprintln!("berth: admin API on http://{}", admin.local_addr()?);
+    }
+    host.serve(Listeners { public, admin }, super::shutdown::signal())
+        .await
+}
+
+impl UpArgs {
+    /// The engine, with the tuning flags benchmarks use.
+    fn engine(&self) -> EngineOptions {
+        let defaults = EngineOptions::default();
+        EngineOptions {
+            pooling: !self.no_pooling,
+            memory_init_cow: !self.no_cow,
+            pagemap_scan: !self.no_pagemap_scan,
+            memory_keep_resident: self
+                .memory_keep_resident
+                .unwrap_or(defaults.memory_keep_resident),
+            ..defaults
+        }
+    }
+}
+
+/// Deploys exactly the manifest's services to `host`: each of them, and
+/// removes any other (a `--state` directory may hold older ones).
+async fn deploy_exactly(host: &Host, manifest: &Manifest) -> anyhow::Result<()> {
+    let control = host.control();
     for entry in &manifest.services {
         let bytes = std::fs::read(&entry.component).map_err(|e| {
             manifest.component_error(
@@ -149,45 +176,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             control.remove(name).await?;
         }
     }
-
-    let count = manifest.services.len();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    host.runtime.add_listener(addr);
-    let stop = CancellationToken::new();
-    let mut listeners = vec![tokio::spawn(crate::http::accept(
-        listener,
-        crate::http::public_handler(host.runtime.clone(), addr),
-        stop.clone(),
-    ))];
-    crate::telemetry::flush();
-    eprintln!(
-        "berth: serving {count} service{} on http://{addr}",
-        if count == 1 { "" } else { "s" }
-    );
-    if let Some(admin_addr) = args.admin_listen {
-        let admin = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .with_context(|| format!("listening on {admin_addr} for the admin API"))?;
-        host.runtime.add_listener(admin.local_addr()?);
-        eprintln!("berth: admin API on http://{}", admin.local_addr()?);
-        listeners.push(tokio::spawn(crate::http::accept(
-            admin,
-            crate::admin::handler(host.control.clone(), crate::admin::Auth::none()),
-            stop.clone(),
-        )));
-    }
-    crate::shutdown::signal().await;
-    stop.cancel();
-    host.control.shutdown();
-    let mut graceful = Vec::new();
-    for listener in listeners {
-        graceful.push(listener.await?);
-    }
-    crate::http::drain(graceful, &host.runtime).await;
-    host.close();
     Ok(())
 }
 
@@ -232,7 +220,7 @@ fn ephemeral_state() -> PathBuf {
     let name = format!(
         "berth-up-{}-{}",
         std::process::id(),
-        crate::invoke::InvocationId::new()
+        crate::values::id::InvocationId::new()
     );
     let memory = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)

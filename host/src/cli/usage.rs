@@ -3,8 +3,8 @@
 //! themselves.
 
 use super::{ClientArgs, output};
-use crate::units::{parse_time, rfc3339};
-use crate::usage::{Period, Record, Report, Totals};
+use crate::values::units::{parse_time, rfc3339};
+use crate::values::usage::{Period, Record, Report, Totals};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub struct UsageArgs {
 }
 
 impl clap::builder::ValueParserFactory for Period {
-    type Parser = fn(&str) -> Result<Period, String>;
+    type Parser = fn(&str) -> Result<Period, crate::values::usage::InvalidPeriod>;
     fn value_parser() -> Self::Parser {
         |s| s.parse()
     }
@@ -141,7 +141,7 @@ fn print_records(records: &[Record]) {
                 r.revision.to_string(),
                 r.trigger.as_str().to_owned(),
                 rfc3339(r.started_ms),
-                r.outcome.clone(),
+                r.outcome.to_string(),
                 r.status.map(|s| s.to_string()).unwrap_or_default(),
                 format!("{:.2}", r.wall_us as f64 / 1000.0),
                 format!("{:.2}", r.cpu_us as f64 / 1000.0),

@@ -8,7 +8,8 @@
 //! - `/list?p=PATH` — a directory's entries
 //! - `/env?name=NAME` — one environment variable
 //! - `/envs` — every environment variable's name
-//! - `/fetch?url=URL` — a GET; answers `status=N` and the body, or the
+//! - `/fetch?url=URL[&traceparent=TP]` — a GET (with that `traceparent`
+//!   header, if given); answers `status=N` and the body, or the
 //!   `wasi:http` error code
 //! - `/tcp?addr=HOST:PORT` — opens a TCP connection
 //! - `/udp?addr=HOST:PORT` — sends a UDP datagram
@@ -66,7 +67,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Caps {
                 let names: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 (200, names.join("\n"))
             }
-            "fetch" => fetch(&param("url").unwrap_or_default()),
+            "fetch" => fetch(
+                &param("url").unwrap_or_default(),
+                param("traceparent").as_deref(),
+            ),
             "tcp" => match std::net::TcpStream::connect(param("addr").unwrap_or_default()) {
                 Ok(_) => (200, "connected".to_owned()),
                 Err(e) => (422, format!("error: {e}")),
@@ -109,7 +113,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Caps {
             }
             "loop" => {
                 let peer = std::env::var("PEER").unwrap_or_default();
-                fetch(&format!("http://{peer}.svc/loop"))
+                fetch(&format!("http://{peer}.svc/loop"), None)
             }
             _ => (404, "unknown test\n".to_owned()),
         };
@@ -118,7 +122,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Caps {
 }
 
 /// GETs `url`: `(200, "status=N\n" + body)`, or `(502, "error=CODE")`.
-fn fetch(url: &str) -> (u16, String) {
+fn fetch(url: &str, traceparent: Option<&str>) -> (u16, String) {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
         (Scheme::Https, rest)
     } else if let Some(rest) = url.strip_prefix("http://") {
@@ -130,7 +134,13 @@ fn fetch(url: &str) -> (u16, String) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let request = OutgoingRequest::new(Fields::new());
+    let headers = Fields::new();
+    if let Some(value) = traceparent {
+        headers
+            .append("traceparent", value.as_bytes())
+            .expect("a valid header");
+    }
+    let request = OutgoingRequest::new(headers);
     request.set_method(&Method::Get).unwrap();
     request.set_scheme(Some(&scheme)).unwrap();
     request.set_authority(Some(authority)).unwrap();

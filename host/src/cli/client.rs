@@ -1,0 +1,280 @@
+//! A client of the admin API, for the CLI: plain HTTP/1.1, bearer token,
+//! JSON in and out, and an upload that reports its progress.
+
+use crate::control::admin::api::{ArtifactView, ErrorBody};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+/// Why a request to the admin API failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The host could not be reached.
+    Connect(String),
+    /// The API answered with an error.
+    Api {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The stable error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The answer could not be understood.
+    Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "{e}"),
+            ClientError::Api { code, message, .. } => write!(f, "{message} ({code})"),
+            ClientError::Protocol(e) => write!(f, "unexpected answer from the admin API: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// The API's error code, if the API answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection target: the admin API of one host.
+#[derive(Debug, Clone)]
+pub struct Client {
+    authority: String,
+    token: Option<String>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+impl Client {
+    /// A client for the admin API at `url` (`http://HOST:PORT`).
+    pub fn new(url: &str, token: Option<String>) -> Result<Client, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("invalid admin URL {url:?}: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | None => {}
+            Some(other) => {
+                return Err(format!(
+                    "invalid admin URL {url:?}: scheme {other} is not supported (use http://; put TLS in front of a non-local admin API)"
+                ));
+            }
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("invalid admin URL {url:?}: no host"))?
+            .to_string();
+        Ok(Client {
+            authority,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.send_with(method, path, body, content_type, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: &str,
+        headers: &[(String, String)],
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| {
+                ClientError::Connect(format!(
+                    "cannot reach the admin API at http://{}: {e}",
+                    self.authority
+                ))
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(CONTENT_TYPE, content_type);
+        if let Some(token) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = sender.send_request(req).await.map_err(|e| {
+            ClientError::Connect(format!(
+                "the admin API at http://{} closed the connection: {e}",
+                self.authority
+            ))
+        })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok((status, bytes));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => Err(ClientError::Api {
+                status,
+                code: e.error.code,
+                message: e.error.message,
+            }),
+            Err(_) => Err(ClientError::Api {
+                status,
+                code: status.as_u16().to_string(),
+                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let body = Full::new(Bytes::from(body.unwrap_or_default()))
+            .map_err(|never| match never {})
+            .boxed();
+        let (status, bytes) = self.send(method, path, body, "application/json").await?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((status, value))
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Ok(self.json(Method::GET, path, None).await?.1)
+    }
+
+    /// `PUT`/`POST` JSON, reading JSON back.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        value: &impl Serialize,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let body = serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.json(method, path, Some(body)).await
+    }
+
+    /// `DELETE path`, reading JSON back (or nothing, for 204).
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ClientError> {
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let (status, bytes) = self
+            .send(Method::DELETE, path, body, "application/json")
+            .await?;
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST path` with `body` and extra headers, reading JSON back.
+    pub async fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        headers: &[(String, String)],
+    ) -> Result<T, ClientError> {
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        let (_, bytes) = self
+            .send_with(Method::POST, path, body, content_type, headers)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Uploads a component, calling `progress(sent, total)` as the bytes go
+    /// out. Returns the artifact and whether it was new.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        mut progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<(ArtifactView, bool), ClientError> {
+        const CHUNK: usize = 256 * 1024;
+        let total = bytes.len() as u64;
+        let bytes = Bytes::from(bytes);
+        // A one-chunk channel: a chunk is reported sent once the connection
+        // has taken the one before it.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            for start in (0..bytes.len()).step_by(CHUNK) {
+                let chunk = bytes.slice(start..(start + CHUNK).min(bytes.len()));
+                sent += chunk.len() as u64;
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                progress(sent, total);
+            }
+        });
+        let body = ChannelBody { rx, len: total }.boxed();
+        let (status, reply) = self
+            .send(Method::POST, "/v1/artifacts", body, "application/wasm")
+            .await?;
+        let view =
+            serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((view, status == StatusCode::CREATED))
+    }
+}
+
+/// A request body fed by a channel, of a known length (so it is sent with
+/// a `Content-Length` and an oversized upload is refused up front).
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    len: u64,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}

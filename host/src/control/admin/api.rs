@@ -1,0 +1,291 @@
+//! The admin API's resources as JSON: what the server sends and the CLI
+//! reads. `docs/admin-api.md` shows each with an example.
+
+use crate::control::ServiceStatus;
+use crate::control::state::{ArtifactRecord, RevisionRecord};
+use crate::triggers::events::bus::DeadLetter;
+use crate::values::capabilities::{EnvValue, FileMount, OutboundRule};
+use crate::values::event::Subscription;
+use crate::values::limits::Limits;
+use crate::values::route::Route;
+use crate::values::schedule::Schedule;
+use crate::values::service::ServiceConfig;
+use crate::values::topic::TopicPattern;
+use crate::values::units::rfc3339;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An uploaded artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&ArtifactRecord> for ArtifactView {
+    fn from(r: &ArtifactRecord) -> Self {
+        ArtifactView {
+            digest: r.digest.to_string(),
+            size: r.size,
+            created_at: rfc3339(r.created_ms),
+        }
+    }
+}
+
+/// A service with its active revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// The service's name.
+    pub name: String,
+    /// The active revision.
+    pub revision: u32,
+    /// The newest revision (higher than `revision` after a rollback).
+    pub latest_revision: u32,
+    /// The active revision's artifact.
+    pub artifact: String,
+    /// Its configuration: routes, limits, triggers and what its guest
+    /// is given (secrets by name only).
+    #[serde(flatten)]
+    pub config: ServiceConfig,
+    /// `serving`, or `failed` when its revision could not be loaded.
+    pub status: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Instances running now.
+    pub in_flight: u32,
+    /// Requests waiting for an instance now.
+    pub queued: u32,
+    /// Whether its compiled component is in memory now (false: scaled to
+    /// zero; its next invocation is a cold start).
+    #[serde(default)]
+    pub loaded: bool,
+    /// When the service was first deployed.
+    pub created_at: String,
+    /// When its active revision last changed.
+    pub updated_at: String,
+}
+
+impl From<&ServiceStatus> for ServiceView {
+    fn from(s: &ServiceStatus) -> Self {
+        let active = &s.record.active;
+        ServiceView {
+            name: active.service.to_string(),
+            revision: active.number,
+            latest_revision: s.record.latest,
+            artifact: active.artifact.to_string(),
+            config: active.config.clone(),
+            status: if s.error.is_some() {
+                "failed"
+            } else {
+                "serving"
+            }
+            .into(),
+            error: s.error.clone(),
+            in_flight: s.in_flight,
+            queued: s.queued,
+            loaded: s.loaded,
+            created_at: rfc3339(s.record.created_ms),
+            updated_at: rfc3339(s.record.updated_ms),
+        }
+    }
+}
+
+/// One revision of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionView {
+    /// The service.
+    pub service: String,
+    /// The revision number.
+    pub revision: u32,
+    /// Whether it is the one serving.
+    pub active: bool,
+    /// Its artifact.
+    pub artifact: String,
+    /// Its configuration: routes, limits, triggers and what its guest
+    /// is given (secrets by name only).
+    #[serde(flatten)]
+    pub config: ServiceConfig,
+    /// When it was deployed.
+    pub created_at: String,
+}
+
+impl RevisionView {
+    /// The view of `record`, marked active or not.
+    pub fn new(record: &RevisionRecord, active: bool) -> Self {
+        RevisionView {
+            service: record.service.to_string(),
+            revision: record.number,
+            active,
+            artifact: record.artifact.to_string(),
+            config: record.config.clone(),
+            created_at: rfc3339(record.created_ms),
+        }
+    }
+}
+
+/// `PUT /v1/services/{name}`: the revision to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The artifact, uploaded before (`sha256:<hex>`).
+    pub artifact: String,
+    /// The routes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// The limits; omitted ones take their defaults.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The topics it receives events from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    /// The topics it may publish on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<TopicPattern>,
+    /// Its schedules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
+    /// Host directories its guest sees (absolute host paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// Its guest's environment: values, or `{"secret": "name"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
+    /// The origins its guest may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound: Vec<OutboundRule>,
+}
+
+impl DeployRequest {
+    /// A deploy of `artifact` configured as `config`.
+    pub fn new(artifact: String, config: ServiceConfig) -> Self {
+        DeployRequest {
+            artifact,
+            routes: config.routes,
+            limits: config.limits,
+            subscriptions: config.subscriptions,
+            publish: config.publish,
+            schedules: config.schedules,
+            files: config.files,
+            env: config.env,
+            allowed_outbound: config.allowed_outbound,
+        }
+    }
+
+    /// The configuration it asks for.
+    pub fn into_config(self) -> ServiceConfig {
+        ServiceConfig {
+            routes: self.routes,
+            limits: self.limits,
+            subscriptions: self.subscriptions,
+            publish: self.publish,
+            schedules: self.schedules,
+            files: self.files,
+            env: self.env,
+            allowed_outbound: self.allowed_outbound,
+        }
+    }
+}
+
+/// `POST /v1/services/{name}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to switch to; default: the one before the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+}
+
+/// Every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (`route_conflict`, `not_found`, ...).
+    pub code: String,
+    /// For humans.
+    pub message: String,
+}
+
+/// `POST /v1/events/{topic}`: what was published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedView {
+    /// One entry per event, in order.
+    pub published: Vec<PublishedEvent>,
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedEvent {
+    /// Its CloudEvents id.
+    pub id: String,
+    /// Deliveries made: one per matching subscription (0: no subscriber).
+    pub deliveries: usize,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsView {
+    /// Per subscription.
+    pub subscriptions: Vec<crate::triggers::events::bus::SubscriptionStats>,
+    /// Per topic.
+    pub topics: Vec<crate::triggers::events::bus::TopicStats>,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    /// The subscription whose deliveries all failed.
+    pub subscription: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+    /// When it was given up.
+    pub dead_at: String,
+    /// The topic.
+    pub topic: String,
+    /// The event, in CloudEvents structured JSON.
+    pub event: serde_json::Value,
+}
+
+impl From<&DeadLetter> for DeadLetterView {
+    fn from(d: &DeadLetter) -> Self {
+        DeadLetterView {
+            subscription: d.subscription.clone(),
+            attempts: d.attempts,
+            error: d.error.clone(),
+            dead_at: rfc3339(d.dead_ms),
+            topic: d.event.topic.to_string(),
+            event: crate::triggers::events::cloudevents::to_json(&d.event),
+        }
+    }
+}
+
+/// `POST /v1/events/dead/replay`: `{"id": ...}` or `{"all": true}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The CloudEvents id of the event to deliver again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Deliver every dead letter again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// How many dead letters a replay or purge touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountView {
+    /// The number.
+    pub count: usize,
+}

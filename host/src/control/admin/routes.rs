@@ -1,0 +1,315 @@
+//! The admin API's endpoints (routed by [`super::router`]).
+
+use super::api::{
+    ArtifactView, CountView, DeadLetterView, DeployRequest, EventsView, PublishedEvent,
+    PublishedView, ReplayRequest, RevisionView, RollbackRequest, ServiceView,
+};
+use super::{
+    ApiError, ApiResult, json, query_param, read_json, read_json_or_default, read_limited,
+};
+use crate::control::ledger::Ledger;
+use crate::control::{ControlError, ControlPlane};
+use crate::triggers::events::bus::{BusError, Replay};
+use crate::triggers::http::body::ResponseBody;
+use crate::values::digest::Digest;
+use crate::values::service::ServiceName;
+use crate::values::topic::Topic;
+use crate::values::units::parse_time;
+use crate::values::usage::{Period, Query};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use std::sync::Arc;
+
+/// The admin API's state: the control plane.
+type Control = State<Arc<ControlPlane>>;
+
+/// Records listed when no `limit` is given, and the most one page holds.
+const DEFAULT_RECORDS: usize = 1000;
+const MAX_RECORDS: usize = 100_000;
+
+pub(super) async fn list_artifacts(State(control): Control) -> ApiResult {
+    let all = control.artifacts().await?;
+    json(
+        StatusCode::OK,
+        &all.iter().map(ArtifactView::from).collect::<Vec<_>>(),
+    )
+}
+
+pub(super) async fn upload(State(control): Control, headers: HeaderMap, body: Body) -> ApiResult {
+    let limit = control.max_upload();
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit.bytes()) {
+        return Err(ControlError::TooLarge(limit).into());
+    }
+    let body = read_limited(body, limit.bytes() as usize, Some(limit), "the upload").await?;
+    let (record, created) = control.upload(body.to_vec()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json(status, &ArtifactView::from(&record))
+}
+
+pub(super) async fn artifact(State(control): Control, Path(digest): Path<String>) -> ApiResult {
+    let digest: Digest = digest
+        .parse()
+        .map_err(|e: crate::values::digest::InvalidDigest| ApiError::bad_request(e.to_string()))?;
+    let all = control.artifacts().await?;
+    let found = all
+        .iter()
+        .find(|a| a.digest == digest)
+        .ok_or_else(|| ApiError::not_found(format!("artifact {digest} is not uploaded")))?;
+    json(StatusCode::OK, &ArtifactView::from(found))
+}
+
+pub(super) async fn list_services(State(control): Control) -> ApiResult {
+    let all = control.services().await?;
+    json(
+        StatusCode::OK,
+        &all.iter().map(ServiceView::from).collect::<Vec<_>>(),
+    )
+}
+
+pub(super) async fn service(State(control): Control, Path(name): Path<String>) -> ApiResult {
+    let status = control.service(service_name(&name)?).await?;
+    json(StatusCode::OK, &ServiceView::from(&status))
+}
+
+pub(super) async fn deploy(
+    State(control): Control,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult {
+    let name = service_name(&name)?;
+    let request: DeployRequest = read_json(body).await?;
+    let artifact =
+        request
+            .artifact
+            .parse()
+            .map_err(|e: crate::values::digest::InvalidDigest| {
+                ApiError::bad_request(format!("artifact: {e}"))
+            })?;
+    let record = control
+        .deploy(name, artifact, request.into_config())
+        .await?;
+    // Revision 1 is a new service.
+    let status = if record.number == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json(status, &RevisionView::new(&record, true))
+}
+
+pub(super) async fn remove(State(control): Control, Path(name): Path<String>) -> ApiResult {
+    control.remove(service_name(&name)?).await?;
+    let mut response = Response::new(ResponseBody::Full(None));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+pub(super) async fn revisions(State(control): Control, Path(name): Path<String>) -> ApiResult {
+    let (active, revisions) = control.revisions(service_name(&name)?).await?;
+    let views: Vec<_> = revisions
+        .iter()
+        .map(|r| RevisionView::new(r, r.number == active))
+        .collect();
+    json(StatusCode::OK, &views)
+}
+
+pub(super) async fn rollback(
+    State(control): Control,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult {
+    let name = service_name(&name)?;
+    let request: RollbackRequest = read_json_or_default(body).await?;
+    let record = control.rollback(name, request.to).await?;
+    json(StatusCode::OK, &RevisionView::new(&record, true))
+}
+
+pub(super) async fn events(State(control): Control) -> ApiResult {
+    let bus = control.bus();
+    let view = EventsView {
+        subscriptions: bus.stats().await.map_err(bus_error)?,
+        topics: bus.topics().await.map_err(bus_error)?,
+    };
+    json(StatusCode::OK, &view)
+}
+
+pub(super) async fn dead_letters(State(control): Control, RawQuery(query): RawQuery) -> ApiResult {
+    let topic = query_param(query.as_deref(), "topic");
+    let dead = control
+        .bus()
+        .dead_letters(topic.as_deref())
+        .await
+        .map_err(bus_error)?;
+    json(
+        StatusCode::OK,
+        &dead.iter().map(DeadLetterView::from).collect::<Vec<_>>(),
+    )
+}
+
+pub(super) async fn purge(State(control): Control, RawQuery(query): RawQuery) -> ApiResult {
+    let topic = query_param(query.as_deref(), "topic");
+    let count = control
+        .bus()
+        .purge(topic.as_deref())
+        .await
+        .map_err(bus_error)?;
+    json(StatusCode::OK, &CountView { count })
+}
+
+pub(super) async fn replay(State(control): Control, body: Body) -> ApiResult {
+    let request: ReplayRequest = read_json(body).await?;
+    let which = match (request.id, request.all) {
+        (Some(id), false) => Replay::Id(id),
+        (None, true) => Replay::All,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either an `id` or `\"all\": true`",
+            ));
+        }
+    };
+    let by_id = matches!(which, Replay::Id(_));
+    let count = control.bus().replay(which).await.map_err(bus_error)?;
+    if by_id && count == 0 {
+        return Err(ApiError::not_found("no dead letter has that event id"));
+    }
+    json(StatusCode::OK, &CountView { count })
+}
+
+pub(super) async fn publish(
+    State(control): Control,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    publish_on(&control, &topic, &headers, body).await
+}
+
+/// `POST /v1/events/dead`: publishing on the topic `dead`.
+pub(super) async fn publish_on_dead(
+    State(control): Control,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    publish_on(&control, "dead", &headers, body).await
+}
+
+async fn publish_on(
+    control: &ControlPlane,
+    topic: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let topic = Topic::parse(topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let batch = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/cloudevents-batch+json")
+        });
+    let max_event = control.max_event_size();
+    // A batch may hold many events, each within the limit.
+    let limit = if batch {
+        (max_event.bytes() * 64).min(32 << 20)
+    } else {
+        // Binary mode: the body is the data; headers are bounded by hyper.
+        max_event.bytes() + 4096
+    };
+    let body = read_limited(body, limit as usize, Some(max_event), "the events").await?;
+    let events = crate::triggers::events::cloudevents::from_request(&topic, headers, body)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ids: Vec<String> = events.iter().map(|e| e.attributes.id.clone()).collect();
+    let counts = control.publish(events).await?;
+    let view = PublishedView {
+        published: ids
+            .into_iter()
+            .zip(counts)
+            .map(|(id, deliveries)| PublishedEvent { id, deliveries })
+            .collect(),
+    };
+    json(StatusCode::ACCEPTED, &view)
+}
+
+pub(super) async fn usage(State(control): Control, RawQuery(query): RawQuery) -> ApiResult {
+    let (ledger, query) = usage_query(&control, query.as_deref())?;
+    let report = ledger.report(&query).map_err(storage_error)?;
+    json(StatusCode::OK, &report)
+}
+
+pub(super) async fn usage_records(State(control): Control, RawQuery(raw): RawQuery) -> ApiResult {
+    let (ledger, query) = usage_query(&control, raw.as_deref())?;
+    let limit = match query_param(raw.as_deref(), "limit") {
+        None => DEFAULT_RECORDS,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_RECORDS).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid limit {n:?}: a number from 1 to {MAX_RECORDS}"
+                ))
+            })?,
+    };
+    let records = ledger.records(&query, limit).map_err(storage_error)?;
+    json(StatusCode::OK, &records)
+}
+
+pub(super) async fn metrics(State(control): Control) -> ApiResult {
+    let text = super::scrape::scrape(&control).await;
+    let mut response = Response::new(ResponseBody::full(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// The ledger and the query of a `/v1/usage` request.
+fn usage_query(
+    control: &ControlPlane,
+    raw: Option<&str>,
+) -> Result<(Arc<Ledger>, Query), ApiError> {
+    let ledger = control
+        .ledger()
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("this host keeps no usage ledger"))?;
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        query_param(raw, name)
+            .map(|t| parse_time(&t).map_err(|e| ApiError::bad_request(format!("`{name}`: {e}"))))
+            .transpose()
+    };
+    let query = Query {
+        service: query_param(raw, "service"),
+        since_ms: time("since")?,
+        until_ms: time("until")?,
+        by: query_param(raw, "by")
+            .map(|b| {
+                b.parse::<Period>()
+                    .map_err(|e| ApiError::bad_request(format!("`by`: {e}")))
+            })
+            .transpose()?,
+    };
+    Ok((ledger, query))
+}
+
+fn service_name(s: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn storage_error(e: rusqlite::Error) -> ApiError {
+    ApiError::from(ControlError::Storage(e.to_string()))
+}
+
+fn bus_error(e: BusError) -> ApiError {
+    ApiError::from(ControlError::Storage(e.to_string()))
+}

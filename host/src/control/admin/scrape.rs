@@ -1,0 +1,139 @@
+//! `GET /metrics`: the runtime's counters and histograms, with the gauges
+//! read at scrape time — instances, queues, loaded services, revisions,
+//! the host's slots and memory, and the event queues.
+
+use crate::control::ControlPlane;
+use crate::runtime::Runtime;
+use crate::runtime::metrics::{Gauge, label};
+use crate::runtime::registry::Service;
+use crate::triggers::events::bus::SubscriptionStats;
+
+/// The metrics, with the gauges read now.
+pub(super) async fn scrape(control: &ControlPlane) -> String {
+    let runtime = control.runtime();
+    let mut gauges = service_gauges(&runtime.registry().services());
+    gauges.extend(host_gauges(runtime));
+    match control.bus().stats().await {
+        Ok(stats) => gauges.extend(event_gauges(&stats)),
+        Err(e) => tracing::warn!(error = %e, "reading the event queues for /metrics failed"),
+    }
+    runtime.metrics().render(&gauges)
+}
+
+/// A gauge family read from each service: name, help, value.
+type ServiceFamily = (&'static str, &'static str, fn(&Service) -> f64);
+
+/// Per service: instances in flight, queue depth, loaded, revision.
+fn service_gauges(services: &[std::sync::Arc<Service>]) -> Vec<Gauge> {
+    let families: [ServiceFamily; 4] = [
+        (
+            "berth_instances_in_flight",
+            "Instances of the service running now.",
+            |s| s.admission.in_flight(s.limits().concurrency) as f64,
+        ),
+        (
+            "berth_queue_depth",
+            "Invocations of the service waiting for a slot.",
+            |s| s.admission.queued() as f64,
+        ),
+        (
+            "berth_service_loaded",
+            "Whether the service's component is in memory (1) or unloaded while idle (0).",
+            |s| if s.is_loaded() { 1.0 } else { 0.0 },
+        ),
+        (
+            "berth_service_revision",
+            "The revision the service runs.",
+            |s| s.revision as f64,
+        ),
+    ];
+    let mut gauges = Vec::with_capacity(families.len() * services.len());
+    for (name, help, value) in families {
+        for s in services {
+            let labels = format!("service=\"{}\"", label(s.name().as_str()));
+            gauges.push((name, help, labels, value(s)));
+        }
+    }
+    gauges
+}
+
+/// Host-wide: instances in flight and the most there may be, services,
+/// resident memory.
+fn host_gauges(runtime: &Runtime) -> Vec<Gauge> {
+    let max = runtime.engine().max_instances() as f64;
+    let mut gauges: Vec<Gauge> = vec![
+        (
+            "berth_host_instances_in_flight",
+            "Instances running now, all services.",
+            String::new(),
+            max - runtime.host_slots().available_permits() as f64,
+        ),
+        (
+            "berth_host_instances_max",
+            "Instances that may run at once, all services (the pooling allocator's slots).",
+            String::new(),
+            max,
+        ),
+        (
+            "berth_services",
+            "Services deployed.",
+            String::new(),
+            runtime.registry().services().len() as f64,
+        ),
+    ];
+    if let Some(rss) = resident_memory() {
+        gauges.push((
+            "berth_resident_memory_bytes",
+            "The host process's resident memory.",
+            String::new(),
+            rss as f64,
+        ));
+    }
+    gauges
+}
+
+/// A gauge family read from subscription stats: name, help, value.
+type StatFamily = (&'static str, &'static str, fn(&SubscriptionStats) -> u64);
+
+/// Per subscription: depth, in flight, retrying, dead letters.
+fn event_gauges(stats: &[SubscriptionStats]) -> Vec<Gauge> {
+    let families: [StatFamily; 4] = [
+        (
+            "berth_event_queue_depth",
+            "Deliveries waiting, retries included.",
+            |s| s.depth,
+        ),
+        (
+            "berth_event_in_flight",
+            "Deliveries being handled now.",
+            |s| s.in_flight,
+        ),
+        (
+            "berth_event_retrying",
+            "Deliveries waiting for a retry.",
+            |s| s.retrying,
+        ),
+        ("berth_event_dead_letters", "Dead letters kept.", |s| {
+            s.dead_letters
+        }),
+    ];
+    let mut gauges = Vec::new();
+    for (name, help, value) in families {
+        for s in stats {
+            let labels = format!(
+                "service=\"{}\",subscription=\"{}\"",
+                label(&s.service),
+                label(&s.subscription)
+            );
+            gauges.push((name, help, labels, value(s) as f64));
+        }
+    }
+    gauges
+}
+
+/// This process's resident set size, from `/proc/self/statm`.
+fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

@@ -1,0 +1,581 @@
+//! The control plane: deploys, upgrades, rolls back and removes services
+//! while traffic flows, and restores them after a restart.
+//!
+//! Every change follows the same order, so that a failure at any step, or a
+//! crash between two, leaves the old revision serving or the new one, never
+//! a half state:
+//!
+//! 1. check the request (configuration, routes free, artifact known);
+//! 2. load the revision: read the artifact (checked against its digest),
+//!    compile it or load it from the code cache, pre-instantiate it;
+//! 3. commit the change to the state database (one transaction);
+//! 4. switch routing to the new revision atomically. Requests already
+//!    running finish on the revision they started on.
+//!
+//! Changes are serialized; reads are not.
+
+use crate::control::ledger::Ledger;
+use crate::control::scheduler::Scheduler;
+use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord, State, StateError};
+use crate::runtime::Runtime;
+use crate::runtime::registry::{RouteConflict, Service};
+use crate::triggers::events::bus::Bus;
+use crate::triggers::events::dispatch::Dispatcher;
+use crate::values::capabilities::{EnvValue, validate_nesting};
+use crate::values::digest::Digest;
+use crate::values::event::Event;
+use crate::values::service::{InvalidConfig, ServiceConfig, ServiceName, ServiceSpec};
+use crate::values::units::ByteSize;
+use crate::wasm::artifact::{self, ArtifactStore};
+use crate::wasm::cache::{CacheOutcome, CodeCache};
+use crate::wasm::component::{self, Handlers, LoadError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a control-plane request was refused. Nothing changed in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The service, revision or artifact does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The service's configuration is refused.
+    #[error("{0}")]
+    InvalidConfig(#[from] InvalidConfig),
+    /// Another service holds a route.
+    #[error(transparent)]
+    RouteConflict(#[from] RouteConflict),
+    /// The component cannot be served.
+    #[error("{0}")]
+    InvalidComponent(#[from] LoadError),
+    /// The upload is over the size limit.
+    #[error("the upload is over the limit of {0}")]
+    TooLarge(ByteSize),
+    /// A secret the service refers to is not set on this host.
+    #[error("{0}")]
+    MissingSecret(String),
+    /// The state directory could not be written or read (unwritable, disk
+    /// full, damaged).
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<StateError> for ControlError {
+    fn from(e: StateError) -> Self {
+        ControlError::Storage(e.to_string())
+    }
+}
+
+impl ControlError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::NotFound(_) => "not_found",
+            ControlError::BadRequest(_) | ControlError::InvalidConfig(_) => "bad_request",
+            ControlError::RouteConflict(_) => "route_conflict",
+            ControlError::InvalidComponent(LoadError::NotAComponent(_)) => "not_a_component",
+            ControlError::InvalidComponent(LoadError::Invalid(_)) => "invalid_component",
+            ControlError::InvalidComponent(LoadError::MissingExport { .. }) => "missing_export",
+            ControlError::InvalidComponent(LoadError::UnknownImport(_)) => "unknown_import",
+            ControlError::TooLarge(_) => "payload_too_large",
+            ControlError::MissingSecret(_) => "missing_secret",
+            ControlError::Storage(_) => "storage_error",
+        }
+    }
+}
+
+/// A service as the control plane sees it: its record, and how it runs.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    /// The stored service and its active revision.
+    pub record: ServiceRecord,
+    /// Why its active revision could not be loaded, if it could not.
+    pub error: Option<String>,
+    /// Instances running now.
+    pub in_flight: u32,
+    /// Requests waiting for an instance now.
+    pub queued: u32,
+    /// Whether its compiled component is in memory (false: scaled to zero,
+    /// the next invocation is a cold start).
+    pub loaded: bool,
+}
+
+/// The event machinery a control plane keeps in step with its services.
+pub struct Events {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// Runs the subscriptions.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Fires the schedules.
+    pub scheduler: Arc<Scheduler>,
+}
+
+/// What a control plane is made of.
+pub struct Parts {
+    /// The runtime it changes.
+    pub runtime: Arc<Runtime>,
+    /// The state database.
+    pub state: Arc<Mutex<State>>,
+    /// Where artifacts are stored.
+    pub artifacts: ArtifactStore,
+    /// Where compiled code is cached.
+    pub cache: CodeCache,
+    /// The largest artifact accepted.
+    pub max_upload: ByteSize,
+    /// The bus, the dispatcher and the scheduler.
+    pub events: Events,
+    /// The largest event accepted.
+    pub max_event_size: ByteSize,
+    /// The usage ledger, if the host keeps one.
+    pub ledger: Option<Arc<Ledger>>,
+}
+
+/// The control plane of one host.
+pub struct ControlPlane {
+    runtime: Arc<Runtime>,
+    state: Arc<Mutex<State>>,
+    artifacts: ArtifactStore,
+    cache: CodeCache,
+    max_upload: ByteSize,
+    events: Events,
+    max_event_size: ByteSize,
+    ledger: Option<Arc<Ledger>>,
+    changes: tokio::sync::Mutex<()>,
+    /// Services whose active revision could not be loaded on restore.
+    failed: Mutex<BTreeMap<ServiceName, String>>,
+}
+
+impl ControlPlane {
+    /// A control plane over `parts`.
+    pub fn new(parts: Parts) -> ControlPlane {
+        let Parts {
+            runtime,
+            state,
+            artifacts,
+            cache,
+            max_upload,
+            events,
+            max_event_size,
+            ledger,
+        } = parts;
+        ControlPlane {
+            runtime,
+            state,
+            artifacts,
+            cache,
+            max_upload,
+            events,
+            max_event_size,
+            ledger,
+            changes: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The usage ledger, if the host keeps one.
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.as_ref()
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.events.bus
+    }
+
+    /// The largest event accepted.
+    pub fn max_event_size(&self) -> ByteSize {
+        self.max_event_size
+    }
+
+    /// Stops dispatching events (on shutdown; pending ones stay stored).
+    pub fn shutdown(&self) {
+        self.events.dispatcher.shutdown();
+    }
+
+    /// Publishes events (from the admin API): checks the topic and sizes,
+    /// then waits until they are durable. Returns the deliveries made per
+    /// event.
+    pub async fn publish(&self, events: Vec<Event>) -> Result<Vec<usize>, ControlError> {
+        for event in &events {
+            if event.topic.is_system() {
+                return Err(ControlError::BadRequest(format!(
+                    "{} is reserved for the host's own events",
+                    event.topic
+                )));
+            }
+            if event.size() as u64 > self.max_event_size.bytes() {
+                return Err(ControlError::TooLarge(self.max_event_size));
+            }
+        }
+        self.events
+            .bus
+            .publish(events)
+            .await
+            .map_err(|e| ControlError::Storage(e.to_string()))
+    }
+
+    /// Brings subscriptions and schedules in line with the services.
+    async fn sync_events(&self) {
+        if let Err(e) = self.events.dispatcher.sync().await {
+            tracing::error!(error = %e, "cannot update the subscriptions");
+        }
+        self.events.scheduler.sync();
+    }
+
+    /// The runtime the control plane changes.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The largest artifact accepted.
+    pub fn max_upload(&self) -> ByteSize {
+        self.max_upload
+    }
+
+    /// Runs `f` on the database on a blocking thread.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, ControlError> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || f(&mut state.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|e| ControlError::Storage(format!("database task failed: {e}")))?
+            .map_err(ControlError::from)
+    }
+
+    /// Reads an artifact and loads it into a handler (from the code cache
+    /// when it was compiled before), on a blocking thread.
+    async fn load(&self, digest: Digest, config: &ServiceConfig) -> Result<Handlers, ControlError> {
+        let config = config.clone();
+        let artifacts = self.artifacts.clone();
+        let cache = self.cache.clone();
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = artifacts
+                .read(&digest)
+                .map_err(|e| ControlError::Storage(e.to_string()))?;
+            let (handlers, report) = component::load(runtime.engine(), &cache, &bytes)?;
+            handlers.check(&config)?;
+            log_load(&digest, &report.cache, "loaded");
+            runtime.metrics().code_cache(&report.cache);
+            Ok(handlers)
+        })
+        .await
+        .map_err(|e| ControlError::Storage(format!("loading task failed: {e}")))?
+    }
+
+    /// Routes every stored service's active revision again, unloaded: its
+    /// component is loaded on its first invocation (from the code cache,
+    /// so a restart compiles nothing and holds no idle code in memory). A
+    /// service whose artifact is missing is logged, reported by
+    /// [`ControlPlane::services`], and left out; the others serve. One
+    /// whose component turns out not to load is reported when that is
+    /// tried.
+    pub async fn restore(&self) -> Result<usize, ControlError> {
+        let _changes = self.changes.lock().await;
+        let records = self.db(|s| s.services()).await?;
+        let mut services = Vec::with_capacity(records.len());
+        for record in records {
+            if self.artifacts.contains(&record.active.artifact) {
+                services.push(Arc::new(self.routed(&record.active, None)));
+            } else {
+                let e = ControlError::Storage(format!(
+                    "artifact {} is missing from the artifact store",
+                    record.active.artifact
+                ));
+                self.restore_failed(&record.active.service, record.active.number, e);
+            }
+        }
+        let mut restored = services.len();
+        for (service, conflict) in self.runtime.registry().upsert_many(services) {
+            restored -= 1;
+            self.restore_failed(service.name(), service.revision, conflict.into());
+        }
+        self.sync_events().await;
+        Ok(restored)
+    }
+
+    /// Notes that a stored service could not be restored: it is not
+    /// served, and says why.
+    fn restore_failed(&self, name: &ServiceName, revision: u32, e: ControlError) {
+        tracing::error!(service = %name, revision, error = %e, "cannot restore the service; it is not served");
+        self.failed().insert(name.clone(), e.to_string());
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceName, String>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores an artifact once it is checked: a component, that compiles,
+    /// imports only what Berth provides and exports a trigger Berth knows.
+    /// Returns its record, and whether it is new.
+    pub async fn upload(&self, bytes: Vec<u8>) -> Result<(ArtifactRecord, bool), ControlError> {
+        if bytes.len() as u64 > self.max_upload.bytes() {
+            return Err(ControlError::TooLarge(self.max_upload));
+        }
+        artifact::check_component(&bytes).map_err(LoadError::from)?;
+        let artifacts = self.artifacts.clone();
+        let cache = self.cache.clone();
+        let runtime = self.runtime.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            let digest = Digest::of(&bytes);
+            // Compiling checks it and fills the code cache for the deploy
+            // that usually follows.
+            let (_, report) = component::load(runtime.engine(), &cache, &bytes)?;
+            log_load(&digest, &report.cache, "artifact checked");
+            runtime.metrics().code_cache(&report.cache);
+            artifacts
+                .put(&digest, &bytes)
+                .map_err(|e| ControlError::Storage(format!("writing artifact {digest}: {e}")))?;
+            Ok::<_, ControlError>((digest, bytes.len() as u64))
+        })
+        .await
+        .map_err(|e| ControlError::Storage(format!("upload task failed: {e}")))??;
+        let (digest, size) = digest;
+        let created = self.db(move |s| s.add_artifact(&digest, size)).await?;
+        let record = self
+            .db(move |s| s.artifact(&digest))
+            .await?
+            .ok_or_else(|| ControlError::Storage("the artifact vanished from the index".into()))?;
+        Ok((record, created))
+    }
+
+    /// Deploys a new revision of `name` (creating the service if needed)
+    /// and switches its traffic to it.
+    pub async fn deploy(
+        &self,
+        name: ServiceName,
+        artifact: Digest,
+        config: ServiceConfig,
+    ) -> Result<RevisionRecord, ControlError> {
+        let mut config = config;
+        config.validate()?;
+        self.check_capabilities(&mut config)?;
+        let _changes = self.changes.lock().await;
+        if self.db(move |s| s.artifact(&artifact)).await?.is_none() {
+            return Err(ControlError::NotFound(format!(
+                "artifact {artifact} is not uploaded"
+            )));
+        }
+        self.runtime
+            .registry()
+            .check_routes(&name, &config.routes)?;
+        let handler = self.load(artifact, &config).await?;
+        let record = {
+            let (name, config) = (name.clone(), config.clone());
+            self.db(move |s| s.deploy(&name, &artifact, &config))
+                .await?
+        };
+        self.switch(&record, handler)?;
+        self.sync_events().await;
+        tracing::info!(service = %name, revision = record.number, artifact = %artifact.short(), "deployed");
+        Ok(record)
+    }
+
+    /// Checks what a configuration gives its guest can be given on this
+    /// host: every mounted directory exists (its path is made canonical,
+    /// so the revision records exactly what the guest gets), and every
+    /// secret is set. Secrets are only looked up, never recorded.
+    fn check_capabilities(&self, config: &mut ServiceConfig) -> Result<(), ControlError> {
+        for (i, mount) in config.files.iter_mut().enumerate() {
+            mount
+                .resolve(None)
+                .map_err(|e| ControlError::BadRequest(format!("files[{i}].host: {e}")))?;
+        }
+        validate_nesting(&config.files)?;
+        for (var, value) in &config.env {
+            if let EnvValue::Secret(name) = value {
+                self.runtime
+                    .ports()
+                    .secrets
+                    .read(name)
+                    .map_err(|e| ControlError::MissingSecret(format!("env.{var}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches `name` back to revision `to`, or to the one before its
+    /// active revision.
+    pub async fn rollback(
+        &self,
+        name: ServiceName,
+        to: Option<u32>,
+    ) -> Result<RevisionRecord, ControlError> {
+        let _changes = self.changes.lock().await;
+        let current = {
+            let name = name.clone();
+            self.db(move |s| s.service(&name)).await?
+        }
+        .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))?;
+        let revisions = {
+            let name = name.clone();
+            self.db(move |s| s.revisions(&name)).await?
+        };
+        let active = current.active.number;
+        let target = match to {
+            Some(n) => revisions
+                .into_iter()
+                .find(|r| r.number == n)
+                .ok_or_else(|| {
+                    ControlError::NotFound(format!("service `{name}` has no revision {n}"))
+                })?,
+            None => revisions
+                .into_iter()
+                .find(|r| r.number < active)
+                .ok_or_else(|| {
+                    ControlError::NotFound(format!(
+                        "service `{name}` has no revision before {active} to roll back to"
+                    ))
+                })?,
+        };
+        if target.number == active && self.runtime.registry().service(&name).is_some() {
+            return Ok(target);
+        }
+        self.runtime
+            .registry()
+            .check_routes(&name, &target.config.routes)?;
+        // What the old revision gives its guest must still be there.
+        let mut config = target.config.clone();
+        self.check_capabilities(&mut config)?;
+        if config.files != target.config.files {
+            return Err(ControlError::BadRequest(format!(
+                "revision {} mounts a directory that has moved since it was deployed; deploy it again",
+                target.number
+            )));
+        }
+        let handler = self.load(target.artifact, &target.config).await?;
+        {
+            let (name, number) = (name.clone(), target.number);
+            self.db(move |s| s.activate(&name, number)).await?;
+        }
+        self.switch(&target, handler)?;
+        self.sync_events().await;
+        tracing::info!(service = %name, revision = target.number, "rolled back");
+        Ok(target)
+    }
+
+    fn switch(&self, record: &RevisionRecord, handler: Handlers) -> Result<(), ControlError> {
+        self.runtime
+            .registry()
+            .upsert(Arc::new(self.routed(record, Some(handler))))?;
+        self.failed().remove(&record.service);
+        Ok(())
+    }
+
+    /// Removes a service: no more routing to it, and its revisions are
+    /// forgotten. Requests already running finish.
+    pub async fn remove(&self, name: ServiceName) -> Result<(), ControlError> {
+        let _changes = self.changes.lock().await;
+        let removed = {
+            let name = name.clone();
+            self.db(move |s| s.remove(&name)).await?
+        };
+        if !removed {
+            return Err(ControlError::NotFound(format!(
+                "there is no service `{name}`"
+            )));
+        }
+        self.runtime.registry().remove(&name);
+        self.failed().remove(&name);
+        self.sync_events().await;
+        if let Err(e) = self.events.bus.drop_service(name.as_str()).await {
+            tracing::error!(service = %name, error = %e, "cannot drop the service's pending events");
+        }
+        tracing::info!(service = %name, "removed");
+        Ok(())
+    }
+
+    /// Every service, in name order.
+    pub async fn services(&self) -> Result<Vec<ServiceStatus>, ControlError> {
+        let records = self.db(|s| s.services()).await?;
+        Ok(records.into_iter().map(|r| self.status(r)).collect())
+    }
+
+    /// One service.
+    pub async fn service(&self, name: ServiceName) -> Result<ServiceStatus, ControlError> {
+        let record = {
+            let name = name.clone();
+            self.db(move |s| s.service(&name)).await?
+        };
+        record
+            .map(|r| self.status(r))
+            .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))
+    }
+
+    fn status(&self, record: ServiceRecord) -> ServiceStatus {
+        let name = &record.active.service;
+        let running = self.runtime.registry().service(name);
+        let (in_flight, queued) = running
+            .as_ref()
+            .map(|s| {
+                (
+                    s.admission.in_flight(s.limits().concurrency),
+                    s.admission.queued(),
+                )
+            })
+            .unwrap_or_default();
+        let error = self.failed().get(name).cloned().or_else(|| {
+            running
+                .as_ref()
+                .and_then(|s| s.load_error())
+                .map(|e| e.to_string())
+        });
+        ServiceStatus {
+            error,
+            loaded: running.as_ref().is_some_and(|s| s.is_loaded()),
+            record,
+            in_flight,
+            queued,
+        }
+    }
+
+    /// Every revision of a service, newest first.
+    pub async fn revisions(
+        &self,
+        name: ServiceName,
+    ) -> Result<(u32, Vec<RevisionRecord>), ControlError> {
+        let status = self.service(name.clone()).await?;
+        let revisions = self.db(move |s| s.revisions(&name)).await?;
+        Ok((status.record.active.number, revisions))
+    }
+
+    /// Every stored artifact, newest first.
+    pub async fn artifacts(&self) -> Result<Vec<ArtifactRecord>, ControlError> {
+        self.db(|s| s.artifacts()).await
+    }
+}
+
+fn log_load(digest: &Digest, cache: &CacheOutcome, what: &str) {
+    if cache.is_uncached() {
+        tracing::warn!(artifact = %digest.short(), code = %cache, "{what}, but its compiled code could not be stored");
+    } else {
+        tracing::info!(artifact = %digest.short(), code = %cache, "{what}");
+    }
+}
+
+impl ControlPlane {
+    fn source(&self, digest: Digest) -> component::Source {
+        component::Source {
+            digest,
+            artifacts: self.artifacts.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// The runtime's service for `record`, loaded (`Some` handlers) or not.
+    fn routed(&self, record: &RevisionRecord, handlers: Option<Handlers>) -> Service {
+        self.runtime.service(
+            ServiceSpec {
+                name: record.service.clone(),
+                config: record.config.clone(),
+            },
+            record.number,
+            self.source(record.artifact),
+            handlers,
+        )
+    }
+}

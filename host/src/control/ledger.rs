@@ -1,0 +1,828 @@
+//! The usage ledger: one record per invocation, whatever its trigger — the
+//! unit of pay-per-invoke — in a SQLite database of its own
+//! (`STATE/usage.db`, WAL), so that metering never contends with deploys
+//! or the event queue for the main database's write lock.
+//!
+//! One writer thread takes the records queued by finished invocations,
+//! lets them gather for [`BATCH_WINDOW`], and commits them in one
+//! transaction (group commit). Commits use `synchronous = NORMAL`: a
+//! committed record is in the WAL — in the kernel's page cache — and
+//! survives a crash of the process; the WAL reaches the disk at each
+//! checkpoint, which the writer runs every [`SYNC_PERIOD`] while anything
+//! committed is not yet checkpointed, on a timer of its own (new records
+//! are not needed to trigger it), and once more when the ledger is closed.
+//!
+//! **Loss window** (documented in `docs/observability.md`):
+//! - a crash of the process (`kill -9`, a panic, an OOM kill) loses the
+//!   records not yet committed: those of invocations that ended in the
+//!   last [`BATCH_WINDOW`] (5 ms) plus the commit's own time;
+//! - a power loss or kernel crash loses, in addition, what was committed
+//!   but not yet checkpointed: at most the last [`SYNC_PERIOD`] (1 s);
+//! - a clean stop ([`Ledger::close`]) loses nothing: the queue is drained,
+//!   committed and checkpointed before it returns.
+//!
+//! An invocation cut off by a crash itself leaves no record.
+
+use crate::runtime::record::UsageSink;
+use crate::values::units::{now_ms, rfc3339};
+use crate::values::usage::{OutcomeKind, Period, Query, Record, Report, Totals, Trigger};
+use rusqlite::types::{FromSql, FromSqlError, ValueRef};
+use rusqlite::{Connection, params};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The usage database's file name in the state directory.
+pub const USAGE_FILE: &str = "usage.db";
+
+/// How long the writer gathers records before it commits them.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// How often committed records are checkpointed (synced to the disk).
+pub const SYNC_PERIOD: Duration = Duration::from_secs(1);
+
+/// Most records in one commit.
+const MAX_BATCH: usize = 8192;
+
+/// How often records past their retention are deleted.
+const EXPIRY_PERIOD: Duration = Duration::from_secs(3600);
+
+/// The schema's version (SQLite `user_version`). Version 1 (no version
+/// set) had no `queue_us` and `load_us` columns and did not check its
+/// `trigger` and `outcome` values.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The `usage` table. Clustered by time: records arrive in about that
+/// order (appends), and time ranges, the common query, are ranges of the
+/// primary key. The `trigger` and `outcome` values allowed are those of
+/// [`Trigger`] and [`OutcomeKind`].
+fn table(name: &str) -> String {
+    format!(
+        "CREATE TABLE {name} (
+            started_ms INTEGER NOT NULL,
+            invocation TEXT NOT NULL,
+            service TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            trigger TEXT NOT NULL CHECK (trigger IN ({triggers})),
+            wall_us INTEGER NOT NULL,
+            queue_us INTEGER NOT NULL DEFAULT 0,
+            load_us INTEGER NOT NULL DEFAULT 0,
+            cpu_us INTEGER NOT NULL,
+            fuel INTEGER NOT NULL,
+            peak_memory INTEGER NOT NULL,
+            bytes_in INTEGER NOT NULL,
+            bytes_out INTEGER NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ({outcomes})),
+            status INTEGER,
+            cold INTEGER NOT NULL CHECK (cold IN (0, 1)),
+            PRIMARY KEY (started_ms, invocation)
+        ) STRICT, WITHOUT ROWID;",
+        triggers = sql_list(Trigger::ALL.iter().map(|t| t.as_str())),
+        outcomes = sql_list(OutcomeKind::ALL.iter().map(|o| o.as_str())),
+    )
+}
+
+/// `'a', 'b', 'c'`: names as an SQL list (they are fixed ASCII words).
+fn sql_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Creates the schema, or brings an older one up to date.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    let has_v1: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'usage'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_v1 {
+        tx.execute_batch(&table("usage_v2"))?;
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO usage_v2
+                 (started_ms, invocation, service, revision, trigger, wall_us, cpu_us, fuel,
+                  peak_memory, bytes_in, bytes_out, outcome, status, cold)
+             SELECT started_ms, invocation, service, revision, trigger, wall_us, cpu_us, fuel,
+                    peak_memory, bytes_in, bytes_out, outcome, status, cold
+             FROM usage;
+             DROP TABLE usage;
+             ALTER TABLE usage_v2 RENAME TO usage;",
+        )?;
+    } else {
+        tx.execute_batch(&table("usage"))?;
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS usage_by_service ON usage (service, started_ms);",
+    )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
+
+/// The ledger.
+pub struct Ledger {
+    writer: Mutex<Option<Sender<Message>>>,
+    reader: Arc<Mutex<Connection>>,
+    done: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+enum Message {
+    Record(Box<Record>),
+    Flush(Sender<()>),
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+fn open_db(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // A commit is durable against a crash of the process once it returns
+    // (it is in the WAL); the WAL reaches the disk at each checkpoint.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+/// Why the ledger could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// SQLite failed.
+    #[error("usage ledger: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer thread could not be started.
+    #[error("usage ledger: starting the writer: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+impl Ledger {
+    /// Opens (creating or upgrading) the ledger at `path`; records older
+    /// than `retention` are deleted, now and every hour.
+    pub fn open(path: &Path, retention: Duration) -> Result<Arc<Ledger>, LedgerError> {
+        let mut conn = open_db(path)?;
+        migrate(&mut conn)?;
+        let reader = open_db(path)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer {
+            conn,
+            retention,
+            next_expiry: Instant::now(),
+            unsynced_since: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("berth-usage".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Arc::new(Ledger {
+            writer: Mutex::new(Some(tx)),
+            reader: Arc::new(Mutex::new(reader)),
+            done: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Queues a record.
+    pub fn record(&self, record: Record) {
+        if let Some(tx) = &*self.writer.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(Message::Record(Box::new(record)));
+        }
+    }
+
+    /// Waits until every record queued so far is committed.
+    pub fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(writer) = &*self.writer.lock().unwrap_or_else(|e| e.into_inner())
+            && writer.send(Message::Flush(tx)).is_ok()
+        {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Commits and checkpoints what is queued, then stops the writer.
+    pub fn close(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        f(&self.reader.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Totals per service (and period).
+    pub fn report(&self, query: &Query) -> rusqlite::Result<Report> {
+        let sql = report_sql(query.by);
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(
+                params![query.service, query.since_ms, query.until_ms],
+                totals_row,
+            )?;
+            let rows: Vec<Totals> = rows.collect::<rusqlite::Result<_>>()?;
+            let mut total = Totals::default();
+            for row in &rows {
+                total.add(row);
+            }
+            Ok(Report { rows, total })
+        })
+    }
+
+    /// The records themselves, oldest first, at most `limit`.
+    pub fn records(&self, query: &Query, limit: usize) -> rusqlite::Result<Vec<Record>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT invocation, service, revision, trigger, started_ms, wall_us, queue_us, load_us,
+                        cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold
+                 FROM usage
+                 WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR started_ms >= ?2) AND (?3 IS NULL OR started_ms < ?3)
+                 ORDER BY started_ms, invocation LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![query.service, query.since_ms, query.until_ms, limit as i64],
+                record_row,
+            )?;
+            rows.collect()
+        })
+    }
+}
+
+impl UsageSink for Ledger {
+    fn record(&self, record: Record) {
+        Ledger::record(self, record);
+    }
+}
+
+/// The report query, grouped by service (and `by` period). The outcome
+/// columns are counted by [`OutcomeKind`]'s own classification.
+fn report_sql(by: Option<Period>) -> String {
+    let period = by.map_or(0, Period::ms);
+    let failed = sql_list(
+        OutcomeKind::ALL
+            .iter()
+            .filter(|o| o.is_failure())
+            .map(|o| o.as_str()),
+    );
+    format!(
+        "SELECT service, {group}, COUNT(*),
+                SUM(outcome = '{ok}'), SUM(outcome IN ({failed})), SUM(outcome = '{rejected}'),
+                SUM(cold), SUM(fuel), SUM(CAST(peak_memory AS REAL) * wall_us),
+                SUM(cpu_us), SUM(wall_us), SUM(bytes_in), SUM(bytes_out)
+         FROM usage
+         WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR started_ms >= ?2) AND (?3 IS NULL OR started_ms < ?3)
+         GROUP BY service{group_by}
+         ORDER BY {order}",
+        ok = OutcomeKind::Ok.as_str(),
+        rejected = OutcomeKind::Rejected.as_str(),
+        group = if period > 0 {
+            format!("(started_ms / {period}) * {period}")
+        } else {
+            "NULL".into()
+        },
+        group_by = if period > 0 { ", 2" } else { "" },
+        order = if period > 0 { "2, 1" } else { "1" },
+    )
+}
+
+fn totals_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Totals> {
+    let n =
+        |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64) };
+    let f = |i: usize| -> rusqlite::Result<f64> { Ok(r.get::<_, Option<f64>>(i)?.unwrap_or(0.0)) };
+    Ok(Totals {
+        service: Some(r.get(0)?),
+        period: r.get::<_, Option<i64>>(1)?.map(rfc3339),
+        invocations: n(2)?,
+        ok: n(3)?,
+        failed: n(4)?,
+        rejected: n(5)?,
+        cold_starts: n(6)?,
+        fuel: n(7)?,
+        gb_seconds: f(8)? / (1u64 << 30) as f64 / 1e6,
+        cpu_ms: n(9)? as f64 / 1000.0,
+        wall_ms: n(10)? as f64 / 1000.0,
+        bytes_in: n(11)?,
+        bytes_out: n(12)?,
+    })
+}
+
+/// A name stored in SQL, read back as its enum: an unknown name is an
+/// error, never a default.
+struct Named<T>(T);
+
+impl<T: std::str::FromStr> FromSql for Named<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    fn column_result(value: ValueRef<'_>) -> Result<Self, FromSqlError> {
+        let text = value.as_str()?;
+        text.parse()
+            .map(Named)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
+    Ok(Record {
+        invocation: r.get(0)?,
+        service: r.get(1)?,
+        revision: r.get(2)?,
+        trigger: r.get::<_, Named<Trigger>>(3)?.0,
+        started_ms: r.get(4)?,
+        wall_us: n(5)?,
+        queue_us: n(6)?,
+        load_us: n(7)?,
+        cpu_us: n(8)?,
+        fuel: n(9)?,
+        peak_memory: n(10)?,
+        bytes_in: n(11)?,
+        bytes_out: n(12)?,
+        outcome: r.get::<_, Named<OutcomeKind>>(13)?.0,
+        status: r.get::<_, Option<u16>>(14)?,
+        cold: r.get::<_, i64>(15)? != 0,
+    })
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    retention: Duration,
+    next_expiry: Instant,
+    /// When the oldest commit not yet checkpointed was made.
+    unsynced_since: Option<Instant>,
+}
+
+impl Writer {
+    /// Commits records as they come, checkpoints on time, and, once every
+    /// sender is gone, drains, commits and checkpoints a last time.
+    fn run(mut self, rx: Receiver<Message>) {
+        loop {
+            self.expire_if_due();
+            let first = match rx.recv_timeout(self.next_wake()) {
+                Ok(message) => message,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sync_if_due();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.close();
+                    return;
+                }
+            };
+            // Let records gather for a moment, then commit them all at
+            // once: a commit costs about as much for one record as for
+            // hundreds, and while the writer sleeps, queueing a record
+            // wakes nobody.
+            if !matches!(first, Message::Flush(_)) {
+                std::thread::sleep(BATCH_WINDOW);
+            }
+            let (records, flushes) = gather(first, &rx);
+            self.commit(&records);
+            self.sync_if_due();
+            if !flushes.is_empty() {
+                // A flush also applies the retention to what it flushed.
+                self.expire(now_ms() - self.retention.as_millis() as i64);
+            }
+            for tx in flushes {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// How long to wait for the next record: until the next checkpoint is
+    /// due, or the next expiry.
+    fn next_wake(&self) -> Duration {
+        let now = Instant::now();
+        let mut wake = self.next_expiry.saturating_duration_since(now);
+        if let Some(since) = self.unsynced_since {
+            wake = wake.min((since + SYNC_PERIOD).saturating_duration_since(now));
+        }
+        wake.max(Duration::from_millis(1))
+    }
+
+    fn commit(&mut self, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        match insert(&mut self.conn, records) {
+            Ok(()) => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, lost = records.len(), "usage records could not be stored")
+            }
+        }
+    }
+
+    /// Checkpoints if a commit has waited for [`SYNC_PERIOD`].
+    fn sync_if_due(&mut self) {
+        if self
+            .unsynced_since
+            .is_some_and(|since| since.elapsed() >= SYNC_PERIOD)
+        {
+            self.checkpoint("PASSIVE");
+        }
+    }
+
+    /// Copies the WAL into the database, syncing the WAL first: after it,
+    /// every commit so far survives a power loss. A checkpoint a reader
+    /// kept from finishing is tried again a period later.
+    fn checkpoint(&mut self, mode: &str) {
+        let result = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            });
+        match result {
+            Ok((log, done)) if done >= log => self.unsynced_since = None,
+            Ok(_) => self.unsynced_since = Some(Instant::now()),
+            Err(e) => tracing::error!(error = %e, "usage checkpoint failed"),
+        }
+    }
+
+    /// The last commit and checkpoint, when the ledger closes.
+    fn close(&mut self) {
+        if self.unsynced_since.is_some() {
+            self.checkpoint("TRUNCATE");
+        }
+    }
+
+    fn expire_if_due(&mut self) {
+        if Instant::now() >= self.next_expiry {
+            self.next_expiry = Instant::now() + EXPIRY_PERIOD;
+            self.expire(now_ms() - self.retention.as_millis() as i64);
+        }
+    }
+
+    /// Deletes the records that started before `cutoff`.
+    fn expire(&mut self, cutoff: i64) {
+        match self
+            .conn
+            .execute("DELETE FROM usage WHERE started_ms < ?1", [cutoff])
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                tracing::info!(deleted = n, "usage records past their retention deleted")
+            }
+            Err(e) => tracing::error!(error = %e, "usage retention failed"),
+        }
+    }
+}
+
+/// The messages waiting after `first`: records (at most a batch) and
+/// flush requests.
+fn gather(first: Message, rx: &Receiver<Message>) -> (Vec<Record>, Vec<Sender<()>>) {
+    let mut records = Vec::new();
+    let mut flushes = Vec::new();
+    let mut next = Some(first);
+    while let Some(message) = next.take() {
+        match message {
+            Message::Record(r) => records.push(*r),
+            Message::Flush(tx) => flushes.push(tx),
+        }
+        if records.len() < MAX_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    (records, flushes)
+}
+
+fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO usage (invocation, service, revision, trigger, started_ms, wall_us,
+                                          queue_us, load_us, cpu_us, fuel, peak_memory, bytes_in,
+                                          bytes_out, outcome, status, cold)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        for r in records {
+            stmt.execute(params![
+                r.invocation,
+                r.service,
+                r.revision,
+                r.trigger.as_str(),
+                r.started_ms,
+                r.wall_us as i64,
+                r.queue_us as i64,
+                r.load_us as i64,
+                r.cpu_us as i64,
+                r.fuel as i64,
+                r.peak_memory as i64,
+                r.bytes_in as i64,
+                r.bytes_out as i64,
+                r.outcome.as_str(),
+                r.status,
+                r.cold as i64,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, service: &str, started_ms: i64, outcome: &str) -> Record {
+        Record {
+            invocation: id.into(),
+            service: service.into(),
+            revision: 1,
+            trigger: Trigger::Http,
+            started_ms,
+            wall_us: 2_000_000,
+            queue_us: 0,
+            load_us: 0,
+            cpu_us: 1000,
+            fuel: 100,
+            peak_memory: 1 << 29,
+            bytes_in: 10,
+            bytes_out: 20,
+            outcome: outcome.parse().unwrap(),
+            status: Some(200),
+            cold: false,
+        }
+    }
+
+    #[test]
+    fn records_totals_and_periods() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(
+            &dir.path().join(USAGE_FILE),
+            Duration::from_secs(86_400 * 365 * 100),
+        )
+        .unwrap();
+        let hour = 3_600_000;
+        ledger.record(record("a", "x", 10 * hour, "ok"));
+        ledger.record(record("b", "x", 10 * hour + 5, "trap"));
+        ledger.record(record("c", "x", 11 * hour, "rejected"));
+        ledger.record(record("d", "y", 11 * hour, "ok"));
+        ledger.record(record("a", "x", 10 * hour, "ok")); // the same invocation again: ignored
+        ledger.flush();
+
+        let all = ledger.report(&Query::default()).unwrap();
+        assert_eq!(all.total.invocations, 4);
+        assert_eq!(
+            (all.total.ok, all.total.failed, all.total.rejected),
+            (2, 1, 1)
+        );
+        assert_eq!(all.total.fuel, 400);
+        // 0.5 GB for 2 s, four times.
+        assert!(
+            (all.total.gb_seconds - 4.0).abs() < 1e-9,
+            "{}",
+            all.total.gb_seconds
+        );
+        assert_eq!(all.rows.len(), 2);
+
+        let hourly = ledger
+            .report(&Query {
+                service: Some("x".into()),
+                by: Some(Period::Hour),
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(hourly.rows.len(), 2);
+        assert_eq!(
+            hourly.rows[0].period.as_deref(),
+            Some("1970-01-01T10:00:00.000Z")
+        );
+        assert_eq!(hourly.rows[0].invocations, 2);
+
+        let since = ledger
+            .records(
+                &Query {
+                    since_ms: Some(11 * hour),
+                    ..Query::default()
+                },
+                10,
+            )
+            .unwrap();
+        assert_eq!(since.len(), 2);
+        ledger.close();
+    }
+
+    #[test]
+    fn records_past_their_retention_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let ledger = Ledger::open(&path, Duration::from_secs(3600)).unwrap();
+        let now = now_ms();
+        ledger.record(record("old", "x", now - 2 * 3_600_000, "ok"));
+        ledger.record(record("new", "x", now - 60_000, "ok"));
+        ledger.flush();
+        let kept = ledger.records(&Query::default(), 10).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].invocation, "new");
+        ledger.close();
+
+        // Reopened: the records are there, and new ones still go in.
+        let ledger = Ledger::open(&path, Duration::from_secs(3600)).unwrap();
+        ledger.record(record("again", "x", now, "ok"));
+        ledger.close();
+        let ledger = Ledger::open(&path, Duration::from_secs(3600)).unwrap();
+        assert_eq!(
+            ledger.report(&Query::default()).unwrap().total.invocations,
+            2
+        );
+    }
+
+    #[test]
+    fn committed_records_are_checkpointed_without_further_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400)).unwrap();
+        let now = now_ms();
+        for id in ["a", "b", "c"] {
+            ledger.record(record(id, "x", now, "ok"));
+        }
+        ledger.flush();
+        // No more records come. The database file alone — what a power
+        // loss would leave if the WAL's tail were lost — holds them once
+        // the writer's timer has checkpointed them.
+        let copy = dir.path().join("copy.db");
+        let in_main_file = || {
+            std::fs::copy(&path, &copy).unwrap();
+            let _ = std::fs::remove_file(dir.path().join("copy.db-wal"));
+            let conn = Connection::open(&copy).unwrap();
+            // Before the first checkpoint the file holds no table at all.
+            conn.query_row("SELECT count(*) FROM usage", [], |r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + SYNC_PERIOD * 5;
+        while in_main_file() != 3 {
+            assert!(
+                Instant::now() < deadline,
+                "not checkpointed after {:?}",
+                SYNC_PERIOD * 5
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Closing checkpoints what is left, at once.
+        ledger.record(record("d", "x", now, "ok"));
+        ledger.close();
+        assert_eq!(in_main_file(), 4);
+    }
+
+    #[test]
+    fn unknown_triggers_and_outcomes_are_refused_by_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400)).unwrap();
+        ledger.close();
+        let conn = Connection::open(&path).unwrap();
+        let insert = |trigger: &str, outcome: &str| {
+            conn.execute(
+                "INSERT INTO usage (invocation, service, revision, trigger, started_ms, wall_us,
+                                    cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, cold)
+                 VALUES ('i', 's', 1, ?1, 0, 0, 0, 0, 0, 0, 0, ?2, 0)",
+                [trigger, outcome],
+            )
+        };
+        assert!(insert("http", "crashed").is_err());
+        assert!(insert("cron", "ok").is_err());
+        insert("http", "ok").unwrap();
+    }
+
+    #[test]
+    fn a_version_1_ledger_is_upgraded_keeping_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE usage (
+                started_ms INTEGER NOT NULL, invocation TEXT NOT NULL, service TEXT NOT NULL,
+                revision INTEGER NOT NULL, trigger TEXT NOT NULL, wall_us INTEGER NOT NULL,
+                cpu_us INTEGER NOT NULL, fuel INTEGER NOT NULL, peak_memory INTEGER NOT NULL,
+                bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, outcome TEXT NOT NULL,
+                status INTEGER, cold INTEGER NOT NULL, PRIMARY KEY (started_ms, invocation)
+            ) STRICT, WITHOUT ROWID;
+            INSERT INTO usage VALUES (5, 'old', 'x', 1, 'event', 100, 10, 7, 65536, 1, 2, 'trap', NULL, 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400 * 365 * 100)).unwrap();
+        let records = ledger.records(&Query::default(), 10).unwrap();
+        assert_eq!(records.len(), 1);
+        let old = &records[0];
+        assert_eq!(
+            (old.trigger, old.outcome),
+            (Trigger::Event, OutcomeKind::Trap)
+        );
+        assert_eq!(
+            (old.wall_us, old.queue_us, old.load_us, old.cold),
+            (100, 0, 0, true)
+        );
+        ledger.record(record("new", "x", 6, "error"));
+        ledger.close();
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400 * 365 * 100)).unwrap();
+        assert_eq!(ledger.records(&Query::default(), 10).unwrap().len(), 2);
+    }
+
+    /// One test per outcome: the metric label, the ledger's value and the
+    /// log field of an invocation all come from the same [`OutcomeKind`].
+    macro_rules! outcome_is_named_the_same_everywhere {
+        ($($test:ident: $kind:expr,)+) => {$(
+            #[test]
+            fn $test() {
+                one_name_everywhere($kind);
+            }
+        )+};
+    }
+
+    outcome_is_named_the_same_everywhere! {
+        outcome_ok_is_named_the_same_everywhere: OutcomeKind::Ok,
+        outcome_trap_is_named_the_same_everywhere: OutcomeKind::Trap,
+        outcome_fuel_is_named_the_same_everywhere: OutcomeKind::Fuel,
+        outcome_memory_is_named_the_same_everywhere: OutcomeKind::Memory,
+        outcome_deadline_is_named_the_same_everywhere: OutcomeKind::Deadline,
+        outcome_error_is_named_the_same_everywhere: OutcomeKind::Error,
+        outcome_rejected_is_named_the_same_everywhere: OutcomeKind::Rejected,
+    }
+
+    fn one_name_everywhere(kind: OutcomeKind) {
+        use crate::runtime::metrics::Metrics;
+        use crate::runtime::record::{Meter, RecordDraft};
+        // Every outcome of the set is covered by one of the tests above.
+        assert_eq!(OutcomeKind::ALL.len(), 7);
+
+        let dir = tempfile::tempdir().unwrap();
+        let ledger =
+            Ledger::open(&dir.path().join(USAGE_FILE), Duration::from_secs(86_400)).unwrap();
+        let meter = Arc::new(Meter::default());
+        meter.set_sink(ledger.clone());
+        let metrics = Metrics::default();
+        let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer({
+                let logs = logs.clone();
+                move || LogBuffer(logs.clone())
+            })
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("invocation", outcome = tracing::field::Empty);
+            let base = record("inv", "svc", now_ms(), "rejected");
+            let hold = RecordDraft::with_record(&meter, metrics.service("svc"), base, span, None);
+            match kind {
+                OutcomeKind::Rejected => {}
+                OutcomeKind::Error => {
+                    hold.record()
+                        .ran(OutcomeKind::Ok, Duration::from_millis(1), 10, 65536);
+                    hold.record().refine(OutcomeKind::Error);
+                }
+                ran => hold.record().ran(ran, Duration::from_millis(1), 10, 65536),
+            }
+            drop(hold);
+        });
+        ledger.flush();
+
+        // The ledger: the column holds the name, and reads back as the kind.
+        let stored = ledger.records(&Query::default(), 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].outcome, kind);
+        let column: String = ledger
+            .read(|c| c.query_row("SELECT outcome FROM usage", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(column, kind.as_str());
+        // The metric's label.
+        let text = metrics.render(&[]);
+        let series = format!(
+            "berth_invocations_total{{service=\"svc\",trigger=\"http\",outcome=\"{kind}\"}} 1"
+        );
+        assert!(text.contains(&series), "{series} not in\n{text}");
+        // The log field of the closing line.
+        let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        let finished: serde_json::Value = logs
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["fields"]["message"] == "finished")
+            .unwrap_or_else(|| panic!("no closing line in {logs}"));
+        assert_eq!(finished["span"]["outcome"], kind.as_str(), "{finished}");
+        ledger.close();
+    }
+
+    /// A log writer into a shared buffer.
+    struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

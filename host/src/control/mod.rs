@@ -1,0 +1,20 @@
+//! The control plane: what changes a host's services and keeps its
+//! records — deploys, state, the scheduler, the embedded bus, the usage
+//! ledger and the admin API. It builds on the triggers and the runtime
+//! below it, and is driven by the [`host`](crate::host) and the CLI above.
+//!
+//! - [`deploy`] — deploys, upgrades, rollbacks, removals, restore.
+//! - [`state`] — the SQLite state: artifacts index, services, revisions.
+//! - [`scheduler`] — fires schedules on time.
+//! - [`sqlite_bus`] — the embedded, SQLite-backed event bus.
+//! - [`ledger`] — the usage ledger: one record per invocation.
+//! - [`admin`] — the admin API: HTTP + JSON, bearer-token auth.
+
+pub mod admin;
+pub mod deploy;
+pub mod ledger;
+pub mod scheduler;
+pub mod sqlite_bus;
+pub mod state;
+
+pub use deploy::{ControlError, ControlPlane, Events, Parts, ServiceStatus};

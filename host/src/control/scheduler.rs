@@ -1,0 +1,187 @@
+//! The scheduler: fires the schedules of the runtime's services on time.
+//! Each firing is an event on the service's own topic
+//! `berth.schedule.<service>.<name>`, published on the bus and delivered
+//! like any other (durable, retried, dead-lettered); the time of each
+//! firing is recorded in the state database.
+//!
+//! A schedule that should have fired while the host was down fires once
+//! when it comes back, not once per missed time.
+
+use crate::control::state::State;
+use crate::runtime::Runtime;
+use crate::triggers::events::bus::Bus;
+use crate::values::event::{Attributes, Event};
+use crate::values::id::InvocationId;
+use crate::values::schedule::Schedule;
+use crate::values::service::ServiceName;
+use crate::values::units::{now_ms, rfc3339};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Fires the schedules of a runtime's services on time.
+pub struct Scheduler {
+    runtime: Arc<Runtime>,
+    bus: Arc<dyn Bus>,
+    state: Arc<Mutex<State>>,
+    entries: Mutex<Vec<Entry>>,
+    changed: Notify,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    service: ServiceName,
+    schedule: Schedule,
+    next_ms: i64,
+}
+
+impl Scheduler {
+    /// A scheduler for `runtime`'s services, recording firings in `state`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        bus: Arc<dyn Bus>,
+        state: Arc<Mutex<State>>,
+    ) -> Arc<Scheduler> {
+        let scheduler = Arc::new(Scheduler {
+            runtime,
+            bus,
+            state,
+            entries: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        });
+        tokio::spawn(scheduler.clone().run());
+        scheduler
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the schedules of the runtime's services as they are now. A
+    /// schedule that should have fired since it last did (the host was
+    /// down) is due at once — once.
+    pub fn sync(&self) {
+        let now = now_ms();
+        let mut entries = Vec::new();
+        for service in self.runtime.registry().services() {
+            if service.spec().config.schedules.is_empty() {
+                continue;
+            }
+            let fired: std::collections::HashMap<String, i64> = match self
+                .state()
+                .schedule_fired(service.name())
+            {
+                Ok(rows) => rows.into_iter().collect(),
+                Err(e) => {
+                    tracing::error!(service = %service.name(), error = %e, "cannot read the schedule state");
+                    Default::default()
+                }
+            };
+            for schedule in &service.spec().config.schedules {
+                let last = match fired.get(&schedule.name) {
+                    Some(last) => *last,
+                    None => {
+                        // A new schedule starts counting now.
+                        if let Err(e) =
+                            self.state()
+                                .set_schedule_fired(service.name(), &schedule.name, now)
+                        {
+                            tracing::error!(service = %service.name(), error = %e, "cannot record the schedule state");
+                        }
+                        now
+                    }
+                };
+                let Some(next) = schedule.next_after(last) else {
+                    continue;
+                };
+                // A time already past (missed while the host was down)
+                // fires once, at the next turn of the loop.
+                entries.push(Entry {
+                    service: service.name().clone(),
+                    schedule: schedule.clone(),
+                    next_ms: next,
+                });
+            }
+        }
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = entries;
+        self.changed.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            let next = self
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|e| e.next_ms)
+                .min();
+            let wait = match next {
+                Some(next) => Duration::from_millis((next - now_ms()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                () = self.changed.notified() => continue,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let now = now_ms();
+            let due: Vec<Entry> = {
+                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                let due = entries
+                    .iter()
+                    .filter(|e| e.next_ms <= now)
+                    .cloned()
+                    .collect();
+                for entry in entries.iter_mut().filter(|e| e.next_ms <= now) {
+                    entry.next_ms = entry.schedule.next_after(now).unwrap_or(i64::MAX);
+                }
+                due
+            };
+            for entry in due {
+                self.fire(&entry, now).await;
+            }
+        }
+    }
+
+    async fn fire(&self, entry: &Entry, now: i64) {
+        let name = &entry.schedule.name;
+        let topic = match entry.schedule.topic(&entry.service) {
+            Ok(topic) => topic,
+            Err(e) => {
+                tracing::error!(service = %entry.service, schedule = %name, error = %e, "a schedule has no valid topic; it cannot fire");
+                return;
+            }
+        };
+        let data = serde_json::json!({
+            "schedule": name,
+            "due": rfc3339(entry.next_ms),
+            "fired": rfc3339(now),
+        });
+        let event = Event {
+            topic,
+            attributes: Attributes {
+                id: InvocationId::new().to_string(),
+                source: format!("/berth/schedules/{}/{name}", entry.service),
+                ty: "berth.schedule".into(),
+                subject: Some(name.clone()),
+                time: Some(rfc3339(now)),
+                datacontenttype: Some("application/json".into()),
+                extensions: Default::default(),
+            },
+            data: Some(data.to_string().into()),
+        };
+        // Published first, recorded second: a crash in between fires it
+        // again after a restart (at least once, like every delivery).
+        match self.bus.publish(vec![event]).await {
+            Ok(_) => {
+                tracing::info!(service = %entry.service, schedule = %name, "schedule fired");
+                if let Err(e) = self.state().set_schedule_fired(&entry.service, name, now) {
+                    tracing::error!(service = %entry.service, error = %e, "cannot record the schedule state");
+                }
+            }
+            Err(e) => {
+                tracing::error!(service = %entry.service, schedule = %name, error = %e, "a schedule could not fire")
+            }
+        }
+    }
+}

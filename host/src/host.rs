@@ -1,0 +1,239 @@
+//! The host as a library: a [`Host`] opens a state directory — state,
+//! artifacts, code cache, usage ledger, event bus, runtime — restores its
+//! services, and [serves](Host::serve) the public and admin listeners
+//! until a shutdown future resolves, then drains. `berth up` and `berth
+//! serve` are flag parsing around it.
+
+use crate::control::admin::{self, Auth};
+use crate::control::ledger::{Ledger, USAGE_FILE};
+use crate::control::scheduler::Scheduler;
+use crate::control::sqlite_bus::SqliteBus;
+use crate::control::state::{DB_FILE, State};
+use crate::control::{ControlPlane, Events, Parts};
+use crate::runtime::Runtime;
+use crate::triggers::events::BusSink;
+use crate::triggers::events::bus::Bus;
+use crate::triggers::events::dispatch::Dispatcher;
+use crate::triggers::http::call::Calls;
+use crate::values::units::ByteSize;
+use crate::wasm::artifact::ArtifactStore;
+use crate::wasm::cache::CodeCache;
+use crate::wasm::engine::{BerthEngine, EngineOptions};
+use crate::wasm::instance::Ports;
+use crate::wasm::instance::publish::EventPort;
+use crate::wasm::secrets::Secrets;
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What a host is made of.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The state directory (created if missing).
+    pub state: PathBuf,
+    /// Where compiled code goes; default `STATE/code`.
+    pub cache: Option<PathBuf>,
+    /// Engine settings.
+    pub engine: EngineOptions,
+    /// The largest component accepted.
+    pub max_upload: ByteSize,
+    /// The largest event accepted.
+    pub max_event_size: ByteSize,
+    /// CPU-bound invocations of one service running at once.
+    pub cpu_turns: usize,
+    /// How long usage records are kept; `None` keeps no ledger (for
+    /// benchmarks of its cost).
+    pub usage_retention: Option<Duration>,
+    /// Where secrets are read from.
+    pub secrets: Secrets,
+}
+
+impl HostOptions {
+    /// A host on state directory `state`, with the defaults of `berth
+    /// serve`.
+    pub fn new(state: impl Into<PathBuf>) -> HostOptions {
+        HostOptions {
+            state: state.into(),
+            cache: None,
+            engine: EngineOptions::default(),
+            max_upload: ByteSize::mib(128),
+            max_event_size: ByteSize::kib(256),
+            cpu_turns: crate::runtime::default_cpu_turns(),
+            usage_retention: Some(Duration::from_secs(30 * 86_400)),
+            secrets: Secrets::default(),
+        }
+    }
+}
+
+/// The sockets a host serves: the public listener, and the admin API's
+/// with who may use it (see [`Auth::for_listener`]).
+pub struct Listeners {
+    /// Where the services are served.
+    pub public: TcpListener,
+    /// Where the admin API is served, if anywhere.
+    pub admin: Option<(TcpListener, Auth)>,
+}
+
+/// A host: its runtime and control plane over one state directory, which
+/// it holds locked until it is dropped.
+pub struct Host {
+    runtime: Arc<Runtime>,
+    control: Arc<ControlPlane>,
+    ledger: Option<Arc<Ledger>>,
+    /// Held for as long as the host runs.
+    _lock: std::fs::File,
+}
+
+impl Host {
+    /// Opens the state directory (locking it), builds everything and
+    /// restores the stored services.
+    pub async fn open(options: HostOptions) -> anyhow::Result<Host> {
+        let dir = &options.state;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let lock = lock(dir)?;
+        let db = dir.join(DB_FILE);
+        let state =
+            State::open(&db).with_context(|| format!("opening the state in {}", dir.display()))?;
+        let state = Arc::new(Mutex::new(state));
+        let artifacts = ArtifactStore::open(dir.join("artifacts"))
+            .with_context(|| format!("opening {}", dir.join("artifacts").display()))?;
+        let engine = BerthEngine::new(&options.engine)?;
+        let cache_dir = options.cache.clone().unwrap_or_else(|| dir.join("code"));
+        let cache = CodeCache::new(&cache_dir, engine.engine())
+            .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
+        let runtime = Runtime::new(engine, options.cpu_turns);
+        runtime.start_reaper(Duration::from_millis(500));
+        let ledger = match options.usage_retention {
+            Some(retention) => {
+                let path = dir.join(USAGE_FILE);
+                let ledger = Ledger::open(&path, retention)
+                    .with_context(|| format!("opening the usage ledger {}", path.display()))?;
+                runtime.meter().set_sink(ledger.clone());
+                Some(ledger)
+            }
+            None => None,
+        };
+        let bus: Arc<dyn Bus> = Arc::new(
+            SqliteBus::open(&db)
+                .with_context(|| format!("opening the event bus in {}", db.display()))?,
+        );
+        runtime.set_ports(Ports {
+            secrets: options.secrets.clone(),
+            listeners: runtime.listeners().clone(),
+            events: Some(EventPort {
+                sink: Arc::new(BusSink(bus.clone())),
+                max_event_size: options.max_event_size.bytes() as usize,
+            }),
+            calls: Some(Calls::new(&runtime)),
+        });
+        let events = Events {
+            dispatcher: Dispatcher::new(runtime.clone(), bus.clone()),
+            scheduler: Scheduler::new(runtime.clone(), bus.clone(), state.clone()),
+            bus,
+        };
+        let control = Arc::new(ControlPlane::new(Parts {
+            runtime: runtime.clone(),
+            state,
+            artifacts,
+            cache,
+            max_upload: options.max_upload,
+            events,
+            max_event_size: options.max_event_size,
+            ledger: ledger.clone(),
+        }));
+        control.restore().await?;
+        Ok(Host {
+            runtime,
+            control,
+            ledger,
+            _lock: lock,
+        })
+    }
+
+    /// The runtime: the services and the pipeline.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The control plane: deploys, events, usage.
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
+    }
+
+    /// Serves `listeners` until `shutdown` resolves; then stops accepting,
+    /// stops dispatching events, lets in-flight invocations finish
+    /// (bounded by the longest deadline), and closes the usage ledger (its
+    /// last records stored and synced).
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let public_addr = listeners.public.local_addr()?;
+        // Guests must never reach the host's own listeners.
+        self.runtime.listeners().add(public_addr);
+        if let Some((admin, _)) = &listeners.admin {
+            self.runtime.listeners().add(admin.local_addr()?);
+        }
+        let stop = CancellationToken::new();
+        let mut accepting = vec![tokio::spawn(crate::triggers::http::accept(
+            listeners.public,
+            crate::triggers::http::public_handler(self.runtime.clone(), public_addr),
+            stop.clone(),
+        ))];
+        if let Some((admin, auth)) = listeners.admin {
+            accepting.push(tokio::spawn(crate::triggers::http::accept(
+                admin,
+                admin::handler(self.control.clone(), auth),
+                stop.clone(),
+            )));
+        }
+        shutdown.await;
+        stop.cancel();
+        self.control.shutdown();
+        let mut open = Vec::with_capacity(accepting.len());
+        for listener in accepting {
+            open.push(listener.await?);
+        }
+        crate::triggers::http::drain(open, &self.runtime).await;
+        if let Some(ledger) = &self.ledger {
+            ledger.close();
+        }
+        Ok(())
+    }
+}
+
+/// Binds `addr`, naming it (and what it is for) in the error.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}{what}"))
+}
+
+/// Holds an exclusive lock on `DIR/lock` for as long as the host runs, so
+/// two hosts never share a state directory.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another berth is using the state directory {}",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The pipeline: the one way to run a guest, whatever triggered it.
+//!
+//! [`invoke`] takes an invocation through every step in order:
+//!
+//! 1. **record** — its usage record starts (arrival time);
+//! 2. **check** — the trigger may refuse its input as it is (an HTTP body
+//!    declared over the limit);
+//! 3. **admission** — a slot of the service and of the host, waiting in
+//!    the service's queue at most `queue_timeout` (`queue_us`);
+//! 4. **load** — the component, from memory or, on a cold start, from the
+//!    code cache (`load_us`, `cold`);
+//! 5. **limits and deadline** — the deadline is `timeout` from here, or
+//!    the caller's deadline if that comes first; execution (`wall_us`)
+//!    starts here;
+//! 6. **instance** — a fresh store under the memory cap and fuel budget;
+//!    the trigger hands its input to it;
+//! 7. **run** — the guest's export, until it returns or the deadline
+//!    passes, on the runtime's task tracker (so a drain waits for it);
+//! 8. **outcome** — what happened, named from the store (trap, fuel,
+//!    memory, deadline);
+//! 9. **metering** — fuel, peak memory, execution time, CPU time; the
+//!    record is complete once the trigger lets go of it.
+//!
+//! A trigger supplies only a [`GuestCall`]: how to call the guest and how
+//! to map the outcome (or a refusal before the guest ran) to its own
+//! result — an HTTP response, an acknowledgement or a retry. Admission,
+//! limits, the instance, classification and metering exist here once.
+
+use crate::runtime::Runtime;
+use crate::runtime::admission::{Permit, Rejection};
+use crate::runtime::record::{Hold, RecordDraft};
+use crate::runtime::registry::{Service, Warmth};
+use crate::values::id::InvocationId;
+use crate::values::limits::Limits;
+use crate::values::trace::TraceContext;
+use crate::values::units::ByteSize;
+use crate::values::usage::Trigger;
+use crate::wasm::component::{Handlers, LoadError};
+use crate::wasm::instance::{self, CallChain, InstanceState, StartError};
+use crate::wasm::outcome::{self, Deadline, Outcome};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tracing::Instrument;
+use wasmtime::Store;
+
+/// Why an invocation ended before its guest ran. It leaves a `rejected`
+/// record (unless the trigger says it was no attempt at all).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The trigger's input is over the service's limit.
+    #[error("the input is over the service's limit of {limit}")]
+    TooLarge {
+        /// The limit.
+        limit: ByteSize,
+    },
+    /// Admission turned it away: the service is at its limits.
+    #[error("{0}")]
+    Busy(Rejection),
+    /// The service's component could not be loaded.
+    #[error("the service cannot be loaded: {0}")]
+    Unloadable(LoadError),
+    /// The component does not export what the trigger calls.
+    #[error("the component does not export `{export}`")]
+    NoHandler {
+        /// The export the trigger needs.
+        export: &'static str,
+    },
+    /// The instance could not be made (a directory gone, a secret missing).
+    #[error("the instance could not be made: {0}")]
+    Instance(StartError),
+    /// The trigger's input could not be handed to the guest.
+    #[error("the input could not be handed to the guest: {0}")]
+    Input(String),
+    /// Whoever started the invocation went away before it ran.
+    #[error("the caller went away before the guest ran")]
+    Abandoned,
+}
+
+/// How a guest's run ended, for [`GuestCall::finish`].
+pub struct Ran<T> {
+    /// What the guest's export returned, if it returned.
+    pub returned: Option<T>,
+    /// How the run ended.
+    pub outcome: Outcome,
+}
+
+/// What a trigger supplies to run an invocation: how to hand its input to
+/// the guest, how to call it, and how to map what happened to its own
+/// result.
+pub trait GuestCall: Send + 'static {
+    /// What the guest's export returns.
+    type Returned: Send + 'static;
+    /// What the trigger makes of the invocation.
+    type Output: Send + 'static;
+
+    /// Refuses the input before admission, if it is unacceptable as it is.
+    fn check(&self, _limits: &Limits) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Whether a refusal was an attempt to invoke, which leaves a
+    /// `rejected` record (by default, every refusal is).
+    fn is_attempt(&self, _refusal: &Refusal) -> bool {
+        true
+    }
+
+    /// Picks the export this trigger calls from `handlers`, and hands the
+    /// trigger's input to the fresh instance in `store`.
+    fn prepare(
+        &mut self,
+        handlers: &Handlers,
+        store: &mut Store<InstanceState>,
+        record: &Arc<RecordDraft>,
+    ) -> Result<(), Refusal>;
+
+    /// Calls the guest.
+    fn call<'a>(
+        &'a mut self,
+        store: &'a mut Store<InstanceState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Returned>> + Send + 'a;
+
+    /// Runs after the call, before the instance is dropped.
+    fn after(&mut self, _store: &mut Store<InstanceState>) {}
+
+    /// Maps how the run ended to the trigger's result; may
+    /// [refine](RecordDraft::refine) the record's outcome.
+    fn finish(self, ran: Ran<Self::Returned>, record: &RecordDraft) -> Self::Output;
+
+    /// Maps a refusal to the trigger's result.
+    fn refused(self, refusal: &Refusal, record: &RecordDraft) -> Self::Output;
+}
+
+/// How a trigger starts an invocation.
+pub struct Start {
+    /// The kind of trigger.
+    pub trigger: Trigger,
+    /// The invocation's id.
+    pub id: InvocationId,
+    /// Its place in a trace.
+    pub trace: TraceContext,
+    /// Its log span (see [`crate::runtime::record::span`]).
+    pub span: tracing::Span,
+    /// The services a call passed through to reach it.
+    pub chain: CallChain,
+    /// The caller's deadline, for a call: it ends by it at the latest.
+    pub caller_deadline: Option<tokio::time::Instant>,
+    /// The HTTP status recorded if the invocation ends without one.
+    pub default_status: Option<u16>,
+}
+
+/// What [`invoke`] gives back.
+pub enum Started<C: GuestCall> {
+    /// It was refused before the guest ran; the trigger's result.
+    Refused(C::Output),
+    /// The guest is running.
+    Running(Running<C>),
+}
+
+/// A running invocation. It holds the usage record open until it is
+/// dropped or [finished](Running::finished).
+pub struct Running<C: GuestCall> {
+    hold: Hold,
+    done: tokio::sync::oneshot::Receiver<C::Output>,
+}
+
+impl<C: GuestCall> Running<C> {
+    /// The usage record.
+    pub fn record(&self) -> &Arc<RecordDraft> {
+        self.hold.record()
+    }
+
+    /// Waits for the run to end: the trigger's result, or `None` if the
+    /// run was lost (its task panicked).
+    pub async fn finished(self) -> Option<C::Output> {
+        let Running { hold, done } = self;
+        let output = done.await.ok();
+        drop(hold);
+        output
+    }
+
+    /// Waits for the run to end, keeping the hold on the record.
+    pub async fn finished_holding(&mut self) -> Option<C::Output> {
+        (&mut self.done).await.ok()
+    }
+
+    /// Keeps only the hold on the record (the run goes on without
+    /// anybody waiting for it).
+    pub fn into_hold(self) -> Hold {
+        self.hold
+    }
+}
+
+/// Completes a record as `rejected` if the invocation is dropped before
+/// its guest runs (its caller went away while it waited): its hold is
+/// released then, and the record was `rejected` from the start.
+struct BeforeRun {
+    record: Arc<RecordDraft>,
+    hold: Option<Hold>,
+}
+
+impl Drop for BeforeRun {
+    fn drop(&mut self) {
+        if self.hold.take().is_some() {
+            tracing::info!(reason = %Refusal::Abandoned, "invocation refused before it ran");
+        }
+    }
+}
+
+impl BeforeRun {
+    /// Ends the invocation before its guest ran.
+    fn refuse<C: GuestCall>(mut self, call: C, refusal: Refusal) -> Started<C> {
+        if call.is_attempt(&refusal) {
+            tracing::warn!(reason = %refusal, "invocation refused before it ran");
+        } else {
+            tracing::debug!(reason = %refusal, "invocation deferred before it ran");
+            self.record.discard();
+        }
+        let output = call.refused(&refusal, &self.record);
+        // Released quietly: the refusal is logged above.
+        drop(self.hold.take());
+        Started::Refused(output)
+    }
+
+    /// The guest is about to run: the run holds the record from now on.
+    fn disarm(mut self) -> Hold {
+        let hold = self.record.hold();
+        drop(self.hold.take());
+        hold
+    }
+}
+
+/// Runs one invocation of `service` through the pipeline (see the module
+/// docs). Returns once the guest is running (or the invocation was
+/// refused); the run itself goes on in a task of its own.
+pub async fn invoke<C: GuestCall>(
+    runtime: &Arc<Runtime>,
+    service: Arc<Service>,
+    start: Start,
+    mut call: C,
+) -> Started<C> {
+    let span = start.span.clone();
+    let hold = RecordDraft::start(
+        runtime.meter(),
+        &service,
+        start.trigger,
+        start.id,
+        span.clone(),
+        start.default_status,
+    );
+    let guard = BeforeRun {
+        record: hold.record().clone(),
+        hold: Some(hold),
+    };
+    async move {
+        let record = guard.record.clone();
+        let (run, permit) = match prepare(runtime, &service, start, &mut call, &record).await {
+            Ok(ready) => ready,
+            Err(refusal) => return guard.refuse(call, refusal),
+        };
+        let pipeline_hold = guard.disarm();
+        let starter_hold = record.hold();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        runtime.tasks().spawn(
+            async move {
+                let _permit = permit;
+                let output = run.run(call, &record).await;
+                drop(pipeline_hold);
+                let _ = done_tx.send(output);
+            }
+            .in_current_span(),
+        );
+        Started::Running(Running {
+            hold: starter_hold,
+            done,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Everything before the guest runs: the trigger's check, admission, the
+/// component, the deadline and the instance, with the trigger's input
+/// handed to it.
+async fn prepare<C: GuestCall>(
+    runtime: &Arc<Runtime>,
+    service: &Service,
+    start: Start,
+    call: &mut C,
+    record: &Arc<RecordDraft>,
+) -> Result<(Run, Permit), Refusal> {
+    let limits = service.limits();
+    call.check(limits)?;
+    let queued = Instant::now();
+    let permit = service
+        .admission
+        .admit(runtime.host_slots())
+        .await
+        .map_err(Refusal::Busy)?;
+    record.queued(queued.elapsed());
+    let loading = Instant::now();
+    let (handlers, warmth) = service
+        .handlers(runtime.engine(), runtime.metrics())
+        .await
+        .map_err(|e| {
+            // A cold start that failed.
+            record.loaded(loading.elapsed(), true);
+            Refusal::Unloadable(e)
+        })?;
+    record.loaded(loading.elapsed(), matches!(warmth, Warmth::Cold(_)));
+
+    // Execution starts here: the deadline and `wall_us` count from now.
+    let started = Instant::now();
+    let (deadline, which) = deadline(limits, start.caller_deadline);
+    let invocation = instance::Invocation {
+        id: start.id,
+        trace: start.trace,
+        deadline,
+        chain: start.chain,
+    };
+    let mut store = instance::new_store(
+        runtime.engine(),
+        &service.sandbox,
+        runtime.ports(),
+        invocation,
+    )
+    .map_err(Refusal::Instance)?;
+    call.prepare(&handlers, &mut store, record)?;
+    let run = Run {
+        store,
+        fuel: limits.fuel,
+        deadline,
+        which,
+        started,
+    };
+    Ok((run, permit))
+}
+
+/// The deadline of an invocation starting now, and which one it is.
+fn deadline(
+    limits: &Limits,
+    caller: Option<tokio::time::Instant>,
+) -> (tokio::time::Instant, Deadline) {
+    let now = tokio::time::Instant::now();
+    let own = now + limits.timeout;
+    match caller {
+        Some(caller) if caller < own => (
+            caller,
+            Deadline::Caller(caller.saturating_duration_since(now)),
+        ),
+        _ => (own, Deadline::Own(limits.timeout)),
+    }
+}
+
+/// A guest's run in its fresh instance.
+struct Run {
+    store: Store<InstanceState>,
+    fuel: u64,
+    deadline: tokio::time::Instant,
+    which: Deadline,
+    started: Instant,
+}
+
+impl Run {
+    /// Calls the guest until it returns or the deadline passes, names the
+    /// outcome, meters it, drops the instance, and maps it to the
+    /// trigger's result.
+    async fn run<C: GuestCall>(mut self, mut call: C, record: &RecordDraft) -> C::Output {
+        let result = {
+            let guest = OnCpu::new(call.call(&mut self.store), record.cpu_ns.clone());
+            outcome::run_until_deadline(self.deadline, guest).await
+        };
+        let outcome = outcome::outcome(&result, &self.store, self.fuel, self.which);
+        call.after(&mut self.store);
+        let fuel = outcome::fuel_used(&self.store, self.fuel);
+        let peak = self.store.data().limiter().peak() as u64;
+        log_outcome(&outcome, fuel, peak);
+        drop(self.store);
+        record.ran(outcome.kind(), self.started.elapsed(), fuel, peak);
+        let returned = result.ok();
+        call.finish(Ran { returned, outcome }, record)
+    }
+}
+
+/// Logs why a run failed, naming the cause (and the guest's backtrace, if
+/// any); nothing when it went well (the record logs every invocation's
+/// summary).
+fn log_outcome(outcome: &Outcome, fuel: u64, peak: u64) {
+    match (outcome.is_ok(), outcome.backtrace()) {
+        (true, _) => {}
+        (false, None) => tracing::warn!(
+            outcome = outcome.kind().as_str(),
+            fuel,
+            peak_memory = peak,
+            "{outcome}"
+        ),
+        (false, Some(backtrace)) => tracing::warn!(
+            outcome = outcome.kind().as_str(),
+            fuel,
+            peak_memory = peak,
+            backtrace,
+            "{outcome}"
+        ),
+    }
+}
+
+/// A future that adds up the time it spends being polled: the time an
+/// invocation spends on a thread, running guest code or the host calls it
+/// makes.
+struct OnCpu<F> {
+    inner: Pin<Box<F>>,
+    total_ns: Arc<AtomicU64>,
+}
+
+impl<F: Future> OnCpu<F> {
+    fn new(inner: F, total_ns: Arc<AtomicU64>) -> Self {
+        OnCpu {
+            inner: Box::pin(inner),
+            total_ns,
+        }
+    }
+}
+
+impl<F: Future> Future for OnCpu<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let started = Instant::now();
+        let result = self.inner.as_mut().poll(cx);
+        self.total_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
+    }
+}

@@ -1,0 +1,291 @@
+//! Metering: the usage record of one invocation while it runs, and where
+//! it goes when it is complete — the service's metrics, the ledger (a
+//! [`UsageSink`] the host plugs in) and the invocation's log span.
+//!
+//! A record is complete once nobody holds it: the pipeline holds it until
+//! the guest's run has ended; whoever started the invocation may hold it
+//! longer (an HTTP response's body, until it is sent or dropped).
+
+use crate::runtime::metrics::ServiceMetrics;
+use crate::runtime::registry::Service;
+use crate::values::id::InvocationId;
+use crate::values::trace::TraceContext;
+use crate::values::units::now_ms;
+use crate::values::usage::{OutcomeKind, Record, Trigger};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Where complete usage records go: the usage ledger.
+pub trait UsageSink: Send + Sync + 'static {
+    /// Takes one record (queued; the sink says when it is durable).
+    fn record(&self, record: Record);
+}
+
+/// The host's usage sink, plugged in once (a host may keep no ledger).
+#[derive(Default)]
+pub struct Meter {
+    sink: OnceLock<Arc<dyn UsageSink>>,
+}
+
+impl Meter {
+    /// Plugs in the sink (once; later calls change nothing).
+    pub fn set_sink(&self, sink: Arc<dyn UsageSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn record(&self, record: Record) {
+        if let Some(sink) = self.sink.get() {
+            sink.record(record);
+        }
+    }
+}
+
+/// The log span of one invocation. Its fields are known from the start
+/// (`service`, `revision`, `invocation`, `trigger`, `trace_id`), set by
+/// the trigger (`route`, `method`, `path`; `topic`, `event`, `attempt`;
+/// `caller`, the calling invocation, for a service call) or recorded when
+/// the invocation is metered (`status`, `outcome`, `fuel`, `duration_ms`,
+/// `queue_ms`, `load_ms`, `cpu_ms`, `memory`, `cold`); then one event,
+/// target `berth::invocation`, says it finished.
+pub fn span(
+    service: &Service,
+    id: InvocationId,
+    trigger: Trigger,
+    trace: &TraceContext,
+) -> tracing::Span {
+    use tracing::field::Empty;
+    tracing::info_span!(
+        "invocation",
+        service = %service.name(),
+        revision = service.revision,
+        invocation = %id,
+        trigger = trigger.as_str(),
+        trace_id = %trace.trace_id(),
+        route = Empty,
+        method = Empty,
+        path = Empty,
+        topic = Empty,
+        event = Empty,
+        attempt = Empty,
+        caller = Empty,
+        status = Empty,
+        outcome = Empty,
+        fuel = Empty,
+        duration_ms = Empty,
+        queue_ms = Empty,
+        load_ms = Empty,
+        cpu_ms = Empty,
+        memory = Empty,
+        cold = Empty,
+    )
+}
+
+/// A usage record being filled in while its invocation runs.
+pub struct RecordDraft {
+    meter: Arc<Meter>,
+    metrics: Arc<ServiceMetrics>,
+    span: tracing::Span,
+    record: Mutex<Record>,
+    /// An outcome the trigger gave a run that ended well (`error`: the
+    /// guest returned an error instead of a result).
+    refined: Mutex<Option<OutcomeKind>>,
+    /// The HTTP status recorded if none is set (a client gone: 499).
+    default_status: Option<u16>,
+    holds: AtomicUsize,
+    /// No record: the attempt did not count (see
+    /// [`GuestCall::is_attempt`](crate::runtime::pipeline::GuestCall::is_attempt)).
+    discarded: AtomicBool,
+    /// Request body or event bytes read.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Response body bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Time on a thread, in ns.
+    pub cpu_ns: Arc<AtomicU64>,
+}
+
+/// A hold on a record: the record is complete, and goes to the meter, once
+/// every hold is dropped.
+pub struct Hold(Arc<RecordDraft>);
+
+impl Hold {
+    /// The record held.
+    pub fn record(&self) -> &Arc<RecordDraft> {
+        &self.0
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.0.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.submit();
+        }
+    }
+}
+
+impl RecordDraft {
+    /// A record of invocation `id` of `service`, logged in `span`,
+    /// started now; the hold returned is the first one.
+    pub fn start(
+        meter: &Arc<Meter>,
+        service: &Service,
+        trigger: Trigger,
+        id: InvocationId,
+        span: tracing::Span,
+        default_status: Option<u16>,
+    ) -> Hold {
+        let record = Record {
+            invocation: id.to_string(),
+            service: service.name().to_string(),
+            revision: service.revision,
+            trigger,
+            started_ms: now_ms(),
+            wall_us: 0,
+            queue_us: 0,
+            load_us: 0,
+            cpu_us: 0,
+            fuel: 0,
+            peak_memory: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            // Until the guest has run.
+            outcome: OutcomeKind::Rejected,
+            status: None,
+            cold: false,
+        };
+        Self::with_record(meter, service.metrics.clone(), record, span, default_status)
+    }
+
+    /// A record starting as `record`, counted into `metrics` and `meter`
+    /// and logged in `span` when it is complete; the hold returned is the
+    /// first one.
+    pub fn with_record(
+        meter: &Arc<Meter>,
+        metrics: Arc<ServiceMetrics>,
+        record: Record,
+        span: tracing::Span,
+        default_status: Option<u16>,
+    ) -> Hold {
+        Hold(Arc::new(RecordDraft {
+            meter: meter.clone(),
+            metrics,
+            span,
+            record: Mutex::new(record),
+            refined: Mutex::new(None),
+            default_status,
+            holds: AtomicUsize::new(1),
+            discarded: AtomicBool::new(false),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: AtomicU64::new(0),
+            cpu_ns: Arc::new(AtomicU64::new(0)),
+        }))
+    }
+
+    /// One more hold on the record.
+    pub fn hold(self: &Arc<Self>) -> Hold {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+        Hold(self.clone())
+    }
+
+    /// The invocation's log span.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Record)) {
+        f(&mut self.record.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Notes how long the invocation waited for admission.
+    pub fn queued(&self, wait: Duration) {
+        self.edit(|r| r.queue_us = wait.as_micros() as u64);
+    }
+
+    /// Notes how long getting its component ready took, and whether that
+    /// was a cold start.
+    pub fn loaded(&self, took: Duration, cold: bool) {
+        self.edit(|r| {
+            r.load_us = took.as_micros() as u64;
+            r.cold = cold;
+        });
+    }
+
+    /// Notes how the guest's run ended: its outcome, execution time, fuel
+    /// and peak memory.
+    pub fn ran(&self, outcome: OutcomeKind, wall: Duration, fuel: u64, peak_memory: u64) {
+        self.edit(|r| {
+            r.outcome = outcome;
+            r.wall_us = wall.as_micros() as u64;
+            r.fuel = fuel;
+            r.peak_memory = peak_memory;
+        });
+    }
+
+    /// The guest returned, but not a result: its run ends as `error`.
+    pub fn refine(&self, outcome: OutcomeKind) {
+        *self.refined.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// Notes the HTTP status sent.
+    pub fn status(&self, status: u16) {
+        self.edit(|r| r.status = Some(status));
+    }
+
+    /// Leaves no record: the attempt does not count.
+    pub fn discard(&self) {
+        self.discarded.store(true, Ordering::Release);
+    }
+
+    /// The record as it stands.
+    pub fn snapshot(&self) -> Record {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Completes the record: counts, logs and meters it.
+    fn submit(&self) {
+        if self.discarded.load(Ordering::Acquire) {
+            return;
+        }
+        let mut record = self.snapshot();
+        if let Some(refined) = *self.refined.lock().unwrap_or_else(|e| e.into_inner())
+            && record.outcome == OutcomeKind::Ok
+        {
+            record.outcome = refined;
+        }
+        if record.status.is_none() {
+            record.status = self.default_status;
+        }
+        record.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        record.cpu_us = self.cpu_ns.load(Ordering::Relaxed) / 1000;
+        self.log(&record);
+        self.metrics.invocation(
+            record.trigger,
+            record.outcome,
+            record.wall_us as f64 / 1e6,
+            record.fuel,
+        );
+        self.meter.record(record);
+    }
+
+    /// Records the metered fields in the span and says the invocation
+    /// finished.
+    fn log(&self, record: &Record) {
+        let span = &self.span;
+        if let Some(status) = record.status {
+            span.record("status", status);
+        }
+        span.record("outcome", record.outcome.as_str());
+        span.record("fuel", record.fuel);
+        span.record("duration_ms", record.wall_us as f64 / 1000.0);
+        span.record("queue_ms", record.queue_us as f64 / 1000.0);
+        span.record("load_ms", record.load_us as f64 / 1000.0);
+        span.record("cpu_ms", record.cpu_us as f64 / 1000.0);
+        span.record("memory", record.peak_memory);
+        span.record("cold", record.cold);
+        span.in_scope(|| tracing::info!(target: "berth::invocation", "finished"));
+    }
+}

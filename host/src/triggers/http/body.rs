@@ -1,0 +1,188 @@
+//! Request and response bodies.
+//!
+//! - [`LimitedBody`] wraps a request body and fails it once it grows past
+//!   the service's `request_body` limit.
+//! - [`ResponseBody`] is every response Berth sends: a short host-made body,
+//!   a guest's streamed body that is cut off (the stream fails, so the
+//!   client sees an incomplete response) when the invocation ended before
+//!   the guest finished it, or the admin API's.
+
+use crate::runtime::record::Hold;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Boxed error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body that errors once more than `limit` bytes arrive, and
+/// counts the bytes it passes on.
+pub struct LimitedBody<B = hyper::body::Incoming> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner`; `exceeded` is set when the limit is crossed, `read`
+    /// counts the bytes read.
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>, read: Arc<AtomicU64>) -> Self {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+            read,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                self.exceeded.store(true, Ordering::Release);
+                self.remaining = 0;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(self.limit),
+                ))));
+            }
+            self.remaining -= len;
+            self.read.fetch_add(len, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether the guest finished its response body, as told by the invocation
+/// when its instance is about to be dropped.
+#[derive(Debug, Default)]
+pub struct BodyEnd(AtomicU8); // 0 while the invocation runs
+
+const COMPLETE: u8 = 1;
+const INCOMPLETE: u8 = 2;
+
+impl BodyEnd {
+    /// Records how the invocation left the body. Must be called before the
+    /// instance (which owns the body's sending side) is dropped.
+    pub fn set(&self, complete: bool) {
+        self.0.store(
+            if complete { COMPLETE } else { INCOMPLETE },
+            Ordering::Release,
+        );
+    }
+
+    fn is_incomplete(&self) -> bool {
+        self.0.load(Ordering::Acquire) == INCOMPLETE
+    }
+}
+
+/// The error a cut-off response body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("response body cut off: the invocation ended before the guest finished it")]
+pub struct CutOff;
+
+/// A response body, host-made or streamed by a guest.
+pub enum ResponseBody {
+    /// A complete body made by the host.
+    Full(Option<Bytes>),
+    /// A guest's body and how the invocation left it.
+    Guest {
+        /// The guest's stream.
+        inner: HyperOutgoingBody,
+        /// Set by the invocation before its instance is dropped.
+        end: Arc<BodyEnd>,
+        /// A hold on the invocation's usage record: bytes sent are counted
+        /// into it, and dropping the body lets go of it.
+        hold: Option<Hold>,
+    },
+    /// Any other body (the admin API's responses).
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl ResponseBody {
+    /// A host-made body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
+            ResponseBody::Guest { inner, end, hold } => match Pin::new(inner).poll_frame(cx) {
+                // The guest's stream also ends "cleanly" when its instance is
+                // dropped mid-body; only the invocation knows which it was.
+                Poll::Ready(None) if end.is_incomplete() => Poll::Ready(Some(Err(CutOff.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(hold)) = (frame.data_ref(), hold.as_ref()) {
+                        hold.record()
+                            .bytes_out
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Guest { .. } => false,
+            ResponseBody::Boxed(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Guest { inner, .. } => inner.size_hint(),
+            ResponseBody::Boxed(inner) => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The HTTP trigger: one request → route → the pipeline → the guest's
+//! `wasi:http/incoming-handler` → the response.
+//!
+//! Status codes the host chooses (the guest chooses all others):
+//!
+//! | case | status |
+//! |---|---|
+//! | no route matches | 404 |
+//! | request body over `request_body` | 413 |
+//! | concurrency limit and queue full, or queue timeout | 503 + `Retry-After` |
+//! | the component cannot be loaded | 503 + `Retry-After` |
+//! | guest trapped, ran out of fuel, or hit its memory limit | 500 |
+//! | guest returned without a response, or answered with an error code | 502 |
+//! | deadline passed before the response | 504 |
+//!
+//! Every routed request gets an invocation id, returned in the
+//! `berth-invocation-id` header and attached to every log line about it,
+//! and a place in a trace: a child of the request's `traceparent`, if it
+//! has a valid one, else the root of a new trace (see
+//! [`crate::values::trace`]).
+//!
+//! Two paths belong to the host on every listener and are never routed to
+//! a service: `/healthz` (the process is up) and `/readyz` (it serves its
+//! services).
+
+use crate::runtime::Runtime;
+use crate::runtime::pipeline::{self, GuestCall, Ran, Refusal, Running, Start, Started};
+use crate::runtime::record::{self, RecordDraft};
+use crate::runtime::registry::Service;
+use crate::triggers::http::body::{BodyEnd, LimitedBody, ResponseBody};
+use crate::values::id::InvocationId;
+use crate::values::limits::Limits;
+use crate::values::trace::{TRACEPARENT, TraceContext};
+use crate::values::units::ByteSize;
+use crate::values::usage::{OutcomeKind, Trigger};
+use crate::wasm::component::{HTTP_HANDLER_EXPORT, Handlers};
+use crate::wasm::instance::{CallChain, InstanceState};
+use crate::wasm::outcome::Outcome;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+use wasmtime::Store;
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{
+    ErrorCode, IncomingRequest, ResponseOutparam, Scheme,
+};
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody};
+
+/// The response header carrying the invocation id.
+pub const INVOCATION_HEADER: &str = "berth-invocation-id";
+
+/// Seconds a rejected caller is told to wait.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The status recorded for a request whose client went away before it was
+/// answered (nginx's "client closed request").
+const CLIENT_CLOSED: u16 = 499;
+
+/// Serves one request.
+pub async fn handle(
+    runtime: &Arc<Runtime>,
+    req: Request<hyper::body::Incoming>,
+    local: SocketAddr,
+) -> Response<ResponseBody> {
+    if let Some(response) = health(req.uri().path()) {
+        return response;
+    }
+    let Some((route, service)) = runtime.registry().route_match(req.uri().path()) else {
+        return plain(StatusCode::NOT_FOUND, "no service is routed at this path\n");
+    };
+    let id = InvocationId::new();
+    let trace =
+        TraceContext::child_of(req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let span = record::span(&service, id, Trigger::Http, &trace);
+    span.record("route", tracing::field::display(&route));
+    span.record("method", tracing::field::display(req.method()));
+    span.record("path", req.uri().path());
+    let start = Start {
+        trigger: Trigger::Http,
+        id,
+        trace,
+        span: span.clone(),
+        chain: CallChain::default(),
+        caller_deadline: None,
+        default_status: Some(CLIENT_CLOSED),
+    };
+    let mut response = invoke_http(runtime, service, start, req, Some(local))
+        .instrument(span)
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(INVOCATION_HEADER, value);
+    }
+    response
+}
+
+/// Runs one HTTP invocation (a client's request, or another service's
+/// call) through the pipeline and answers it.
+pub(super) async fn invoke_http<B>(
+    runtime: &Arc<Runtime>,
+    service: Arc<Service>,
+    start: Start,
+    req: Request<B>,
+    local: Option<SocketAddr>,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (call, answer) = HttpCall::new(req, local, service.limits().request_body);
+    match pipeline::invoke(runtime, service.clone(), start, call).await {
+        Started::Refused(HttpEnd::Refused(response)) => response,
+        Started::Refused(HttpEnd::Ran(_)) => {
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
+        }
+        Started::Running(running) => answer.respond(running, service.limits()).await,
+    }
+}
+
+/// How an HTTP invocation ended, for its handler.
+pub(super) enum HttpEnd {
+    /// The guest ran; this is how it ended.
+    Ran(Outcome),
+    /// It was refused before the guest ran; this is the answer.
+    Refused(Response<ResponseBody>),
+}
+
+/// The guest's answer, as the handler waits for it.
+struct Answer {
+    response: oneshot::Receiver<Result<Response<HyperOutgoingBody>, ErrorCode>>,
+    /// Set when the request body grew past the service's limit.
+    exceeded: Arc<AtomicBool>,
+    /// Set when the run ends: whether the guest finished its body.
+    end: Arc<BodyEnd>,
+}
+
+impl Answer {
+    /// Answers with the guest's response as soon as it sets one; else,
+    /// once the run ends, with a status the host chooses.
+    async fn respond<B>(
+        self,
+        mut running: Running<HttpCall<B>>,
+        limits: &Limits,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let record = running.record().clone();
+        let exceeded = || self.exceeded.load(Ordering::Acquire);
+        let response = match self.response.await {
+            Ok(Ok(response)) if !exceeded() => {
+                record.status(response.status().as_u16());
+                // The record stays open until the body is sent.
+                let hold = running.into_hold();
+                return response.map(|inner| ResponseBody::Guest {
+                    inner,
+                    end: self.end,
+                    hold: Some(hold),
+                });
+            }
+            Ok(_) if exceeded() => too_large(limits.request_body),
+            Ok(Err(code)) => {
+                tracing::warn!(error_code = ?code, "the guest answered with an error instead of a response");
+                record.refine(OutcomeKind::Error);
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "the service failed to produce a response\n",
+                )
+            }
+            // The flag only ever goes up: seen down above, up here.
+            Ok(Ok(_)) => too_large(limits.request_body),
+            Err(_) => {
+                let ended = running.finished_holding().await;
+                if exceeded() {
+                    too_large(limits.request_body)
+                } else {
+                    no_response(ended, &record)
+                }
+            }
+        };
+        record.status(response.status().as_u16());
+        drop(running);
+        response
+    }
+}
+
+/// The answer when the guest's run ended without a response.
+fn no_response(ended: Option<HttpEnd>, record: &RecordDraft) -> Response<ResponseBody> {
+    match ended {
+        Some(HttpEnd::Ran(Outcome::Ok)) => {
+            tracing::warn!("the guest returned without setting a response");
+            record.refine(OutcomeKind::Error);
+            plain(
+                StatusCode::BAD_GATEWAY,
+                "the service returned no response\n",
+            )
+        }
+        Some(HttpEnd::Ran(Outcome::Deadline(_))) => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the service did not answer in time\n",
+        ),
+        Some(HttpEnd::Ran(_)) | Some(HttpEnd::Refused(_)) | None => {
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
+        }
+    }
+}
+
+/// An HTTP request as the pipeline runs it.
+pub(super) struct HttpCall<B> {
+    request: Option<Request<B>>,
+    local: Option<SocketAddr>,
+    body_limit: ByteSize,
+    response: Option<oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>>,
+    exceeded: Arc<AtomicBool>,
+    end: Arc<BodyEnd>,
+    guest: Option<(
+        ProxyPre<InstanceState>,
+        Resource<IncomingRequest>,
+        Resource<ResponseOutparam>,
+    )>,
+}
+
+impl<B> HttpCall<B> {
+    fn new(request: Request<B>, local: Option<SocketAddr>, body_limit: ByteSize) -> (Self, Answer) {
+        let (tx, rx) = oneshot::channel();
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let end = Arc::new(BodyEnd::default());
+        let call = HttpCall {
+            request: Some(request),
+            local,
+            body_limit,
+            response: Some(tx),
+            exceeded: exceeded.clone(),
+            end: end.clone(),
+            guest: None,
+        };
+        let answer = Answer {
+            response: rx,
+            exceeded,
+            end,
+        };
+        (call, answer)
+    }
+}
+
+impl<B> GuestCall for HttpCall<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Returned = ();
+    type Output = HttpEnd;
+
+    fn check(&self, limits: &Limits) -> Result<(), Refusal> {
+        let declared = self.request.as_ref().and_then(declared_length);
+        if declared.is_some_and(|len| len > limits.request_body.bytes()) {
+            return Err(Refusal::TooLarge {
+                limit: limits.request_body,
+            });
+        }
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        handlers: &Handlers,
+        store: &mut Store<InstanceState>,
+        record: &Arc<RecordDraft>,
+    ) -> Result<(), Refusal> {
+        // Routes are only accepted for components that export the handler.
+        let pre = handlers.http.clone().ok_or(Refusal::NoHandler {
+            export: HTTP_HANDLER_EXPORT,
+        })?;
+        let (Some(mut req), Some(response)) = (self.request.take(), self.response.take()) else {
+            return Err(Refusal::Input("the request was already handed over".into()));
+        };
+        // A request without a Host header (HTTP/1.0) still has an authority.
+        if !req.headers().contains_key(HOST)
+            && let Some(local) = self.local
+            && let Ok(host) = HeaderValue::from_str(&local.to_string())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+        let limit = self.body_limit.bytes();
+        let (exceeded, read) = (self.exceeded.clone(), record.bytes_in.clone());
+        let req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
+        let mut http = store.data_mut().http();
+        let request = http
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| Refusal::Input(e.to_string()))?;
+        let out = http
+            .new_response_outparam(response)
+            .map_err(|e| Refusal::Input(e.to_string()))?;
+        self.guest = Some((pre, request, out));
+        Ok(())
+    }
+
+    fn call<'a>(
+        &'a mut self,
+        store: &'a mut Store<InstanceState>,
+    ) -> impl Future<Output = wasmtime::Result<()>> + Send + 'a {
+        let guest = self.guest.take();
+        async move {
+            let (pre, request, out) =
+                guest.ok_or_else(|| wasmtime::format_err!("the request was not prepared"))?;
+            let proxy = pre.instantiate_async(&mut *store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut *store, request, out)
+                .await
+        }
+    }
+
+    fn after(&mut self, store: &mut Store<InstanceState>) {
+        // Say whether the response body was finished before the instance
+        // is dropped, which ends the body's stream either way.
+        self.end.set(!has_unfinished_body(store));
+    }
+
+    fn finish(self, ran: Ran<()>, _record: &RecordDraft) -> HttpEnd {
+        HttpEnd::Ran(ran.outcome)
+    }
+
+    fn refused(self, refusal: &Refusal, record: &RecordDraft) -> HttpEnd {
+        let response = match refusal {
+            Refusal::TooLarge { limit } => {
+                tracing::info!(limit = %limit, "request body over the limit");
+                too_large(*limit)
+            }
+            Refusal::Busy(_) => unavailable("the service is busy; retry later\n"),
+            Refusal::Unloadable(_) | Refusal::Abandoned => {
+                unavailable("the service cannot be loaded\n")
+            }
+            Refusal::NoHandler { .. } => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the service cannot serve HTTP\n",
+            ),
+            Refusal::Instance(_) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the service could not be started\n",
+            ),
+            Refusal::Input(_) => plain(StatusCode::BAD_REQUEST, "malformed request\n"),
+        };
+        record.status(response.status().as_u16());
+        HttpEnd::Refused(response)
+    }
+}
+
+fn unavailable(text: &str) -> Response<ResponseBody> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
+}
+
+/// Whether the guest still holds a response body it never finished (the
+/// `outgoing-body` resource is deleted when it is finished or dropped).
+fn has_unfinished_body(store: &mut Store<InstanceState>) -> bool {
+    store
+        .data_mut()
+        .table()
+        .iter_mut()
+        .any(|entry| entry.is::<HostOutgoingBody>())
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(limit: ByteSize) -> Response<ResponseBody> {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is over this service's limit of {limit}\n"),
+    )
+}
+
+/// The host's own health endpoints, the same on every listener: a listener
+/// only accepts once its services are loaded, so answering at all means
+/// ready.
+pub fn health(path: &str) -> Option<Response<ResponseBody>> {
+    match path {
+        "/healthz" => Some(plain(StatusCode::OK, "ok\n")),
+        "/readyz" => Some(plain(StatusCode::OK, "ready\n")),
+        _ => None,
+    }
+}
+
+/// A short plain-text response made by the host.
+pub fn plain(status: StatusCode, text: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(text.to_owned()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,236 @@
+//! The engine: one wasmtime `Engine` per process, its linker, and the one
+//! epoch ticker that drives deadlines and fair yields for every instance.
+//!
+//! Settings (see `docs/benchmarks.md` for the measurements behind them):
+//! - async support, fuel metering and epoch interruption on;
+//! - the pooling instance allocator, sized by [`EngineOptions::max_instances`],
+//!   with pages of each slot kept resident between instances; where the
+//!   address-space reservation fails (small devices, tight `ulimit -v`) it
+//!   falls back to on-demand allocation;
+//! - copy-on-write memory images for linear-memory initialization.
+
+use crate::values::limits::MAX_MEMORY;
+use crate::values::units::ByteSize;
+use crate::wasm::instance::{self, InstanceState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
+
+/// Host-wide engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Instances that may exist at once across all services; the size of the
+    /// pool and of the host-wide admission gate.
+    pub max_instances: u32,
+    /// Use the pooling allocator (falls back to on-demand if it cannot
+    /// reserve its address space).
+    pub pooling: bool,
+    /// Interval of the epoch ticker: how often a running guest yields.
+    pub epoch_tick: Duration,
+    /// Linear-memory bytes per pool slot reset with `memset` and kept
+    /// resident instead of being returned to the kernel.
+    pub memory_keep_resident: ByteSize,
+    /// Table bytes per pool slot kept resident likewise.
+    pub table_keep_resident: ByteSize,
+    /// Async stack bytes per pool slot kept resident likewise.
+    pub stack_keep_resident: ByteSize,
+    /// Initialize linear memories from copy-on-write images.
+    pub memory_init_cow: bool,
+    /// Reset pool slots by scanning for the pages a guest actually touched
+    /// (Linux `PAGEMAP_SCAN`, kernel 6.7+; ignored where unsupported).
+    pub pagemap_scan: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_instances: 1000,
+            pooling: true,
+            epoch_tick: Duration::from_millis(1),
+            memory_keep_resident: ByteSize::mib(4),
+            table_keep_resident: ByteSize::mib(1),
+            stack_keep_resident: ByteSize::mib(2),
+            memory_init_cow: true,
+            pagemap_scan: true,
+        }
+    }
+}
+
+/// The process's engine and what goes with it.
+pub struct BerthEngine {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    pooled: bool,
+    max_instances: u32,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for BerthEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BerthEngine")
+            .field("pooled", &self.pooled)
+            .field("max_instances", &self.max_instances)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_config(options: &EngineOptions) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .memory_init_cow(options.memory_init_cow);
+    config
+}
+
+fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
+    let n = options.max_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        // A component holds several core instances (its modules and the
+        // adapters between them) but usually one or two memories and tables.
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(2))
+        .total_stacks(n)
+        .max_memory_size(MAX_MEMORY.bytes() as usize)
+        .table_elements(100_000)
+        .linear_memory_keep_resident(options.memory_keep_resident.bytes() as usize)
+        .table_keep_resident(options.table_keep_resident.bytes() as usize)
+        .async_stack_keep_resident(options.stack_keep_resident.bytes() as usize)
+        .pagemap_scan(if options.pagemap_scan {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        });
+    pool
+}
+
+impl BerthEngine {
+    /// Builds the engine, its linker and starts the epoch ticker.
+    pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+        let mut pooled = false;
+        let engine = if options.pooling {
+            let mut config = base_config(options);
+            config
+                .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(options)));
+            match Engine::new(&config) {
+                Ok(engine) => {
+                    pooled = true;
+                    engine
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the pooling allocator is unavailable here; falling back to on-demand allocation"
+                    );
+                    Engine::new(&base_config(options))
+                        .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
+                }
+            }
+        } else {
+            Engine::new(&base_config(options))
+                .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
+        };
+        let mut linker = Linker::new(&engine);
+        instance::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI into the engine: {e}"))?;
+        let ticker = EpochTicker::start(engine.clone(), options.epoch_tick)
+            .map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
+        Ok(BerthEngine {
+            engine,
+            linker,
+            pooled,
+            max_instances: options.max_instances,
+            _ticker: ticker,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker holding every interface Berth provides.
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn is_pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// Instances that may exist at once.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
+    }
+}
+
+/// A thread that advances the engine's epoch every tick, for as long as it
+/// lives. Each advance makes running guests yield (and lets the deadline
+/// check run).
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("berth-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    realtime_priority();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                }
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Asks for real-time scheduling (`SCHED_FIFO`, lowest priority) for the
+/// calling thread, so a tick is not delayed behind busy threads and
+/// CPU-bound guests are interrupted on time. It needs `CAP_SYS_NICE`;
+/// without it the ticker runs as an ordinary thread (ticks may then come
+/// late, by up to an OS time slice, when every core is busy).
+fn realtime_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: plain system call on the calling thread with a valid
+        // parameter.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+        if rc == 0 {
+            tracing::debug!("epoch ticker: real-time priority");
+        } else {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "epoch ticker: no real-time priority (needs CAP_SYS_NICE); ticks may come late under load"
+            );
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Instances: the per-invocation `Store` and everything in it — the WASI
+//! context (deny by default), the HTTP context, the memory limiter, fuel,
+//! the epoch deadline and the guest's log streams.
+//!
+//! An instance is made for one invocation and dropped after it; nothing a
+//! guest does survives it. This module knows no runtime and no trigger:
+//! what an instance reaches beyond itself (secrets, the event bus, other
+//! services, the host's own addresses to stay away from) comes in through
+//! [`Ports`], supplied by the host.
+//!
+//! - [`limiter`] — the memory cap and peak.
+//! - [`turns`] — CPU turns, fairness between CPU-bound guests.
+//! - [`output`] — the guest's stdout and stderr as log lines.
+//! - [`egress`] — the outbound HTTP firewall and service calls.
+//! - [`publish`] — `berth:events/publisher`.
+
+pub mod egress;
+pub mod limiter;
+pub mod output;
+pub mod publish;
+pub mod turns;
+
+use crate::values::capabilities::{EnvValue, Mode, OutboundRule};
+use crate::values::capabilities::{FileMount, MountError};
+use crate::values::id::InvocationId;
+use crate::values::limits::Limits;
+use crate::values::service::{ServiceName, ServiceSpec};
+use crate::values::topic::TopicPattern;
+use crate::values::trace::TraceContext;
+use crate::wasm::engine::BerthEngine;
+use crate::wasm::secrets::{SecretError, Secrets};
+use egress::{Hooks, Listeners, Outbound, ServiceCalls};
+use limiter::MemoryLimiter;
+use output::GuestOutput;
+use publish::{EventPort, Publisher};
+use std::sync::Arc;
+use turns::CpuTurn;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// The data of every instance's `Store`.
+pub struct InstanceState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: Hooks,
+    limiter: MemoryLimiter,
+    publisher: Option<Publisher>,
+    turn: Arc<CpuTurn>,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl InstanceState {
+    /// The memory limiter, to read the peak and whether the cap was hit.
+    pub fn limiter(&self) -> &MemoryLimiter {
+        &self.limiter
+    }
+
+    /// The instance's resource table.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// What the instance may publish, if the host has an event bus.
+    pub fn publisher(&self) -> Option<&Publisher> {
+        self.publisher.as_ref()
+    }
+}
+
+/// Adds every interface Berth provides to guests: all of WASI 0.2
+/// (`wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`,
+/// `wasi:sockets`), `wasi:http`, and `berth:events/publisher`. What a guest
+/// may actually do through them is decided per instance by [`new_store`],
+/// and by default it is nothing beyond clocks, randomness and its own
+/// stdout/stderr.
+pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    crate::wasm::bindings::EventsHost::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+        linker,
+        |state| state,
+    )?;
+    Ok(())
+}
+
+/// Who an instance runs for: the service and the invocation.
+#[derive(Clone, Debug)]
+pub struct Tag {
+    /// The service.
+    pub service: ServiceName,
+    /// The invocation.
+    pub invocation: InvocationId,
+}
+
+/// Why an instance could not be made for an invocation (a preopened
+/// directory gone, a secret missing). Never holds a secret's value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    /// A mounted directory cannot be used any more.
+    #[error("{0}")]
+    Mount(#[from] MountError),
+    /// A mounted directory could not be opened.
+    #[error("cannot open {host} (mounted at {guest}): {error}")]
+    Open {
+        /// The host directory.
+        host: String,
+        /// Where the guest would see it.
+        guest: String,
+        /// Why.
+        error: String,
+    },
+    /// A secret an environment variable refers to could not be read.
+    #[error("environment variable {var}: {error}")]
+    Secret {
+        /// The variable.
+        var: String,
+        /// Why.
+        error: SecretError,
+    },
+    /// The engine refused the fuel budget (it is not configured for fuel).
+    #[error("the fuel budget could not be set: {0}")]
+    Fuel(String),
+}
+
+/// The services a call passed through to reach this invocation, outermost
+/// first (empty for an invocation started by a client, an event or a
+/// schedule).
+#[derive(Debug, Clone, Default)]
+pub struct CallChain(pub Arc<[ServiceName]>);
+
+impl CallChain {
+    /// How many calls deep this invocation is.
+    pub fn depth(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The chain as `a → b → c`.
+    pub fn describe(&self, then: &str) -> String {
+        let mut text = String::new();
+        for name in self.0.iter() {
+            text.push_str(name.as_str());
+            text.push_str(" → ");
+        }
+        text.push_str(then);
+        text
+    }
+}
+
+/// What a service's instances are given, fixed for one revision: its
+/// name and configuration, and the shared parts built once from them.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// The service's name and configuration.
+    pub spec: ServiceSpec,
+    /// The origins it may send HTTP requests to.
+    pub outbound: Arc<[OutboundRule]>,
+    /// The topics it may publish on.
+    pub publish: Arc<[TopicPattern]>,
+    /// How many of its invocations may run guest code at once once they
+    /// are CPU-bound (see [`turns`]).
+    pub cpu_turns: Arc<tokio::sync::Semaphore>,
+}
+
+impl Sandbox {
+    /// The sandbox of `spec`, with `cpu_turns` turns.
+    pub fn new(spec: ServiceSpec, cpu_turns: usize) -> Sandbox {
+        Sandbox {
+            outbound: spec.config.allowed_outbound.clone().into(),
+            publish: spec.config.publish.clone().into(),
+            cpu_turns: Arc::new(tokio::sync::Semaphore::new(cpu_turns.max(1))),
+            spec,
+        }
+    }
+
+    /// The limits its invocations run under.
+    pub fn limits(&self) -> &Limits {
+        &self.spec.config.limits
+    }
+}
+
+/// What instances reach beyond themselves, supplied by the host: one set
+/// for the whole host.
+#[derive(Clone, Default)]
+pub struct Ports {
+    /// Where secrets are read from.
+    pub secrets: Secrets,
+    /// The host's own addresses, which guests may never reach.
+    pub listeners: Listeners,
+    /// Where guests' events go; `None`: the host has no event bus.
+    pub events: Option<EventPort>,
+    /// Calls to other services; `None`: the host routes none.
+    pub calls: Option<Arc<dyn ServiceCalls>>,
+}
+
+/// One invocation, as its instance sees it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Its id.
+    pub id: InvocationId,
+    /// Its place in a trace: passed on to what it calls and publishes.
+    pub trace: TraceContext,
+    /// When it must be done (enforced by the caller, which drops the
+    /// call; the instance bounds outbound requests by it).
+    pub deadline: tokio::time::Instant,
+    /// The services a call passed through to reach it.
+    pub chain: CallChain,
+}
+
+/// Makes the `Store` for one invocation of the service of `sandbox`.
+///
+/// The WASI context is deny-by-default, and grants only what the
+/// service's configuration lists (see [`crate::values::capabilities`]):
+/// - stdin is closed; stdout and stderr become log lines tagged with the
+///   service and invocation (see [`GuestOutput`]);
+/// - environment variables: exactly the service's `env`, secrets read from
+///   the host's secrets source now; no arguments;
+/// - files: exactly the service's `files`, each a cap-std directory handle
+///   (read-only unless `rw`) that no path can leave;
+/// - no sockets: TCP, UDP and name lookups are refused;
+/// - outgoing HTTP: only to the origins of `allowed_outbound` (see
+///   [`egress`]), other services in-process;
+/// - wall and monotonic clocks and random numbers come from the host;
+/// - `berth:events/publisher` publishes only on the topics the service's
+///   `publish` list allows, and the events carry the invocation's
+///   `traceparent` (see [`crate::values::trace`]).
+///
+/// Limits: linear memory is capped by a [`MemoryLimiter`], the fuel budget
+/// is set, and the epoch deadline yields to the async runtime on every
+/// engine tick so a guest that never calls the host never holds a runtime
+/// thread. (The wall-clock deadline itself is enforced by the caller, which
+/// drops the invocation's future when it passes.) A guest still running
+/// after a whole tick waits for a CPU turn (see [`turns`]).
+pub fn new_store(
+    engine: &BerthEngine,
+    sandbox: &Sandbox,
+    ports: &Ports,
+    invocation: Invocation,
+) -> Result<Store<InstanceState>, StartError> {
+    let tag = Tag {
+        service: sandbox.spec.name.clone(),
+        invocation: invocation.id,
+    };
+    let limits = sandbox.limits();
+    let wasi = wasi_context(sandbox, &ports.secrets, &tag)?;
+    let outbound = (!sandbox.outbound.is_empty()).then(|| Outbound {
+        rules: sandbox.outbound.clone(),
+        trace: invocation.trace,
+        deadline: invocation.deadline,
+        chain: invocation.chain.clone(),
+        listeners: ports.listeners.clone(),
+        calls: ports.calls.clone(),
+    });
+    let publisher = ports.events.as_ref().map(|events| Publisher {
+        service: tag.service.clone(),
+        invocation: invocation.id,
+        allowed: sandbox.publish.clone(),
+        sink: events.sink.clone(),
+        max_event_size: events.max_event_size,
+        trace: invocation.trace,
+    });
+    let state = InstanceState {
+        table: ResourceTable::new(),
+        wasi,
+        http: WasiHttpCtx::new(),
+        hooks: Hooks { tag, outbound },
+        limiter: MemoryLimiter::new(limits.memory.bytes()),
+        turn: CpuTurn::new(sandbox.cpu_turns.clone()),
+        publisher,
+    };
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store
+        .set_fuel(limits.fuel)
+        .map_err(|e| StartError::Fuel(e.to_string()))?;
+    // The first check comes after one to two ticks: a guest that answers
+    // within a tick (most do) never yields or queues for a turn; one
+    // still running after a whole tick is CPU-bound.
+    store.set_epoch_deadline(2);
+    store.epoch_deadline_callback(|store| {
+        let turn = store.data().turn.clone();
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(turn.next_turn())))
+    });
+    store.call_hook(|store, hook| {
+        if matches!(hook, wasmtime::CallHook::CallingHost) {
+            store.data().turn.release();
+        }
+        Ok(())
+    });
+    Ok(store)
+}
+
+/// The WASI context of one instance: output streams, sockets refused,
+/// the service's directories and environment.
+fn wasi_context(sandbox: &Sandbox, secrets: &Secrets, tag: &Tag) -> Result<WasiCtx, StartError> {
+    let config = &sandbox.spec.config;
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(GuestOutput::new(tag.clone(), "stdout"))
+        .stderr(GuestOutput::new(tag.clone(), "stderr"))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for mount in &config.files {
+        preopen(&mut wasi, mount)?;
+    }
+    for (name, value) in &config.env {
+        match value {
+            EnvValue::Value(value) => wasi.env(name, value),
+            EnvValue::Secret(secret) => {
+                let value = secrets.read(secret).map_err(|error| StartError::Secret {
+                    var: name.clone(),
+                    error,
+                })?;
+                wasi.env(name, value)
+            }
+        };
+    }
+    Ok(wasi.build())
+}
+
+/// Preopens one mounted directory, after checking it is still the one the
+/// service was deployed with.
+fn preopen(wasi: &mut WasiCtxBuilder, mount: &FileMount) -> Result<(), StartError> {
+    mount.check_unchanged()?;
+    let perms = match mount.mode {
+        Mode::Ro => FsPerms::ReadOnly,
+        Mode::Rw => FsPerms::ReadWrite,
+    };
+    wasi.preopened_dir(&mount.host, mount.guest.as_str(), perms)
+        .map_err(|e| StartError::Open {
+            host: mount.host.display().to_string(),
+            guest: mount.guest.to_string(),
+            error: e.to_string(),
+        })?;
+    Ok(())
+}
