@@ -167,22 +167,7 @@ async fn a_restart_restores_every_service_and_its_active_revision() {
         .unwrap()
         .trim_start_matches("sha256:")
         .to_owned();
-    let file = host.state.join("artifacts").join(format!("{digest}.wasm"));
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[1000] ^= 0xff;
-    std::fs::write(&file, bytes).unwrap();
-    for entry in std::fs::read_dir(host.state.join("code")).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with(&digest)
-        {
-            std::fs::remove_file(path).unwrap();
-        }
-    }
+    host.damage_artifact(&digest);
     host.start_again();
     let reply = post(&host.berth, "/echo", "x").await;
     assert_eq!(reply.status, 503);

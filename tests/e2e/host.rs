@@ -60,6 +60,27 @@ impl Host {
         self.berth = serve(&self.state, &extra, &self.env);
     }
 
+    /// Damages the stored artifact `digest` (hex) and removes its compiled
+    /// code, so that loading it fails. The host must be stopped.
+    pub fn damage_artifact(&self, digest: &str) {
+        let file = self.state.join("artifacts").join(format!("{digest}.wasm"));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[1000] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        for entry in std::fs::read_dir(self.state.join("code")).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(digest)
+            {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.berth.admin.unwrap())
     }

@@ -179,22 +179,7 @@ async fn an_event_for_a_service_that_cannot_be_loaded_leaves_a_rejected_record_a
     // Damage the artifact, with no compiled code to fall back on.
     let status = host.berth.terminate();
     assert!(status.success());
-    let file = host.state.join("artifacts").join(format!("{digest}.wasm"));
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[1000] ^= 0xff;
-    std::fs::write(&file, bytes).unwrap();
-    for entry in std::fs::read_dir(host.state.join("code")).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with(&digest)
-        {
-            std::fs::remove_file(path).unwrap();
-        }
-    }
+    host.damage_artifact(&digest);
     host.start_again();
 
     let reply = get(&host.berth, "/work?ms=1").await;

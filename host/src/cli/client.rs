@@ -60,23 +60,35 @@ pub struct Client {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// An admin API address the client cannot use.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid admin URL {url:?}: {why}")]
+pub struct InvalidUrl {
+    /// The address given.
+    pub url: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
 impl Client {
     /// A client for the admin API at `url` (`http://HOST:PORT`).
-    pub fn new(url: &str, token: Option<String>) -> Result<Client, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("invalid admin URL {url:?}: {e}"))?;
+    pub fn new(url: &str, token: Option<String>) -> Result<Client, InvalidUrl> {
+        let bad = |why: String| InvalidUrl {
+            url: url.to_owned(),
+            why,
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(format!("{e}")))?;
         match uri.scheme_str() {
             Some("http") | None => {}
             Some(other) => {
-                return Err(format!(
-                    "invalid admin URL {url:?}: scheme {other} is not supported (use http://; put TLS in front of a non-local admin API)"
-                ));
+                return Err(bad(format!(
+                    "scheme {other} is not supported (use http://; put TLS in front of a non-local admin API)"
+                )));
             }
         }
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("invalid admin URL {url:?}: no host"))?
+            .ok_or_else(|| bad("no host".into()))?
             .to_string();
         Ok(Client {
             authority,

@@ -106,7 +106,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.host, self.token.clone()).map_err(anyhow::Error::msg)
+        Ok(Client::new(&self.host, self.token.clone())?)
     }
 }
 

@@ -134,14 +134,7 @@ pub struct Parts {
 
 /// The control plane of one host.
 pub struct ControlPlane {
-    runtime: Arc<Runtime>,
-    state: Arc<Mutex<State>>,
-    artifacts: ArtifactStore,
-    cache: CodeCache,
-    max_upload: ByteSize,
-    events: Events,
-    max_event_size: ByteSize,
-    ledger: Option<Arc<Ledger>>,
+    parts: Parts,
     changes: tokio::sync::Mutex<()>,
     /// Services whose active revision could not be loaded on restore.
     failed: Mutex<BTreeMap<ServiceName, String>>,
@@ -150,25 +143,8 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// A control plane over `parts`.
     pub fn new(parts: Parts) -> ControlPlane {
-        let Parts {
-            runtime,
-            state,
-            artifacts,
-            cache,
-            max_upload,
-            events,
-            max_event_size,
-            ledger,
-        } = parts;
         ControlPlane {
-            runtime,
-            state,
-            artifacts,
-            cache,
-            max_upload,
-            events,
-            max_event_size,
-            ledger,
+            parts,
             changes: tokio::sync::Mutex::new(()),
             failed: Mutex::new(BTreeMap::new()),
         }
@@ -176,22 +152,22 @@ impl ControlPlane {
 
     /// The usage ledger, if the host keeps one.
     pub fn ledger(&self) -> Option<&Arc<Ledger>> {
-        self.ledger.as_ref()
+        self.parts.ledger.as_ref()
     }
 
     /// The event bus.
     pub fn bus(&self) -> &Arc<dyn Bus> {
-        &self.events.bus
+        &self.parts.events.bus
     }
 
     /// The largest event accepted.
     pub fn max_event_size(&self) -> ByteSize {
-        self.max_event_size
+        self.parts.max_event_size
     }
 
     /// Stops dispatching events (on shutdown; pending ones stay stored).
     pub fn shutdown(&self) {
-        self.events.dispatcher.shutdown();
+        self.parts.events.dispatcher.shutdown();
     }
 
     /// Publishes events (from the admin API): checks the topic and sizes,
@@ -205,11 +181,12 @@ impl ControlPlane {
                     event.topic
                 )));
             }
-            if event.size() as u64 > self.max_event_size.bytes() {
-                return Err(ControlError::TooLarge(self.max_event_size));
+            if event.size() as u64 > self.parts.max_event_size.bytes() {
+                return Err(ControlError::TooLarge(self.parts.max_event_size));
             }
         }
-        self.events
+        self.parts
+            .events
             .bus
             .publish(events)
             .await
@@ -218,20 +195,20 @@ impl ControlPlane {
 
     /// Brings subscriptions and schedules in line with the services.
     async fn sync_events(&self) {
-        if let Err(e) = self.events.dispatcher.sync().await {
+        if let Err(e) = self.parts.events.dispatcher.sync().await {
             tracing::error!(error = %e, "cannot update the subscriptions");
         }
-        self.events.scheduler.sync();
+        self.parts.events.scheduler.sync();
     }
 
     /// The runtime the control plane changes.
     pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
+        &self.parts.runtime
     }
 
     /// The largest artifact accepted.
     pub fn max_upload(&self) -> ByteSize {
-        self.max_upload
+        self.parts.max_upload
     }
 
     /// Runs `f` on the database on a blocking thread.
@@ -239,7 +216,7 @@ impl ControlPlane {
         &self,
         f: impl FnOnce(&mut State) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ControlError> {
-        let state = self.state.clone();
+        let state = self.parts.state.clone();
         tokio::task::spawn_blocking(move || f(&mut state.lock().unwrap_or_else(|e| e.into_inner())))
             .await
             .map_err(|e| ControlError::Storage(format!("database task failed: {e}")))?
@@ -250,9 +227,9 @@ impl ControlPlane {
     /// when it was compiled before), on a blocking thread.
     async fn load(&self, digest: Digest, config: &ServiceConfig) -> Result<Handlers, ControlError> {
         let config = config.clone();
-        let artifacts = self.artifacts.clone();
-        let cache = self.cache.clone();
-        let runtime = self.runtime.clone();
+        let artifacts = self.parts.artifacts.clone();
+        let cache = self.parts.cache.clone();
+        let runtime = self.parts.runtime.clone();
         tokio::task::spawn_blocking(move || {
             let bytes = artifacts
                 .read(&digest)
@@ -279,7 +256,7 @@ impl ControlPlane {
         let records = self.db(|s| s.services()).await?;
         let mut services = Vec::with_capacity(records.len());
         for record in records {
-            if self.artifacts.contains(&record.active.artifact) {
+            if self.parts.artifacts.contains(&record.active.artifact) {
                 services.push(Arc::new(self.routed(&record.active, None)));
             } else {
                 let e = ControlError::Storage(format!(
@@ -290,7 +267,7 @@ impl ControlPlane {
             }
         }
         let mut restored = services.len();
-        for (service, conflict) in self.runtime.registry().upsert_many(services) {
+        for (service, conflict) in self.parts.runtime.registry().upsert_many(services) {
             restored -= 1;
             self.restore_failed(service.name(), service.revision, conflict.into());
         }
@@ -313,13 +290,13 @@ impl ControlPlane {
     /// imports only what Berth provides and exports a trigger Berth knows.
     /// Returns its record, and whether it is new.
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<(ArtifactRecord, bool), ControlError> {
-        if bytes.len() as u64 > self.max_upload.bytes() {
-            return Err(ControlError::TooLarge(self.max_upload));
+        if bytes.len() as u64 > self.parts.max_upload.bytes() {
+            return Err(ControlError::TooLarge(self.parts.max_upload));
         }
         artifact::check_component(&bytes).map_err(LoadError::from)?;
-        let artifacts = self.artifacts.clone();
-        let cache = self.cache.clone();
-        let runtime = self.runtime.clone();
+        let artifacts = self.parts.artifacts.clone();
+        let cache = self.parts.cache.clone();
+        let runtime = self.parts.runtime.clone();
         let digest = tokio::task::spawn_blocking(move || {
             let digest = Digest::of(&bytes);
             // Compiling checks it and fills the code cache for the deploy
@@ -360,7 +337,8 @@ impl ControlPlane {
                 "artifact {artifact} is not uploaded"
             )));
         }
-        self.runtime
+        self.parts
+            .runtime
             .registry()
             .check_routes(&name, &config.routes)?;
         let handler = self.load(artifact, &config).await?;
@@ -388,7 +366,8 @@ impl ControlPlane {
         validate_nesting(&config.files)?;
         for (var, value) in &config.env {
             if let EnvValue::Secret(name) = value {
-                self.runtime
+                self.parts
+                    .runtime
                     .ports()
                     .secrets
                     .read(name)
@@ -432,10 +411,11 @@ impl ControlPlane {
                     ))
                 })?,
         };
-        if target.number == active && self.runtime.registry().service(&name).is_some() {
+        if target.number == active && self.parts.runtime.registry().service(&name).is_some() {
             return Ok(target);
         }
-        self.runtime
+        self.parts
+            .runtime
             .registry()
             .check_routes(&name, &target.config.routes)?;
         // What the old revision gives its guest must still be there.
@@ -459,7 +439,8 @@ impl ControlPlane {
     }
 
     fn switch(&self, record: &RevisionRecord, handler: Handlers) -> Result<(), ControlError> {
-        self.runtime
+        self.parts
+            .runtime
             .registry()
             .upsert(Arc::new(self.routed(record, Some(handler))))?;
         self.failed().remove(&record.service);
@@ -479,10 +460,10 @@ impl ControlPlane {
                 "there is no service `{name}`"
             )));
         }
-        self.runtime.registry().remove(&name);
+        self.parts.runtime.registry().remove(&name);
         self.failed().remove(&name);
         self.sync_events().await;
-        if let Err(e) = self.events.bus.drop_service(name.as_str()).await {
+        if let Err(e) = self.parts.events.bus.drop_service(name.as_str()).await {
             tracing::error!(service = %name, error = %e, "cannot drop the service's pending events");
         }
         tracing::info!(service = %name, "removed");
@@ -508,7 +489,7 @@ impl ControlPlane {
 
     fn status(&self, record: ServiceRecord) -> ServiceStatus {
         let name = &record.active.service;
-        let running = self.runtime.registry().service(name);
+        let running = self.parts.runtime.registry().service(name);
         let (in_flight, queued) = running
             .as_ref()
             .map(|s| {
@@ -561,14 +542,14 @@ impl ControlPlane {
     fn source(&self, digest: Digest) -> component::Source {
         component::Source {
             digest,
-            artifacts: self.artifacts.clone(),
-            cache: self.cache.clone(),
+            artifacts: self.parts.artifacts.clone(),
+            cache: self.parts.cache.clone(),
         }
     }
 
     /// The runtime's service for `record`, loaded (`Some` handlers) or not.
     fn routed(&self, record: &RevisionRecord, handlers: Option<Handlers>) -> Service {
-        self.runtime.service(
+        self.parts.runtime.service(
             ServiceSpec {
                 name: record.service.clone(),
                 config: record.config.clone(),

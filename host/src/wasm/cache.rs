@@ -66,6 +66,23 @@ impl fmt::Display for CacheOutcome {
     }
 }
 
+/// Why a cache entry that exists must not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedEntry {
+    /// Its checksum file cannot be read.
+    #[error("unreadable checksum: {0}")]
+    UnreadableChecksum(String),
+    /// The entry cannot be read.
+    #[error("unreadable entry: {0}")]
+    Unreadable(String),
+    /// Its bytes do not match its checksum.
+    #[error("checksum mismatch: the entry is corrupt")]
+    Corrupt,
+    /// Wasmtime refused it.
+    #[error("refused by wasmtime: {0}")]
+    Refused(String),
+}
+
 /// Feeds `Hash` output into sha256, for a key that is stable across runs
 /// (unlike `DefaultHasher`, whose algorithm may change between releases).
 struct Sha256Hasher(Sha256);
@@ -135,7 +152,7 @@ impl CodeCache {
         let refused = match self.load(engine, &code) {
             Ok(Some(component)) => return Ok((component, CacheOutcome::Hit)),
             Ok(None) => None,
-            Err(why) => Some(why),
+            Err(why) => Some(why.to_string()),
         };
         let serialized = engine.precompile_component(bytes)?;
         let outcome = match self.store(&code, &serialized) {
@@ -152,33 +169,33 @@ impl CodeCache {
     }
 
     /// Loads the compiled form of `digest` if the cache holds a valid
-    /// entry: `Ok(None)` when there is none, `Err(reason)` when there is one
-    /// that must not be used. Needs no artifact bytes: this is the fast path
-    /// of a cold start.
+    /// entry: `Ok(None)` when there is none, `Err` when there is one that
+    /// must not be used. Needs no artifact bytes: this is the fast path of
+    /// a cold start.
     pub fn load_cached(
         &self,
         engine: &Engine,
         digest: &Digest,
-    ) -> Result<Option<Component>, String> {
+    ) -> Result<Option<Component>, RefusedEntry> {
         self.load(engine, &self.entry_path(digest))
     }
 
-    /// `Ok(None)` when there is no entry; `Err(reason)` when there is one
-    /// that must not be used.
-    fn load(&self, engine: &Engine, code: &Path) -> Result<Option<Component>, String> {
+    /// `Ok(None)` when there is no entry; `Err` when there is one that
+    /// must not be used.
+    fn load(&self, engine: &Engine, code: &Path) -> Result<Option<Component>, RefusedEntry> {
         let sum_path = Self::sum_path(code);
         let expected = match std::fs::read_to_string(&sum_path) {
             Ok(s) => s.trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("unreadable checksum: {e}")),
+            Err(e) => return Err(RefusedEntry::UnreadableChecksum(e.to_string())),
         };
         let actual = match file_sha256(code) {
             Ok(sum) => sum,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("unreadable entry: {e}")),
+            Err(e) => return Err(RefusedEntry::Unreadable(e.to_string())),
         };
         if actual != expected {
-            return Err("checksum mismatch: the entry is corrupt".into());
+            return Err(RefusedEntry::Corrupt);
         }
         // SAFETY: the file is in Berth's own cache directory, was written by
         // `store` below from `Engine::precompile_component` output, and its
@@ -187,7 +204,7 @@ impl CodeCache {
         // configuration; wasmtime re-checks compatibility on load as well.
         match unsafe { Component::deserialize_file(engine, code) } {
             Ok(component) => Ok(Some(component)),
-            Err(e) => Err(format!("refused by wasmtime: {e}")),
+            Err(e) => Err(RefusedEntry::Refused(e.to_string())),
         }
     }
 

@@ -331,8 +331,7 @@ async fn read_limited(
 
 /// Reads a JSON body (at most [`MAX_JSON`]).
 async fn read_json<T: DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
-    let body = read_limited(body, MAX_JSON, None, "the request body").await?;
-    parse_json(&body)
+    parse_json(&read_limited(body, MAX_JSON, None, "the request body").await?)
 }
 
 /// Reads a JSON body, or `T::default()` for an empty one.
@@ -340,10 +339,10 @@ async fn read_json_or_default<T: DeserializeOwned + Default>(
     body: axum::body::Body,
 ) -> Result<T, ApiError> {
     let body = read_limited(body, MAX_JSON, None, "the request body").await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+    match body.iter().all(u8::is_ascii_whitespace) {
+        true => Ok(T::default()),
+        false => parse_json(&body),
     }
-    parse_json(&body)
 }
 
 /// Parses JSON, naming the offending field in the error. (serde's own
