@@ -166,6 +166,18 @@ impl Host {
         &self.control
     }
 
+    /// Binds `addr` (naming it, and `what` it is for, in the error) and at
+    /// once adds the address to those guests may never reach: a guest
+    /// already running (an event delivery) cannot slip into the port
+    /// between the bind and the serve.
+    pub async fn bind(&self, addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}{what}"))?;
+        self.runtime.listeners().add(listener.local_addr()?);
+        Ok(listener)
+    }
+
     /// Serves `listeners` until `shutdown` resolves; then stops accepting,
     /// stops dispatching events, lets in-flight invocations finish
     /// (bounded by the longest deadline), and closes the usage ledger (its
@@ -176,10 +188,15 @@ impl Host {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let public_addr = listeners.public.local_addr()?;
-        // Guests must never reach the host's own listeners.
-        self.runtime.listeners().add(public_addr);
+        // Guests must never reach the host's own listeners (those bound by
+        // `Host::bind` are known already).
+        let known = self.runtime.listeners().get();
+        let mut own = vec![public_addr];
         if let Some((admin, _)) = &listeners.admin {
-            self.runtime.listeners().add(admin.local_addr()?);
+            own.push(admin.local_addr()?);
+        }
+        for addr in own.into_iter().filter(|a| !known.contains(a)) {
+            self.runtime.listeners().add(addr);
         }
         let stop = CancellationToken::new();
         let mut accepting = vec![tokio::spawn(crate::triggers::http::accept(
@@ -207,13 +224,6 @@ impl Host {
         }
         Ok(())
     }
-}
-
-/// Binds `addr`, naming it (and what it is for) in the error.
-pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}{what}"))
 }
 
 /// Holds an exclusive lock on `DIR/lock` for as long as the host runs, so

@@ -1,10 +1,12 @@
 //! Checks the crate's layering (see the crate docs): every module path a
-//! source file names (`use` items and paths in code, not comments) is in
-//! its own layer or one below, and no import cycle spans more than two
-//! files.
+//! source file names — in `use` items (aliases, groups and globs
+//! included), in paths in code, and in macro arguments — is in its own
+//! layer or one below, and no import cycle spans more than two files. The
+//! source is read as Rust (`syn`), so comments and strings never count.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use syn::visit::{self, Visit};
 
 /// The layers, bottom first, by top-level module.
 const LAYERS: &[&str] = &[
@@ -53,110 +55,124 @@ fn file_of(module: &[String]) -> Option<PathBuf> {
     None
 }
 
-/// The source without comments (line comments, doc comments, blocks) and
-/// string literals' contents.
-fn code_only(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if text[i..].starts_with("//") {
-            while i < bytes.len() && bytes[i] != b'\n' {
-                i += 1;
-            }
-        } else if text[i..].starts_with("/*") {
-            i += text[i..].find("*/").map_or(bytes.len() - i, |e| e + 2);
-        } else if bytes[i] == b'"' && (i == 0 || bytes[i - 1] != b'\'') {
-            i += 1;
-            while i < bytes.len() && bytes[i] != b'"' {
-                i += if bytes[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else {
-            let c = text[i..].chars().next().unwrap();
-            out.push(c);
-            i += c.len_utf8();
-        }
-    }
-    out
-}
+/// The paths a file names that start with `crate`, `super` or `self`, as
+/// segments (a glob ends with `*`).
+#[derive(Default)]
+struct Paths(Vec<Vec<String>>);
 
-/// Expands a `use` tree (`a::{b::C, d}`) into paths (`a::b::C`, `a::d`).
-fn expand(tree: &str) -> Vec<String> {
-    let tree = tree.trim();
-    let Some(open) = tree.find('{') else {
-        return vec![tree.to_owned()];
-    };
-    let prefix = &tree[..open];
-    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in inner.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&inner[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+impl Paths {
+    fn add(&mut self, segments: Vec<String>) {
+        if segments
+            .first()
+            .is_some_and(|s| s == "crate" || s == "super" || s == "self")
+        {
+            self.0.push(segments);
         }
     }
-    parts.push(&inner[start..]);
-    parts
-        .into_iter()
-        .filter(|p| !p.trim().is_empty())
-        .flat_map(|p| expand(p).into_iter().map(move |e| format!("{prefix}{e}")))
-        .collect()
-}
 
-/// The module paths (`crate::…` and `super::…`, resolved) `code` names.
-fn references(module: &[String], code: &str) -> BTreeSet<Vec<String>> {
-    let mut paths = Vec::new();
-    for statement in code.split(';') {
-        if let Some(at) = statement.find("use ") {
-            paths.extend(expand(&statement[at + 4..]));
-        }
-    }
-    // Paths written in code, outside `use`.
-    let words: Vec<&str> = code
-        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-        .filter(|w| w.starts_with("crate::") || w.starts_with("super::"))
-        .collect();
-    paths.extend(words.into_iter().map(str::to_owned));
-    let mut out = BTreeSet::new();
-    for path in paths {
-        let mut segments: Vec<&str> = path.split("::").map(str::trim).collect();
-        let mut base: Vec<String> = match segments.first() {
-            Some(&"crate") => {
-                segments.remove(0);
-                Vec::new()
-            }
-            Some(&"super") => {
-                // `super` of module `a::b` (file `a/b.rs` or `a/b/mod.rs`)
-                // is `a`.
-                let mut base = module.to_vec();
-                while segments.first() == Some(&"super") {
-                    segments.remove(0);
-                    base.truncate(base.len().saturating_sub(1));
-                }
-                base
-            }
-            _ => continue,
+    /// Every path of a `use` tree, under `prefix`.
+    fn use_tree(&mut self, tree: &syn::UseTree, prefix: &[String]) {
+        let with = |name: &syn::Ident| {
+            let mut p = prefix.to_vec();
+            p.push(name.to_string());
+            p
         };
-        // Module names are lower case; stop at the first item.
-        for segment in segments {
-            if segment.is_empty() || !segment.starts_with(|c: char| c.is_ascii_lowercase()) {
-                break;
+        match tree {
+            syn::UseTree::Path(p) => self.use_tree(&p.tree, &with(&p.ident)),
+            syn::UseTree::Name(n) => self.add(with(&n.ident)),
+            // `use crate::x as y`: what counts is `crate::x`.
+            syn::UseTree::Rename(r) => self.add(with(&r.ident)),
+            syn::UseTree::Glob(_) => {
+                let mut p = prefix.to_vec();
+                p.push("*".into());
+                self.add(p);
             }
-            base.push(segment.to_owned());
-        }
-        if !base.is_empty() {
-            out.insert(base);
+            syn::UseTree::Group(g) => {
+                for tree in &g.items {
+                    self.use_tree(tree, prefix);
+                }
+            }
         }
     }
-    out
+
+    /// Paths written inside a macro's arguments: `crate :: a :: b`.
+    fn tokens(&mut self, tokens: proc_macro2::TokenStream) {
+        let tokens: Vec<proc_macro2::TokenTree> = tokens.into_iter().collect();
+        let mut i = 0;
+        while i < tokens.len() {
+            match &tokens[i] {
+                proc_macro2::TokenTree::Group(g) => self.tokens(g.stream()),
+                proc_macro2::TokenTree::Ident(id) => {
+                    let mut segments = vec![id.to_string()];
+                    let mut j = i + 1;
+                    while let (
+                        Some(proc_macro2::TokenTree::Punct(a)),
+                        Some(proc_macro2::TokenTree::Punct(b)),
+                        Some(proc_macro2::TokenTree::Ident(next)),
+                    ) = (tokens.get(j), tokens.get(j + 1), tokens.get(j + 2))
+                    {
+                        if a.as_char() != ':' || b.as_char() != ':' {
+                            break;
+                        }
+                        segments.push(next.to_string());
+                        j += 3;
+                    }
+                    self.add(segments);
+                    i = j - 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Paths {
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        self.use_tree(&item.tree, &[]);
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        self.add(path.segments.iter().map(|s| s.ident.to_string()).collect());
+        visit::visit_path(self, path);
+    }
+
+    // `pub(crate)` names no module.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        self.tokens(mac.tokens.clone());
+        visit::visit_macro(self, mac);
+    }
+}
+
+/// What a path names, resolved from `module`: the module path it reaches
+/// (its lower-case segments), or `Err` for a glob of the crate root, which
+/// could bring in anything.
+fn resolve(module: &[String], segments: &[String]) -> Result<Vec<String>, String> {
+    let (mut base, rest) = match segments[0].as_str() {
+        "crate" => (Vec::new(), &segments[1..]),
+        "self" => (module.to_vec(), &segments[1..]),
+        _ => {
+            // `super` of module `a::b` (file `a/b.rs` or `a/b/mod.rs`) is
+            // `a`.
+            let supers = segments.iter().take_while(|s| *s == "super").count();
+            let mut base = module.to_vec();
+            base.truncate(base.len().saturating_sub(supers));
+            (base, &segments[supers..])
+        }
+    };
+    if base.is_empty() && rest.first().is_none_or(|s| s == "*") {
+        return Err(segments.join("::"));
+    }
+    // Module names are lower case; stop at the first item.
+    for segment in rest {
+        if segment == "*" || !segment.starts_with(|c: char| c.is_ascii_lowercase()) {
+            break;
+        }
+        base.push(segment.clone());
+    }
+    Ok(base)
 }
 
 fn layer(module: &[String]) -> Option<usize> {
@@ -169,19 +185,30 @@ fn graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
     let mut all = Vec::new();
     files(&src(), &mut all);
     let mut graph = BTreeMap::new();
+    let mut globs = Vec::new();
     for file in all {
         let module = module_of(&file);
         if layer(&module).is_none() {
             continue;
         }
-        let code = code_only(&std::fs::read_to_string(&file).unwrap());
-        let targets = references(&module, &code)
-            .into_iter()
-            .filter_map(|m| file_of(&m))
-            .filter(|t| *t != file)
-            .collect();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let ast = syn::parse_file(&text)
+            .unwrap_or_else(|e| panic!("{} does not parse: {e}", file.display()));
+        let mut paths = Paths::default();
+        paths.visit_file(&ast);
+        let mut targets = BTreeSet::new();
+        for segments in &paths.0 {
+            match resolve(&module, segments) {
+                Ok(m) => targets.extend(file_of(&m).filter(|t| *t != file)),
+                Err(glob) => globs.push(format!("{}: {glob}", file.display())),
+            }
+        }
         graph.insert(file, targets);
     }
+    assert!(
+        globs.is_empty(),
+        "globs of the crate root hide what they import: {globs:#?}"
+    );
     graph
 }
 
@@ -286,25 +313,48 @@ fn strongly_connected<'a>(
 }
 
 #[test]
-fn the_checker_reads_use_trees() {
+fn the_checker_sees_every_form_of_path() {
+    let module: Vec<String> = ["wasm", "instance", "egress"].map(String::from).into();
+    let named = |source: &str| -> Vec<Vec<String>> {
+        let mut paths = Paths::default();
+        paths.visit_file(&syn::parse_file(source).unwrap());
+        paths
+            .0
+            .iter()
+            .map(|p| resolve(&module, p).unwrap_or_else(|g| vec![format!("glob {g}")]))
+            .collect()
+    };
+    let m = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();
+    let found = named(
+        r#"
+        use super::{CallChain, Tag};
+        use crate::{control as c, values::{id::X, topic::*}};
+        use
+            crate::cli::client::Client;
+        // use crate::host::Host;
+        const S: &str = "crate::runtime::Runtime";
+        const R: &str = r"\";
+        fn f() { let _ = crate::triggers::http::x(); tracing::info!("{}", crate::control::ledger::Y); }
+        "#,
+    );
+    for expected in [
+        "wasm::instance",
+        "control",
+        "values::id",
+        "values::topic",
+        "cli::client",
+        "triggers::http::x",
+        "control::ledger",
+    ] {
+        assert!(found.contains(&m(expected)), "{expected} not in {found:?}");
+    }
+    assert!(!found.contains(&m("host")), "a comment counted: {found:?}");
+    assert!(
+        !found.contains(&m("runtime")),
+        "a string counted: {found:?}"
+    );
     assert_eq!(
-        expand("crate::values::{a::B, c::{d, E}}"),
-        [
-            "crate::values::a::B",
-            "crate::values::c::d",
-            "crate::values::c::E"
-        ]
+        named("use crate::*;"),
+        vec![vec!["glob crate::*".to_owned()]]
     );
-    let module = vec![
-        "wasm".to_owned(),
-        "instance".to_owned(),
-        "egress".to_owned(),
-    ];
-    let refs = references(
-        &module,
-        "use super::{CallChain, Tag};\nuse crate::values::id::X;",
-    );
-    assert!(refs.contains(&vec!["wasm".to_owned(), "instance".to_owned()]));
-    assert!(refs.contains(&vec!["values".to_owned(), "id".to_owned()]));
-    assert_eq!(code_only("a // crate::cli\n\"crate::cli\" b"), "a \n\"\" b");
 }

@@ -754,3 +754,26 @@ async fn deploy_a_manifest_then_inspect_its_services() {
         [2, 2]
     );
 }
+
+#[tokio::test]
+async fn every_admin_api_error_is_a_json_error_with_a_code() {
+    let host = Host::start(&[]);
+    for (method, path, status, code) in [
+        ("GET", "/v1/services/%FF", 400, "bad_request"),
+        ("GET", "/v1/services/Not_A_Name", 400, "bad_request"),
+        ("GET", "/v1/nothing", 404, "not_found"),
+        ("PATCH", "/v1/services/x", 405, "method_not_allowed"),
+        ("HEAD", "/v1/services", 405, "method_not_allowed"),
+        ("GET", "/v1/usage?since=yesterday", 400, "bad_request"),
+    ] {
+        let reply = host.api(method, path, "", Some(TOKEN)).await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        if method != "HEAD" {
+            assert_eq!(Host::json(&reply)["error"]["code"], code, "{method} {path}");
+        }
+    }
+    // A trailing slash is the same endpoint.
+    let reply = host.api("GET", "/v1/services/", "", Some(TOKEN)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(Host::json(&reply), serde_json::json!([]));
+}

@@ -14,7 +14,7 @@
 //! ```
 
 use super::host_args::{HostArgs, TokenArgs};
-use crate::host::{Host, Listeners, bind};
+use crate::host::{Host, Listeners};
 use crate::values::units::ByteSize;
 use crate::wasm::engine::EngineOptions;
 use clap::Args;
@@ -58,8 +58,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let host = Host::open(options).await?;
     let restored = host.runtime().registry().services().len();
 
-    let public = bind(args.listen, "").await?;
-    let admin = bind(args.admin_listen, " for the admin API").await?;
+    let public = host.bind(args.listen, "").await?;
+    let admin = host.bind(args.admin_listen, " for the admin API").await?;
     super::telemetry::flush();
     eprintln!(
         "berth: serving {restored} service{} on http://{}",

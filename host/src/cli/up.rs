@@ -8,7 +8,7 @@
 
 use super::host_args::{HostArgs, TokenArgs};
 use crate::control::ControlError;
-use crate::host::{Host, Listeners, bind};
+use crate::host::{Host, Listeners};
 use crate::values::manifest::Manifest;
 use crate::values::units::ByteSize;
 use crate::wasm::engine::EngineOptions;
@@ -105,9 +105,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let host = Host::open(options).await?;
     deploy_exactly(&host, &manifest).await?;
 
-    let public = bind(args.listen, "").await?;
+    let public = host.bind(args.listen, "").await?;
     let admin = match (args.admin_listen, auth) {
-        (Some(addr), Some(auth)) => Some((bind(addr, " for the admin API").await?, auth)),
+        (Some(addr), Some(auth)) => Some((host.bind(addr, " for the admin API").await?, auth)),
         _ => None,
     };
     super::telemetry::flush();

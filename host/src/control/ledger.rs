@@ -443,7 +443,11 @@ impl Writer {
         match result {
             Ok((log, done)) if done >= log => self.unsynced_since = None,
             Ok(_) => self.unsynced_since = Some(Instant::now()),
-            Err(e) => tracing::error!(error = %e, "usage checkpoint failed"),
+            Err(e) => {
+                // Tried again a period later, not at once.
+                self.unsynced_since = Some(Instant::now());
+                tracing::error!(error = %e, "usage checkpoint failed")
+            }
         }
     }
 
@@ -777,11 +781,10 @@ mod tests {
             match kind {
                 OutcomeKind::Rejected => {}
                 OutcomeKind::Error => {
-                    hold.record()
-                        .ran(OutcomeKind::Ok, Duration::from_millis(1), 10, 65536);
+                    hold.record().ran(OutcomeKind::Ok, 10, 65536);
                     hold.record().refine(OutcomeKind::Error);
                 }
-                ran => hold.record().ran(ran, Duration::from_millis(1), 10, 65536),
+                ran => hold.record().ran(ran, 10, 65536),
             }
             drop(hold);
         });

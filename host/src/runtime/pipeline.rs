@@ -28,13 +28,13 @@
 
 use crate::runtime::Runtime;
 use crate::runtime::admission::{Permit, Rejection};
-use crate::runtime::record::{Hold, RecordDraft};
+use crate::runtime::record::{Hold, Phase, RecordDraft};
 use crate::runtime::registry::{Service, Warmth};
 use crate::values::id::InvocationId;
 use crate::values::limits::Limits;
 use crate::values::trace::TraceContext;
 use crate::values::units::ByteSize;
-use crate::values::usage::Trigger;
+use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{Handlers, LoadError};
 use crate::wasm::instance::{self, CallChain, InstanceState, StartError};
 use crate::wasm::outcome::{self, Deadline, Outcome};
@@ -108,11 +108,13 @@ pub trait GuestCall: Send + 'static {
         true
     }
 
-    /// Picks the export this trigger calls from `handlers`, and hands the
-    /// trigger's input to the fresh instance in `store`.
+    /// Picks the export this trigger calls from the component's
+    /// `handlers` (before an instance is made).
+    fn select(&mut self, handlers: &Handlers) -> Result<(), Refusal>;
+
+    /// Hands the trigger's input to the fresh instance in `store`.
     fn prepare(
         &mut self,
-        handlers: &Handlers,
         store: &mut Store<InstanceState>,
         record: &Arc<RecordDraft>,
     ) -> Result<(), Refusal>;
@@ -125,6 +127,12 @@ pub trait GuestCall: Send + 'static {
 
     /// Runs after the call, before the instance is dropped.
     fn after(&mut self, _store: &mut Store<InstanceState>) {}
+
+    /// What to do if the run is lost half-way (its task panicked): the
+    /// trigger's last word, such as marking a response body cut off.
+    fn on_abort(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        None
+    }
 
     /// Maps how the run ended to the trigger's result; may
     /// [refine](RecordDraft::refine) the record's outcome.
@@ -150,6 +158,9 @@ pub struct Start {
     pub caller_deadline: Option<tokio::time::Instant>,
     /// The HTTP status recorded if the invocation ends without one.
     pub default_status: Option<u16>,
+    /// Input bytes known up front (an event's payload); a request body is
+    /// counted as it is read.
+    pub bytes_in: u64,
 }
 
 /// What [`invoke`] gives back.
@@ -251,6 +262,9 @@ pub async fn invoke<C: GuestCall>(
         span.clone(),
         start.default_status,
     );
+    hold.record()
+        .bytes_in
+        .store(start.bytes_in, Ordering::Relaxed);
     let guard = BeforeRun {
         record: hold.record().clone(),
         hold: Some(hold),
@@ -294,26 +308,21 @@ async fn prepare<C: GuestCall>(
 ) -> Result<(Run, Permit), Refusal> {
     let limits = service.limits();
     call.check(limits)?;
-    let queued = Instant::now();
-    let permit = service
-        .admission
-        .admit(runtime.host_slots())
-        .await
-        .map_err(Refusal::Busy)?;
-    record.queued(queued.elapsed());
-    let loading = Instant::now();
-    let (handlers, warmth) = service
-        .handlers(runtime.engine(), runtime.metrics())
-        .await
-        .map_err(|e| {
-            // A cold start that failed.
-            record.loaded(loading.elapsed(), true);
-            Refusal::Unloadable(e)
-        })?;
-    record.loaded(loading.elapsed(), matches!(warmth, Warmth::Cold(_)));
+    record.enter(Phase::Queue);
+    let admitted = service.admission.admit(runtime.host_slots()).await;
+    record.leave();
+    let permit = admitted.map_err(Refusal::Busy)?;
+    record.enter(Phase::Load);
+    let loaded = service.handlers(runtime.engine(), runtime.metrics()).await;
+    record.leave();
+    let (handlers, warmth) = loaded.map_err(Refusal::Unloadable)?;
+    if matches!(warmth, Warmth::Cold(_)) {
+        record.cold();
+    }
+    call.select(&handlers)?;
 
     // Execution starts here: the deadline and `wall_us` count from now.
-    let started = Instant::now();
+    record.enter(Phase::Run);
     let (deadline, which) = deadline(limits, start.caller_deadline);
     let invocation = instance::Invocation {
         id: start.id,
@@ -328,13 +337,12 @@ async fn prepare<C: GuestCall>(
         invocation,
     )
     .map_err(Refusal::Instance)?;
-    call.prepare(&handlers, &mut store, record)?;
+    call.prepare(&mut store, record)?;
     let run = Run {
         store,
         fuel: limits.fuel,
         deadline,
         which,
-        started,
     };
     Ok((run, permit))
 }
@@ -361,7 +369,6 @@ struct Run {
     fuel: u64,
     deadline: tokio::time::Instant,
     which: Deadline,
-    started: Instant,
 }
 
 impl Run {
@@ -369,6 +376,11 @@ impl Run {
     /// outcome, meters it, drops the instance, and maps it to the
     /// trigger's result.
     async fn run<C: GuestCall>(mut self, mut call: C, record: &RecordDraft) -> C::Output {
+        let mut lost = Lost {
+            record,
+            on_abort: call.on_abort(),
+            armed: true,
+        };
         let result = {
             let guest = OnCpu::new(call.call(&mut self.store), record.cpu_ns.clone());
             outcome::run_until_deadline(self.deadline, guest).await
@@ -379,9 +391,37 @@ impl Run {
         let peak = self.store.data().limiter().peak() as u64;
         log_outcome(&outcome, fuel, peak);
         drop(self.store);
-        record.ran(outcome.kind(), self.started.elapsed(), fuel, peak);
-        let returned = result.ok();
-        call.finish(Ran { returned, outcome }, record)
+        record.ran(outcome.kind(), fuel, peak);
+        lost.armed = false;
+        call.finish(
+            Ran {
+                returned: result.ok(),
+                outcome,
+            },
+            record,
+        )
+    }
+}
+
+/// Completes the record of a run whose task panicked before it was
+/// metered (as a trap), and gives the trigger its last word.
+struct Lost<'a> {
+    record: &'a RecordDraft,
+    on_abort: Option<Box<dyn FnOnce() + Send>>,
+    /// Until the run is metered.
+    armed: bool,
+}
+
+impl Drop for Lost<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::error!("the invocation's run was lost half-way (its task panicked)");
+        if let Some(on_abort) = self.on_abort.take() {
+            on_abort();
+        }
+        self.record.ran(OutcomeKind::Trap, 0, 0);
     }
 }
 

@@ -14,7 +14,7 @@ use crate::values::units::now_ms;
 use crate::values::usage::{OutcomeKind, Record, Trigger};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where complete usage records go: the usage ledger.
 pub trait UsageSink: Send + Sync + 'static {
@@ -81,6 +81,18 @@ pub fn span(
     )
 }
 
+/// A step of an invocation whose time the record keeps apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for admission: `queue_us`.
+    Queue,
+    /// Getting the component ready: `load_us`.
+    Load,
+    /// Executing: from the instance being made to the end of the guest's
+    /// run, `wall_us` (counted only if the guest ran).
+    Run,
+}
+
 /// A usage record being filled in while its invocation runs.
 pub struct RecordDraft {
     meter: Arc<Meter>,
@@ -92,6 +104,8 @@ pub struct RecordDraft {
     refined: Mutex<Option<OutcomeKind>>,
     /// The HTTP status recorded if none is set (a client gone: 499).
     default_status: Option<u16>,
+    /// The step being timed now, and since when.
+    phase: Mutex<Option<(Phase, Instant)>>,
     holds: AtomicUsize,
     /// No record: the attempt did not count (see
     /// [`GuestCall::is_attempt`](crate::runtime::pipeline::GuestCall::is_attempt)).
@@ -173,6 +187,7 @@ impl RecordDraft {
             record: Mutex::new(record),
             refined: Mutex::new(None),
             default_status,
+            phase: Mutex::new(None),
             holds: AtomicUsize::new(1),
             discarded: AtomicBool::new(false),
             bytes_in: Arc::new(AtomicU64::new(0)),
@@ -196,23 +211,51 @@ impl RecordDraft {
         f(&mut self.record.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// Notes how long the invocation waited for admission.
-    pub fn queued(&self, wait: Duration) {
-        self.edit(|r| r.queue_us = wait.as_micros() as u64);
+    /// Starts timing `phase` (ending the one before, if any).
+    pub fn enter(&self, phase: Phase) {
+        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = current.replace((phase, Instant::now())) {
+            self.count(previous);
+        }
     }
 
-    /// Notes how long getting its component ready took, and whether that
-    /// was a cold start.
-    pub fn loaded(&self, took: Duration, cold: bool) {
-        self.edit(|r| {
-            r.load_us = took.as_micros() as u64;
-            r.cold = cold;
+    /// Ends the phase being timed, counting its time.
+    pub fn leave(&self) {
+        let previous = self.phase.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(previous) = previous {
+            self.count(previous);
+        }
+    }
+
+    /// Adds a finished phase's time to its field. A run is counted by
+    /// [`RecordDraft::ran`] only: an invocation that ended before its
+    /// guest ran has no execution time.
+    fn count(&self, (phase, since): (Phase, Instant)) {
+        let us = since.elapsed().as_micros() as u64;
+        self.edit(|r| match phase {
+            Phase::Queue => r.queue_us += us,
+            Phase::Load => r.load_us += us,
+            Phase::Run => {}
         });
     }
 
-    /// Notes how the guest's run ended: its outcome, execution time, fuel
-    /// and peak memory.
-    pub fn ran(&self, outcome: OutcomeKind, wall: Duration, fuel: u64, peak_memory: u64) {
+    /// Notes that the invocation had to load its component (a cold start).
+    pub fn cold(&self) {
+        self.edit(|r| r.cold = true);
+    }
+
+    /// Notes how the guest's run ended — its outcome, fuel and peak memory
+    /// — and ends its execution time.
+    pub fn ran(&self, outcome: OutcomeKind, fuel: u64, peak_memory: u64) {
+        let run = self.phase.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let wall = match run {
+            Some((Phase::Run, since)) => since.elapsed(),
+            Some(other) => {
+                self.count(other);
+                Duration::ZERO
+            }
+            None => Duration::ZERO,
+        };
         self.edit(|r| {
             r.outcome = outcome;
             r.wall_us = wall.as_micros() as u64;
@@ -249,6 +292,9 @@ impl RecordDraft {
         if self.discarded.load(Ordering::Acquire) {
             return;
         }
+        // An invocation that ended mid-step (its caller went away while it
+        // waited) still counts the time it spent.
+        self.leave();
         let mut record = self.snapshot();
         if let Some(refined) = *self.refined.lock().unwrap_or_else(|e| e.into_inner())
             && record.outcome == OutcomeKind::Ok

@@ -213,6 +213,7 @@ pub fn router(control: Arc<ControlPlane>, auth: Auth) -> axum::Router {
         .route("/metrics", get(metrics))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_head))
         .layer(axum::middleware::from_fn_with_state(auth, require_token))
         .with_state(control)
 }
@@ -232,6 +233,35 @@ async fn require_token(
             "a valid bearer token is required (Authorization: Bearer <token>)",
         )
         .into_response()
+    }
+}
+
+/// HEAD is no method of this API (axum would answer it as a GET, running
+/// the whole query).
+async fn refuse_head(req: Request, next: Next) -> axum::response::Response {
+    if req.method() == Method::HEAD {
+        return method_not_allowed(Method::HEAD, req.uri().clone())
+            .await
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// A path parameter, percent-decoded; one that does not decode is a `400
+/// bad_request` like every other error of this API.
+pub(crate) struct Param(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Param {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| Param(p))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
     }
 }
 

@@ -5,7 +5,7 @@ use super::api::{
     PublishedView, ReplayRequest, RevisionView, RollbackRequest, ServiceView,
 };
 use super::{
-    ApiError, ApiResult, json, query_param, read_json, read_json_or_default, read_limited,
+    ApiError, ApiResult, Param, json, query_param, read_json, read_json_or_default, read_limited,
 };
 use crate::control::ledger::Ledger;
 use crate::control::{ControlError, ControlPlane};
@@ -17,7 +17,7 @@ use crate::values::topic::Topic;
 use crate::values::units::parse_time;
 use crate::values::usage::{Period, Query};
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use std::sync::Arc;
@@ -56,7 +56,7 @@ pub(super) async fn upload(State(control): Control, headers: HeaderMap, body: Bo
     json(status, &ArtifactView::from(&record))
 }
 
-pub(super) async fn artifact(State(control): Control, Path(digest): Path<String>) -> ApiResult {
+pub(super) async fn artifact(State(control): Control, Param(digest): Param) -> ApiResult {
     let digest: Digest = digest
         .parse()
         .map_err(|e: crate::values::digest::InvalidDigest| ApiError::bad_request(e.to_string()))?;
@@ -76,16 +76,12 @@ pub(super) async fn list_services(State(control): Control) -> ApiResult {
     )
 }
 
-pub(super) async fn service(State(control): Control, Path(name): Path<String>) -> ApiResult {
+pub(super) async fn service(State(control): Control, Param(name): Param) -> ApiResult {
     let status = control.service(service_name(&name)?).await?;
     json(StatusCode::OK, &ServiceView::from(&status))
 }
 
-pub(super) async fn deploy(
-    State(control): Control,
-    Path(name): Path<String>,
-    body: Body,
-) -> ApiResult {
+pub(super) async fn deploy(State(control): Control, Param(name): Param, body: Body) -> ApiResult {
     let name = service_name(&name)?;
     let request: DeployRequest = read_json(body).await?;
     let artifact =
@@ -107,14 +103,14 @@ pub(super) async fn deploy(
     json(status, &RevisionView::new(&record, true))
 }
 
-pub(super) async fn remove(State(control): Control, Path(name): Path<String>) -> ApiResult {
+pub(super) async fn remove(State(control): Control, Param(name): Param) -> ApiResult {
     control.remove(service_name(&name)?).await?;
     let mut response = Response::new(ResponseBody::Full(None));
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
 }
 
-pub(super) async fn revisions(State(control): Control, Path(name): Path<String>) -> ApiResult {
+pub(super) async fn revisions(State(control): Control, Param(name): Param) -> ApiResult {
     let (active, revisions) = control.revisions(service_name(&name)?).await?;
     let views: Vec<_> = revisions
         .iter()
@@ -123,11 +119,7 @@ pub(super) async fn revisions(State(control): Control, Path(name): Path<String>)
     json(StatusCode::OK, &views)
 }
 
-pub(super) async fn rollback(
-    State(control): Control,
-    Path(name): Path<String>,
-    body: Body,
-) -> ApiResult {
+pub(super) async fn rollback(State(control): Control, Param(name): Param, body: Body) -> ApiResult {
     let name = service_name(&name)?;
     let request: RollbackRequest = read_json_or_default(body).await?;
     let record = control.rollback(name, request.to).await?;
@@ -187,7 +179,7 @@ pub(super) async fn replay(State(control): Control, body: Body) -> ApiResult {
 
 pub(super) async fn publish(
     State(control): Control,
-    Path(topic): Path<String>,
+    Param(topic): Param,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {

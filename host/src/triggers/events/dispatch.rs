@@ -39,7 +39,6 @@ use crate::wasm::component::{EVENTS_HANDLER_EXPORT, Handlers};
 use crate::wasm::instance::{CallChain, InstanceState};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -245,6 +244,7 @@ impl EventCall {
             chain: CallChain::default(),
             caller_deadline: None,
             default_status: None,
+            bytes_in: event.data.as_ref().map_or(0, |d| d.len() as u64),
         };
         let call = EventCall {
             spec: spec.clone(),
@@ -264,19 +264,19 @@ impl GuestCall for EventCall {
         !matches!(refusal, Refusal::Busy(_))
     }
 
-    fn prepare(
-        &mut self,
-        handlers: &Handlers,
-        _store: &mut Store<InstanceState>,
-        record: &Arc<RecordDraft>,
-    ) -> Result<(), Refusal> {
+    fn select(&mut self, handlers: &Handlers) -> Result<(), Refusal> {
         let pre = handlers.events.clone().ok_or(Refusal::NoHandler {
             export: EVENTS_HANDLER_EXPORT,
         })?;
-        let event = &self.delivery.event;
-        let size = event.data.as_ref().map_or(0, |d| d.len() as u64);
-        record.bytes_in.store(size, Ordering::Relaxed);
-        self.guest = Some((pre, to_wit(event, self.delivery.attempt)));
+        self.guest = Some((pre, to_wit(&self.delivery.event, self.delivery.attempt)));
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        _store: &mut Store<InstanceState>,
+        _record: &Arc<RecordDraft>,
+    ) -> Result<(), Refusal> {
         Ok(())
     }
 

@@ -84,6 +84,7 @@ async fn call_service(
         chain: caller.chain,
         caller_deadline: Some(caller.deadline),
         default_status: Some(499),
+        bytes_in: 0,
     };
     let response = invoke_http(runtime, service, start, req, None)
         .instrument(span)

@@ -90,6 +90,7 @@ pub async fn handle(
         chain: CallChain::default(),
         caller_deadline: None,
         default_status: Some(CLIENT_CLOSED),
+        bytes_in: 0,
     };
     let mut response = invoke_http(runtime, service, start, req, Some(local))
         .instrument(span)
@@ -220,6 +221,7 @@ pub(super) struct HttpCall<B> {
     response: Option<oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>>,
     exceeded: Arc<AtomicBool>,
     end: Arc<BodyEnd>,
+    pre: Option<ProxyPre<InstanceState>>,
     guest: Option<(
         ProxyPre<InstanceState>,
         Resource<IncomingRequest>,
@@ -239,6 +241,7 @@ impl<B> HttpCall<B> {
             response: Some(tx),
             exceeded: exceeded.clone(),
             end: end.clone(),
+            pre: None,
             guest: None,
         };
         let answer = Answer {
@@ -268,17 +271,22 @@ where
         Ok(())
     }
 
+    fn select(&mut self, handlers: &Handlers) -> Result<(), Refusal> {
+        // Routes are only accepted for components that export the handler.
+        self.pre = Some(handlers.http.clone().ok_or(Refusal::NoHandler {
+            export: HTTP_HANDLER_EXPORT,
+        })?);
+        Ok(())
+    }
+
     fn prepare(
         &mut self,
-        handlers: &Handlers,
         store: &mut Store<InstanceState>,
         record: &Arc<RecordDraft>,
     ) -> Result<(), Refusal> {
-        // Routes are only accepted for components that export the handler.
-        let pre = handlers.http.clone().ok_or(Refusal::NoHandler {
-            export: HTTP_HANDLER_EXPORT,
-        })?;
-        let (Some(mut req), Some(response)) = (self.request.take(), self.response.take()) else {
+        let (Some(pre), Some(mut req), Some(response)) =
+            (self.pre.take(), self.request.take(), self.response.take())
+        else {
             return Err(Refusal::Input("the request was already handed over".into()));
         };
         // A request without a Host header (HTTP/1.0) still has an authority.
@@ -322,6 +330,12 @@ where
         // Say whether the response body was finished before the instance
         // is dropped, which ends the body's stream either way.
         self.end.set(!has_unfinished_body(store));
+    }
+
+    fn on_abort(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        // A body being streamed is cut off, never ended as if complete.
+        let end = self.end.clone();
+        Some(Box::new(move || end.set(false)))
     }
 
     fn finish(self, ran: Ran<()>, _record: &RecordDraft) -> HttpEnd {
