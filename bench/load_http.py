@@ -142,9 +142,17 @@ def main():
         "native hyper": [args.native, "127.0.0.1:0"],
     }
     if args.baseline:
-        # Its own code cache: another build may compile to another engine key.
-        servers["berth (baseline)"] = [args.baseline, "up", str(work / "berth.toml"), "--listen",
-                                       "127.0.0.1:0", "--cache-dir", str(work / "cache-baseline")]
+        # Right after Berth in every round, so that both see the same
+        # machine; its own code cache, as another build may compile to
+        # another engine key.
+        baseline = [args.baseline, "up", str(work / "berth.toml"), "--listen",
+                    "127.0.0.1:0", "--cache-dir", str(work / "cache-baseline")]
+        ordered = {}
+        for name, cmd in servers.items():
+            ordered[name] = cmd
+            if name == "berth":
+                ordered["berth (baseline)"] = baseline
+        servers = ordered
     if args.only:
         wanted = args.only.split(",")
         servers = {k: v for k, v in servers.items() if k.split()[0] in wanted}
