@@ -185,7 +185,8 @@ def main():
         f"`wrk -t1 -c{args.connections} -d{args.duration}s --latency` after a "
         f"{args.warmup} s warm-up, load generator and server sharing the machine, "
         f"median of {args.rounds} rounds, `RUST_BACKTRACE` unset for every server. "
-        f"Command: `bench/http.sh`.",
+        f"Command: `{'ROUNDS=' + str(args.rounds) + ' ' if args.rounds != 3 else ''}bench/http.sh"
+        f"{' --baseline BERTH_BUILT_AT_AN_EARLIER_COMMIT' if args.baseline else ''}`.",
         "",
         "| server | req/s | p50 latency | p99 latency |",
         "|---|---|---|---|",

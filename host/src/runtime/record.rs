@@ -93,19 +93,41 @@ pub enum Phase {
     Run,
 }
 
+/// A record being filled in, and the step being timed.
+struct State {
+    record: Record,
+    /// An outcome the trigger gave a run that ended well (`error`: the
+    /// guest returned an error instead of a result).
+    refined: Option<OutcomeKind>,
+    /// The step being timed now, and since when.
+    phase: Option<(Phase, Instant)>,
+}
+
+impl State {
+    /// Ends the step being timed, adding its time to its field. A run is
+    /// counted by [`RecordDraft::ran`] only: an invocation that ended
+    /// before its guest ran has no execution time.
+    fn leave(&mut self) -> Option<(Phase, Instant)> {
+        let (phase, since) = self.phase.take()?;
+        let us = since.elapsed().as_micros() as u64;
+        match phase {
+            Phase::Queue => self.record.queue_us += us,
+            Phase::Load => self.record.load_us += us,
+            Phase::Run => {}
+        }
+        Some((phase, since))
+    }
+}
+
 /// A usage record being filled in while its invocation runs.
 pub struct RecordDraft {
     meter: Arc<Meter>,
     metrics: Arc<ServiceMetrics>,
     span: tracing::Span,
-    record: Mutex<Record>,
-    /// An outcome the trigger gave a run that ended well (`error`: the
-    /// guest returned an error instead of a result).
-    refined: Mutex<Option<OutcomeKind>>,
+    /// The record and what is being timed, under one lock.
+    state: Mutex<State>,
     /// The HTTP status recorded if none is set (a client gone: 499).
     default_status: Option<u16>,
-    /// The step being timed now, and since when.
-    phase: Mutex<Option<(Phase, Instant)>>,
     holds: AtomicUsize,
     /// No record: the attempt did not count (see
     /// [`GuestCall::is_attempt`](crate::runtime::pipeline::GuestCall::is_attempt)).
@@ -184,10 +206,12 @@ impl RecordDraft {
             meter: meter.clone(),
             metrics,
             span,
-            record: Mutex::new(record),
-            refined: Mutex::new(None),
+            state: Mutex::new(State {
+                record,
+                refined: None,
+                phase: None,
+            }),
             default_status,
-            phase: Mutex::new(None),
             holds: AtomicUsize::new(1),
             discarded: AtomicBool::new(false),
             bytes_in: Arc::new(AtomicU64::new(0)),
@@ -207,71 +231,50 @@ impl RecordDraft {
         &self.span
     }
 
-    fn edit(&self, f: impl FnOnce(&mut Record)) {
-        f(&mut self.record.lock().unwrap_or_else(|e| e.into_inner()));
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts timing `phase` (ending the one before, if any).
     pub fn enter(&self, phase: Phase) {
-        let mut current = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(previous) = current.replace((phase, Instant::now())) {
-            self.count(previous);
-        }
+        let mut state = self.state();
+        state.leave();
+        state.phase = Some((phase, Instant::now()));
     }
 
     /// Ends the phase being timed, counting its time.
     pub fn leave(&self) {
-        let previous = self.phase.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(previous) = previous {
-            self.count(previous);
-        }
-    }
-
-    /// Adds a finished phase's time to its field. A run is counted by
-    /// [`RecordDraft::ran`] only: an invocation that ended before its
-    /// guest ran has no execution time.
-    fn count(&self, (phase, since): (Phase, Instant)) {
-        let us = since.elapsed().as_micros() as u64;
-        self.edit(|r| match phase {
-            Phase::Queue => r.queue_us += us,
-            Phase::Load => r.load_us += us,
-            Phase::Run => {}
-        });
+        self.state().leave();
     }
 
     /// Notes that the invocation had to load its component (a cold start).
     pub fn cold(&self) {
-        self.edit(|r| r.cold = true);
+        self.state().record.cold = true;
     }
 
     /// Notes how the guest's run ended — its outcome, fuel and peak memory
     /// — and ends its execution time.
     pub fn ran(&self, outcome: OutcomeKind, fuel: u64, peak_memory: u64) {
-        let run = self.phase.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let wall = match run {
+        let mut state = self.state();
+        let wall = match state.leave() {
             Some((Phase::Run, since)) => since.elapsed(),
-            Some(other) => {
-                self.count(other);
-                Duration::ZERO
-            }
-            None => Duration::ZERO,
+            _ => Duration::ZERO,
         };
-        self.edit(|r| {
-            r.outcome = outcome;
-            r.wall_us = wall.as_micros() as u64;
-            r.fuel = fuel;
-            r.peak_memory = peak_memory;
-        });
+        let record = &mut state.record;
+        record.outcome = outcome;
+        record.wall_us = wall.as_micros() as u64;
+        record.fuel = fuel;
+        record.peak_memory = peak_memory;
     }
 
     /// The guest returned, but not a result: its run ends as `error`.
     pub fn refine(&self, outcome: OutcomeKind) {
-        *self.refined.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.state().refined = Some(outcome);
     }
 
     /// Notes the HTTP status sent.
     pub fn status(&self, status: u16) {
-        self.edit(|r| r.status = Some(status));
+        self.state().record.status = Some(status);
     }
 
     /// Leaves no record: the attempt does not count.
@@ -281,10 +284,7 @@ impl RecordDraft {
 
     /// The record as it stands.
     pub fn snapshot(&self) -> Record {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state().record.clone()
     }
 
     /// Completes the record: counts, logs and meters it.
@@ -292,15 +292,19 @@ impl RecordDraft {
         if self.discarded.load(Ordering::Acquire) {
             return;
         }
-        // An invocation that ended mid-step (its caller went away while it
-        // waited) still counts the time it spent.
-        self.leave();
-        let mut record = self.snapshot();
-        if let Some(refined) = *self.refined.lock().unwrap_or_else(|e| e.into_inner())
-            && record.outcome == OutcomeKind::Ok
-        {
-            record.outcome = refined;
-        }
+        let mut record = {
+            let mut state = self.state();
+            // An invocation that ended mid-step (its caller went away
+            // while it waited) still counts the time it spent.
+            state.leave();
+            let mut record = state.record.clone();
+            if let Some(refined) = state.refined
+                && record.outcome == OutcomeKind::Ok
+            {
+                record.outcome = refined;
+            }
+            record
+        };
         if record.status.is_none() {
             record.status = self.default_status;
         }
@@ -327,8 +331,14 @@ impl RecordDraft {
         span.record("outcome", record.outcome.as_str());
         span.record("fuel", record.fuel);
         span.record("duration_ms", record.wall_us as f64 / 1000.0);
-        span.record("queue_ms", record.queue_us as f64 / 1000.0);
-        span.record("load_ms", record.load_us as f64 / 1000.0);
+        // Each field recorded is formatted into the span: only the ones
+        // that say something.
+        if record.queue_us > 0 {
+            span.record("queue_ms", record.queue_us as f64 / 1000.0);
+        }
+        if record.load_us > 0 {
+            span.record("load_ms", record.load_us as f64 / 1000.0);
+        }
         span.record("cpu_ms", record.cpu_us as f64 / 1000.0);
         span.record("memory", record.peak_memory);
         span.record("cold", record.cold);

@@ -17,7 +17,6 @@ use crate::values::usage::Trigger;
 use crate::wasm::instance::egress::{CallFuture, Caller, ServiceCalls};
 use http::{Request, Response};
 use std::sync::{Arc, Weak};
-use tracing::Instrument;
 use wasmtime_wasi_http::WasiBody;
 
 /// The HTTP trigger's service calls, for the instances of a runtime.
@@ -86,9 +85,7 @@ async fn call_service(
         default_status: Some(499),
         bytes_in: 0,
     };
-    let response = invoke_http(runtime, service, start, req, None)
-        .instrument(span)
-        .await;
+    let response = invoke_http(runtime, service, start, req, None).await;
     Ok(response.map(|body| {
         body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
             .boxed_unsync()

@@ -92,9 +92,7 @@ pub async fn handle(
         default_status: Some(CLIENT_CLOSED),
         bytes_in: 0,
     };
-    let mut response = invoke_http(runtime, service, start, req, Some(local))
-        .instrument(span)
-        .await;
+    let mut response = invoke_http(runtime, service, start, req, Some(local)).await;
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(INVOCATION_HEADER, value);
     }
@@ -115,12 +113,19 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let (call, answer) = HttpCall::new(req, local, service.limits().request_body);
+    // The pipeline runs in the invocation's span; so does the answer.
+    let span = start.span.clone();
     match pipeline::invoke(runtime, service.clone(), start, call).await {
         Started::Refused(HttpEnd::Refused(response)) => response,
         Started::Refused(HttpEnd::Ran(_)) => {
             plain(StatusCode::INTERNAL_SERVER_ERROR, "the service failed\n")
         }
-        Started::Running(running) => answer.respond(running, service.limits()).await,
+        Started::Running(running) => {
+            answer
+                .respond(running, service.limits())
+                .instrument(span)
+                .await
+        }
     }
 }
 
