@@ -165,7 +165,12 @@ def main():
 
     results = {name: [] for name in servers}
     for round_ in range(args.rounds):
-        for name, cmd in servers.items():
+        order = list(servers.items())
+        if round_ % 2 == 1 and "berth (baseline)" in servers:
+            # Every other round the baseline goes first, so that neither
+            # build always follows the same server.
+            order[0], order[1] = order[1], order[0]
+        for name, cmd in order:
             proc, addr = start(cmd)
             try:
                 r = wrk(addr, args.duration, args.connections, args.warmup)
@@ -198,7 +203,8 @@ def main():
         lines.append(f"- Berth / `wasmtime serve`: **{med('berth', 0) / med('wasmtime serve -S cli', 0):.2f}×** the throughput.")
     if "berth" in results and "berth (baseline)" in results:
         lines.append(f"- Berth / the baseline build: **{med('berth', 0) / med('berth (baseline)', 0):.2f}×** "
-                     "the throughput (same run, rounds interleaved).")
+                     "the throughput (same run, one after the other in every round, "
+                     "in alternating order).")
     if "berth" in results and "native hyper" in results:
         lines.append(f"- Berth / native hyper: **{med('berth', 0) / med('native hyper', 0):.2f}×** "
                      "(the cost of a fresh sandboxed instance per request).")
