@@ -226,11 +226,6 @@ impl RecordDraft {
         Hold(self.clone())
     }
 
-    /// The invocation's log span.
-    pub fn span(&self) -> &tracing::Span {
-        &self.span
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -193,18 +193,6 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(services: HashMap<ServiceName, Arc<Service>>) -> Result<Snapshot, RouteConflict> {
-        let mut snapshot = Snapshot::default();
-        // Name order, so that which of two conflicting services is blamed
-        // does not depend on hashing.
-        let mut ordered: Vec<_> = services.into_values().collect();
-        ordered.sort_by(|a, b| a.name().cmp(b.name()));
-        for service in ordered {
-            snapshot.add(service)?;
-        }
-        Ok(snapshot)
-    }
-
     /// Adds `service`, changing nothing if one of its routes is taken.
     fn add(&mut self, service: Arc<Service>) -> Result<(), RouteConflict> {
         let routes = &service.spec().config.routes;
@@ -248,17 +236,6 @@ pub struct Registry {
 impl Registry {
     fn write(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Replaces the whole set of services at once.
-    pub fn replace_all(&self, services: Vec<Arc<Service>>) -> Result<(), RouteConflict> {
-        let _writer = self.write();
-        let services = services
-            .into_iter()
-            .map(|s| (s.name().clone(), s))
-            .collect();
-        self.snapshot.store(Arc::new(Snapshot::build(services)?));
-        Ok(())
     }
 
     /// Routes `service` in place of any service of the same name, in one
