@@ -5,6 +5,8 @@
 //! serve` are flag parsing around it.
 
 use crate::control::admin::{self, Auth};
+use crate::control::catalog::{Catalog, LocalCatalog};
+use crate::control::cluster::{Cluster, ClusterCatalog, ClusterOptions};
 use crate::control::ledger::{Ledger, USAGE_FILE};
 use crate::control::scheduler::Scheduler;
 use crate::control::sqlite_bus::SqliteBus;
@@ -51,6 +53,11 @@ pub struct HostOptions {
     pub usage_retention: Option<Duration>,
     /// Where secrets are read from.
     pub secrets: Secrets,
+    /// This node's name (in a cluster, and in its reports).
+    pub node: String,
+    /// The cluster this node joins; `None`: standalone, all state in the
+    /// state directory.
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl HostOptions {
@@ -66,6 +73,8 @@ impl HostOptions {
             cpu_turns: crate::runtime::default_cpu_turns(),
             usage_retention: Some(Duration::from_secs(30 * 86_400)),
             secrets: Secrets::default(),
+            node: crate::control::cluster::hostname(),
+            cluster: None,
         }
     }
 }
@@ -85,6 +94,8 @@ pub struct Host {
     runtime: Arc<Runtime>,
     control: Arc<ControlPlane>,
     ledger: Option<Arc<Ledger>>,
+    /// A cluster node's watcher and heartbeat, stopped on shutdown.
+    cluster: Option<(Cluster, CancellationToken, Vec<tokio::task::JoinHandle<()>>)>,
     /// Held for as long as the host runs.
     _lock: std::fs::File,
 }
@@ -97,6 +108,10 @@ impl Host {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         let lock = lock(dir)?;
+        let cluster = match &options.cluster {
+            Some(cluster) => Some(Cluster::connect(cluster).await?),
+            None => None,
+        };
         let db = dir.join(DB_FILE);
         let state =
             State::open(&db).with_context(|| format!("opening the state in {}", dir.display()))?;
@@ -137,9 +152,17 @@ impl Host {
             scheduler: Scheduler::new(runtime.clone(), bus.clone(), state.clone()),
             bus,
         };
+        let (catalog, cluster_catalog): (Arc<dyn Catalog>, _) = match &cluster {
+            Some(cluster) => {
+                let catalog = Arc::new(ClusterCatalog::new(cluster.clone(), artifacts.clone()));
+                (catalog.clone(), Some(catalog))
+            }
+            None => (Arc::new(LocalCatalog::new(state)), None),
+        };
         let control = Arc::new(ControlPlane::new(Parts {
             runtime: runtime.clone(),
-            state,
+            catalog,
+            node: options.node.clone(),
             artifacts,
             cache,
             max_upload: options.max_upload,
@@ -147,11 +170,18 @@ impl Host {
             max_event_size: options.max_event_size,
             ledger: ledger.clone(),
         }));
-        control.restore().await?;
+        let cluster = match (cluster, cluster_catalog) {
+            (Some(cluster), Some(catalog)) => Some(join(cluster, catalog, &control).await),
+            _ => {
+                control.restore().await?;
+                None
+            }
+        };
         Ok(Host {
             runtime,
             control,
             ledger,
+            cluster,
             _lock: lock,
         })
     }
@@ -183,7 +213,7 @@ impl Host {
     /// (bounded by the longest deadline), and closes the usage ledger (its
     /// last records stored and synced).
     pub async fn serve(
-        self,
+        mut self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -192,9 +222,11 @@ impl Host {
         // `Host::bind` are known already).
         let known = self.runtime.listeners().get();
         let mut own = vec![public_addr];
-        if let Some((admin, _)) = &listeners.admin {
-            own.push(admin.local_addr()?);
-        }
+        let admin_addr = match &listeners.admin {
+            Some((admin, _)) => Some(admin.local_addr()?),
+            None => None,
+        };
+        own.extend(admin_addr);
         for addr in own.into_iter().filter(|a| !known.contains(a)) {
             self.runtime.listeners().add(addr);
         }
@@ -211,9 +243,21 @@ impl Host {
                 stop.clone(),
             )));
         }
+        self.control.set_addresses(
+            Some(public_addr.to_string()),
+            admin_addr.map(|a| a.to_string()),
+        );
         shutdown.await;
         stop.cancel();
         self.control.shutdown();
+        if let Some((cluster, stop, tasks)) = self.cluster.take() {
+            stop.cancel();
+            for task in tasks {
+                // The heartbeat removes the node's report as it stops.
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+            cluster.close().await;
+        }
         let mut open = Vec::with_capacity(accepting.len());
         for listener in accepting {
             open.push(listener.await?);
@@ -224,6 +268,39 @@ impl Host {
         }
         Ok(())
     }
+}
+
+/// Starts a cluster node's watcher and heartbeat, and waits (for a while)
+/// until the node has converged: its listeners then open with the
+/// cluster's services in place, and `/readyz` says so.
+async fn join(
+    cluster: Cluster,
+    catalog: Arc<ClusterCatalog>,
+    control: &Arc<ControlPlane>,
+) -> (Cluster, CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
+    let runtime = control.runtime();
+    runtime.set_unready(Some(format!(
+        "converging with the cluster at {}",
+        cluster.display
+    )));
+    let stop = CancellationToken::new();
+    let tasks = vec![
+        tokio::spawn(crate::control::cluster::catalog::follow(
+            catalog,
+            control.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(crate::control::cluster::nodes::heartbeat(
+            cluster.clone(),
+            control.clone(),
+            stop.clone(),
+        )),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while runtime.unready().is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (cluster, stop, tasks)
 }
 
 /// Holds an exclusive lock on `DIR/lock` for as long as the host runs, so

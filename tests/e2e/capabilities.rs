@@ -115,27 +115,6 @@ async fn a_mount_inside_a_writable_mount_is_refused() {
     );
 }
 
-/// A directory of secrets as an operator would keep it: 0700, files 0600.
-fn secrets_dir(secrets: &[(&str, &str)]) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("berth-secrets-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    for (name, value) in secrets {
-        write_secret(dir.path(), name, value);
-    }
-    dir
-}
-
-fn write_secret(dir: &Path, name: &str, value: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// Every file under `dir`, as bytes.
 fn all_files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -2,12 +2,14 @@
 //! against guest components built from source (`tests/programs`).
 
 mod capabilities;
+mod cluster;
 mod control;
 mod events;
 mod examples;
 mod failures;
 mod host;
 mod limits;
+mod nats;
 mod pipeline;
 mod scale;
 mod serving;

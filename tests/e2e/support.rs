@@ -401,3 +401,24 @@ impl futures_core::Stream for Chunks {
         std::task::Poll::Ready(self.0.next().map(|b| Ok(http_body::Frame::data(b))))
     }
 }
+
+/// A directory of secrets as an operator would keep it: 0700, files 0600.
+pub fn secrets_dir(secrets: &[(&str, &str)]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("berth-secrets-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (name, value) in secrets {
+        write_secret(dir.path(), name, value);
+    }
+    dir
+}
+
+pub fn write_secret(dir: &Path, name: &str, value: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}

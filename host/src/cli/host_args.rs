@@ -71,6 +71,8 @@ impl HostArgs {
                 .unwrap_or_else(crate::runtime::default_cpu_turns),
             usage_retention: (!self.no_usage).then_some(self.usage_retention),
             secrets: self.secrets()?,
+            node: crate::control::cluster::hostname(),
+            cluster: None,
         })
     }
 

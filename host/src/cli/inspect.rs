@@ -23,6 +23,21 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     for (key, value) in overview(&s).into_iter().chain(capabilities(&s)) {
         println!("{:<14}{value}", format!("{key}:"));
     }
+    for node in &s.nodes {
+        let revision = node
+            .revision
+            .map_or_else(|| "none".to_owned(), |r| format!("revision {r}"));
+        let why = node
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        println!(
+            "{:<14}{} ({revision}){why}",
+            format!("node {}:", node.node),
+            node.status
+        );
+    }
     Ok(())
 }
 

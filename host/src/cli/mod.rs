@@ -12,6 +12,7 @@ mod events;
 mod host_args;
 mod inspect;
 mod ls;
+mod nodes;
 mod output;
 mod publish;
 mod revisions;
@@ -81,6 +82,8 @@ enum Command {
     Events(events::EventsArgs),
     /// Show what services used: invocations, fuel, GB-seconds, time.
     Usage(usage::UsageArgs),
+    /// List the nodes of a cluster (a standalone host shows itself).
+    Nodes(nodes::NodesArgs),
 }
 
 /// How client commands reach a host.
@@ -139,6 +142,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Events(args) => events::run(args).await,
             Command::Usage(args) => usage::run(args).await,
+            Command::Nodes(args) => nodes::run(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

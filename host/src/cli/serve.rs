@@ -14,6 +14,7 @@
 //! ```
 
 use super::host_args::{HostArgs, TokenArgs};
+use crate::control::cluster::ClusterOptions;
 use crate::host::{Host, Listeners};
 use crate::values::units::ByteSize;
 use crate::wasm::engine::EngineOptions;
@@ -45,16 +46,66 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     host: HostArgs,
+
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Joining a cluster of nodes on NATS JetStream.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Join the cluster whose NATS servers are at these URLs
+    /// (`nats://HOST:PORT`, or `tls://`; comma-separated). Credentials go
+    /// in a URL (`nats://user:password@host:4222`, `nats://token@host:4222`)
+    /// or in --nats-creds.
+    #[arg(
+        long,
+        env = "BERTH_CLUSTER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    cluster: Vec<String>,
+
+    /// This node's name in the cluster (default: the host name). Every
+    /// node needs its own.
+    #[arg(long, env = "BERTH_NODE", requires = "cluster")]
+    node: Option<String>,
+
+    /// A NATS credentials file (`.creds`: user JWT and nkey seed).
+    #[arg(long, requires = "cluster")]
+    nats_creds: Option<PathBuf>,
+
+    /// A CA certificate (PEM) to verify `tls://` NATS servers with.
+    #[arg(long, requires = "cluster")]
+    nats_ca: Option<PathBuf>,
+
+    /// Replicas of the buckets and streams Berth makes in JetStream
+    /// (default: the cluster's servers, at most 3).
+    #[arg(long, requires = "cluster")]
+    cluster_replicas: Option<usize>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = args.token.auth(args.admin_listen)?;
-    let options = args.host.options(
+    let mut options = args.host.options(
         args.state.clone(),
         None,
         EngineOptions::default(),
         args.max_upload,
     )?;
+    if let Some(node) = &args.cluster.node {
+        options.node = node.clone();
+    }
+    if !args.cluster.cluster.is_empty() {
+        options.cluster = Some(ClusterOptions {
+            urls: args.cluster.cluster.clone(),
+            node: options.node.clone(),
+            creds: args.cluster.nats_creds.clone(),
+            ca: args.cluster.nats_ca.clone(),
+            replicas: args.cluster.cluster_replicas,
+        });
+    }
+    let clustered = options.cluster.as_ref().map(|c| c.display_urls());
     let host = Host::open(options).await?;
     let restored = host.runtime().registry().services().len();
 
@@ -67,6 +118,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         public.local_addr()?
     );
     eprintln!("berth: admin API on http://{}", admin.local_addr()?);
+    if let Some(urls) = clustered {
+        eprintln!(
+            "berth: node {} of the cluster at {urls}",
+            host.control().node_report().name
+        );
+    }
     let listeners = Listeners {
         public,
         admin: Some((admin, auth)),

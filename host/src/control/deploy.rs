@@ -14,9 +14,10 @@
 //!
 //! Changes are serialized; reads are not.
 
+use crate::control::catalog::{Catalog, Committed, NodeReport, NodeService};
 use crate::control::ledger::Ledger;
 use crate::control::scheduler::Scheduler;
-use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord, State, StateError};
+use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord, StateError};
 use crate::runtime::Runtime;
 use crate::runtime::registry::{RouteConflict, Service};
 use crate::triggers::events::bus::Bus;
@@ -60,6 +61,10 @@ pub enum ControlError {
     /// full, damaged).
     #[error("storage: {0}")]
     Storage(String),
+    /// The cluster cannot take the change now (NATS unreachable); nothing
+    /// changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StateError> for ControlError {
@@ -82,6 +87,7 @@ impl ControlError {
             ControlError::TooLarge(_) => "payload_too_large",
             ControlError::MissingSecret(_) => "missing_secret",
             ControlError::Storage(_) => "storage_error",
+            ControlError::Unavailable(_) => "cluster_unavailable",
         }
     }
 }
@@ -100,6 +106,9 @@ pub struct ServiceStatus {
     /// Whether its compiled component is in memory (false: scaled to zero,
     /// the next invocation is a cold start).
     pub loaded: bool,
+    /// In a cluster: what each live node serves of it (empty on a
+    /// standalone host).
+    pub nodes: Vec<(String, NodeService)>,
 }
 
 /// The event machinery a control plane keeps in step with its services.
@@ -116,9 +125,9 @@ pub struct Events {
 pub struct Parts {
     /// The runtime it changes.
     pub runtime: Arc<Runtime>,
-    /// The state database.
-    pub state: Arc<Mutex<State>>,
-    /// Where artifacts are stored.
+    /// The store of record: services, revisions, artifacts.
+    pub catalog: Arc<dyn Catalog>,
+    /// Where artifacts are stored on this node.
     pub artifacts: ArtifactStore,
     /// Where compiled code is cached.
     pub cache: CodeCache,
@@ -130,14 +139,23 @@ pub struct Parts {
     pub max_event_size: ByteSize,
     /// The usage ledger, if the host keeps one.
     pub ledger: Option<Arc<Ledger>>,
+    /// This node's name.
+    pub node: String,
 }
 
 /// The control plane of one host.
 pub struct ControlPlane {
     parts: Parts,
     changes: tokio::sync::Mutex<()>,
-    /// Services whose active revision could not be loaded on restore.
+    /// Services whose active revision could not be loaded (on restore, or
+    /// on this node of a cluster).
     failed: Mutex<BTreeMap<ServiceName, String>>,
+    /// When this node started (ms since the epoch).
+    started_ms: i64,
+    /// Where it listens: the public and the admin address.
+    addresses: Mutex<(Option<String>, Option<String>)>,
+    /// Signalled when what this node serves has changed.
+    node_changed: Arc<tokio::sync::Notify>,
 }
 
 impl ControlPlane {
@@ -147,6 +165,95 @@ impl ControlPlane {
             parts,
             changes: tokio::sync::Mutex::new(()),
             failed: Mutex::new(BTreeMap::new()),
+            started_ms: crate::values::units::now_ms(),
+            addresses: Mutex::new((None, None)),
+            node_changed: Arc::default(),
+        }
+    }
+
+    /// Notes where this node listens (for its report).
+    pub fn set_addresses(&self, public: Option<String>, admin: Option<String>) {
+        *self.addresses.lock().unwrap_or_else(|e| e.into_inner()) = (public, admin);
+        self.node_changed.notify_one();
+    }
+
+    /// Signalled when what this node serves has changed (a cluster node
+    /// reports itself at once).
+    pub fn node_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.node_changed.clone()
+    }
+
+    /// This node's report: where it listens, whether it is ready, what it
+    /// serves.
+    pub fn node_report(&self) -> NodeReport {
+        let (public, admin) = self
+            .addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let failed = self.failed().clone();
+        let running = self.parts.runtime.registry().services();
+        let mut services: BTreeMap<String, NodeService> = running
+            .iter()
+            .map(|s| {
+                let name = s.name().to_string();
+                let service = NodeService {
+                    error: failed.get(s.name()).cloned(),
+                    revision: Some(s.revision),
+                    loaded: s.is_loaded(),
+                    in_flight: s.admission.in_flight(s.limits().concurrency),
+                    name: name.clone(),
+                };
+                (name, service)
+            })
+            .collect();
+        for (name, error) in failed {
+            services
+                .entry(name.to_string())
+                .or_insert_with(|| NodeService {
+                    name: name.to_string(),
+                    revision: None,
+                    error: None,
+                    loaded: false,
+                    in_flight: 0,
+                })
+                .error = Some(error);
+        }
+        NodeReport {
+            name: self.parts.node.clone(),
+            public,
+            admin,
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_ms: self.started_ms,
+            heartbeat_ms: crate::values::units::now_ms(),
+            unready: self.parts.runtime.unready(),
+            in_flight: services.values().map(|s| s.in_flight).sum(),
+            services: services.into_values().collect(),
+        }
+    }
+
+    /// Every node: the cluster's live nodes (this one's report fresh), or
+    /// this node alone when it is standalone.
+    pub async fn nodes(&self) -> Result<Vec<NodeReport>, ControlError> {
+        let mut nodes = self.catalog().nodes().await?;
+        let own = self.node_report();
+        nodes.retain(|n| n.name != own.name);
+        nodes.push(own);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    /// In a cluster, what each live node serves of each service.
+    async fn placements(&self) -> Vec<NodeReport> {
+        if !self.parts.catalog.is_cluster() {
+            return Vec::new();
+        }
+        match self.nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster's nodes");
+                vec![self.node_report()]
+            }
         }
     }
 
@@ -211,21 +318,15 @@ impl ControlPlane {
         self.parts.max_upload
     }
 
-    /// Runs `f` on the database on a blocking thread.
-    async fn db<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut State) -> Result<T, StateError> + Send + 'static,
-    ) -> Result<T, ControlError> {
-        let state = self.parts.state.clone();
-        tokio::task::spawn_blocking(move || f(&mut state.lock().unwrap_or_else(|e| e.into_inner())))
-            .await
-            .map_err(|e| ControlError::Storage(format!("database task failed: {e}")))?
-            .map_err(ControlError::from)
+    /// The store of record.
+    fn catalog(&self) -> &dyn Catalog {
+        &*self.parts.catalog
     }
 
     /// Reads an artifact and loads it into a handler (from the code cache
     /// when it was compiled before), on a blocking thread.
     async fn load(&self, digest: Digest, config: &ServiceConfig) -> Result<Handlers, ControlError> {
+        self.catalog().fetch(digest).await?;
         let config = config.clone();
         let artifacts = self.parts.artifacts.clone();
         let cache = self.parts.cache.clone();
@@ -253,7 +354,7 @@ impl ControlPlane {
     /// tried.
     pub async fn restore(&self) -> Result<usize, ControlError> {
         let _changes = self.changes.lock().await;
-        let records = self.db(|s| s.services()).await?;
+        let records = self.catalog().services().await?;
         let mut services = Vec::with_capacity(records.len());
         for record in records {
             if self.parts.artifacts.contains(&record.active.artifact) {
@@ -293,6 +394,7 @@ impl ControlPlane {
         if bytes.len() as u64 > self.parts.max_upload.bytes() {
             return Err(ControlError::TooLarge(self.parts.max_upload));
         }
+        self.catalog().writable()?;
         artifact::check_component(&bytes).map_err(LoadError::from)?;
         let artifacts = self.parts.artifacts.clone();
         let cache = self.parts.cache.clone();
@@ -307,17 +409,12 @@ impl ControlPlane {
             artifacts
                 .put(&digest, &bytes)
                 .map_err(|e| ControlError::Storage(format!("writing artifact {digest}: {e}")))?;
-            Ok::<_, ControlError>((digest, bytes.len() as u64))
+            Ok::<_, ControlError>((digest, Arc::<[u8]>::from(bytes)))
         })
         .await
         .map_err(|e| ControlError::Storage(format!("upload task failed: {e}")))??;
-        let (digest, size) = digest;
-        let created = self.db(move |s| s.add_artifact(&digest, size)).await?;
-        let record = self
-            .db(move |s| s.artifact(&digest))
-            .await?
-            .ok_or_else(|| ControlError::Storage("the artifact vanished from the index".into()))?;
-        Ok((record, created))
+        let (digest, bytes) = digest;
+        self.catalog().add_artifact(digest, bytes).await
     }
 
     /// Deploys a new revision of `name` (creating the service if needed)
@@ -330,9 +427,10 @@ impl ControlPlane {
     ) -> Result<RevisionRecord, ControlError> {
         let mut config = config;
         config.validate()?;
+        self.catalog().writable()?;
         self.check_capabilities(&mut config)?;
-        let _changes = self.changes.lock().await;
-        if self.db(move |s| s.artifact(&artifact)).await?.is_none() {
+        let changes = self.changes.lock().await;
+        if self.catalog().artifact(artifact).await?.is_none() {
             return Err(ControlError::NotFound(format!(
                 "artifact {artifact} is not uploaded"
             )));
@@ -342,13 +440,9 @@ impl ControlPlane {
             .registry()
             .check_routes(&name, &config.routes)?;
         let handler = self.load(artifact, &config).await?;
-        let record = {
-            let (name, config) = (name.clone(), config.clone());
-            self.db(move |s| s.deploy(&name, &artifact, &config))
-                .await?
-        };
-        self.switch(&record, handler)?;
-        self.sync_events().await;
+        let committed = self.catalog().deploy(&name, artifact, &config).await?;
+        let record = committed.value.clone();
+        self.settle(changes, committed, &record, handler).await?;
         tracing::info!(service = %name, revision = record.number, artifact = %artifact.short(), "deployed");
         Ok(record)
     }
@@ -384,16 +478,14 @@ impl ControlPlane {
         name: ServiceName,
         to: Option<u32>,
     ) -> Result<RevisionRecord, ControlError> {
-        let _changes = self.changes.lock().await;
-        let current = {
-            let name = name.clone();
-            self.db(move |s| s.service(&name)).await?
-        }
-        .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))?;
-        let revisions = {
-            let name = name.clone();
-            self.db(move |s| s.revisions(&name)).await?
-        };
+        self.catalog().writable()?;
+        let changes = self.changes.lock().await;
+        let current = self
+            .catalog()
+            .service(&name)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))?;
+        let revisions = self.catalog().revisions(&name).await?;
         let active = current.active.number;
         let target = match to {
             Some(n) => revisions
@@ -428,14 +520,33 @@ impl ControlPlane {
             )));
         }
         let handler = self.load(target.artifact, &target.config).await?;
-        {
-            let (name, number) = (name.clone(), target.number);
-            self.db(move |s| s.activate(&name, number)).await?;
-        }
-        self.switch(&target, handler)?;
-        self.sync_events().await;
+        let committed = self.catalog().activate(&name, target.number).await?;
+        self.settle(changes, committed, &target, handler).await?;
         tracing::info!(service = %name, revision = target.number, "rolled back");
         Ok(target)
+    }
+
+    /// Applies a committed change to `record`: switches routing to it now
+    /// (standalone), or lets go of the changes lock and waits until the
+    /// catalog's watcher has applied it (cluster).
+    async fn settle<T>(
+        &self,
+        changes: tokio::sync::MutexGuard<'_, ()>,
+        committed: Committed<T>,
+        record: &RevisionRecord,
+        handler: Handlers,
+    ) -> Result<(), ControlError> {
+        match committed.seq {
+            None => {
+                self.switch(record, handler)?;
+                self.sync_events().await;
+            }
+            Some(seq) => {
+                drop((changes, handler));
+                self.catalog().applied(seq).await?;
+            }
+        }
+        Ok(())
     }
 
     fn switch(&self, record: &RevisionRecord, handler: Handlers) -> Result<(), ControlError> {
@@ -444,25 +555,30 @@ impl ControlPlane {
             .registry()
             .upsert(Arc::new(self.routed(record, Some(handler))))?;
         self.failed().remove(&record.service);
+        self.node_changed.notify_one();
         Ok(())
     }
 
     /// Removes a service: no more routing to it, and its revisions are
     /// forgotten. Requests already running finish.
     pub async fn remove(&self, name: ServiceName) -> Result<(), ControlError> {
-        let _changes = self.changes.lock().await;
-        let removed = {
-            let name = name.clone();
-            self.db(move |s| s.remove(&name)).await?
-        };
-        if !removed {
-            return Err(ControlError::NotFound(format!(
-                "there is no service `{name}`"
-            )));
+        self.catalog().writable()?;
+        let changes = self.changes.lock().await;
+        let committed = self
+            .catalog()
+            .remove(&name)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))?;
+        match committed.seq {
+            None => {
+                self.unroute(&name);
+                self.sync_events().await;
+            }
+            Some(seq) => {
+                drop(changes);
+                self.catalog().applied(seq).await?;
+            }
         }
-        self.parts.runtime.registry().remove(&name);
-        self.failed().remove(&name);
-        self.sync_events().await;
         if let Err(e) = self.parts.events.bus.drop_service(name.as_str()).await {
             tracing::error!(service = %name, error = %e, "cannot drop the service's pending events");
         }
@@ -470,25 +586,52 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Stops routing to `name` (removed).
+    fn unroute(&self, name: &ServiceName) {
+        self.parts.runtime.registry().remove(name);
+        self.failed().remove(name);
+        self.node_changed.notify_one();
+    }
+
     /// Every service, in name order.
     pub async fn services(&self) -> Result<Vec<ServiceStatus>, ControlError> {
-        let records = self.db(|s| s.services()).await?;
-        Ok(records.into_iter().map(|r| self.status(r)).collect())
+        let records = self.catalog().services().await?;
+        let nodes = self.placements().await;
+        Ok(records
+            .into_iter()
+            .map(|r| self.status(r, &nodes))
+            .collect())
     }
 
     /// One service.
     pub async fn service(&self, name: ServiceName) -> Result<ServiceStatus, ControlError> {
-        let record = {
-            let name = name.clone();
-            self.db(move |s| s.service(&name)).await?
-        };
+        let record = self.catalog().service(&name).await?;
+        let nodes = self.placements().await;
         record
-            .map(|r| self.status(r))
+            .map(|r| self.status(r, &nodes))
             .ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))
     }
 
-    fn status(&self, record: ServiceRecord) -> ServiceStatus {
+    fn status(&self, record: ServiceRecord, nodes: &[NodeReport]) -> ServiceStatus {
         let name = &record.active.service;
+        let placed = nodes
+            .iter()
+            .map(|n| {
+                let here = n
+                    .services
+                    .iter()
+                    .find(|s| s.name == name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| NodeService {
+                        name: name.to_string(),
+                        revision: None,
+                        error: None,
+                        loaded: false,
+                        in_flight: 0,
+                    });
+                (n.name.clone(), here)
+            })
+            .collect();
         let running = self.parts.runtime.registry().service(name);
         let (in_flight, queued) = running
             .as_ref()
@@ -511,6 +654,7 @@ impl ControlPlane {
             record,
             in_flight,
             queued,
+            nodes: placed,
         }
     }
 
@@ -520,13 +664,93 @@ impl ControlPlane {
         name: ServiceName,
     ) -> Result<(u32, Vec<RevisionRecord>), ControlError> {
         let status = self.service(name.clone()).await?;
-        let revisions = self.db(move |s| s.revisions(&name)).await?;
+        let revisions = self.catalog().revisions(&name).await?;
         Ok((status.record.active.number, revisions))
     }
 
     /// Every stored artifact, newest first.
     pub async fn artifacts(&self) -> Result<Vec<ArtifactRecord>, ControlError> {
-        self.db(|s| s.artifacts()).await
+        self.catalog().artifacts().await
+    }
+}
+
+/// Convergence: a cluster node makes its routing match the catalog, for
+/// changes made through any node.
+impl ControlPlane {
+    /// Makes this node serve what the catalog says of `name` now (`None`:
+    /// the service was removed).
+    pub async fn converge(&self, name: &ServiceName, record: Option<&ServiceRecord>) {
+        let _changes = self.changes.lock().await;
+        self.converge_one(name, record).await;
+        self.sync_events().await;
+    }
+
+    /// Makes this node serve exactly `records` (when it joins, or comes
+    /// back after losing the cluster): every other service is removed.
+    pub async fn converge_all(&self, records: &[ServiceRecord]) {
+        let _changes = self.changes.lock().await;
+        let wanted: std::collections::BTreeSet<&ServiceName> =
+            records.iter().map(|r| &r.active.service).collect();
+        for service in self.parts.runtime.registry().services() {
+            if !wanted.contains(service.name()) {
+                self.unroute(service.name());
+            }
+        }
+        self.failed().retain(|name, _| wanted.contains(name));
+        for record in records {
+            self.converge_one(&record.active.service, Some(record))
+                .await;
+        }
+        self.sync_events().await;
+    }
+
+    async fn converge_one(&self, name: &ServiceName, record: Option<&ServiceRecord>) {
+        let Some(record) = record else {
+            if self.parts.runtime.registry().service(name).is_some() {
+                tracing::info!(service = %name, "removed");
+            }
+            self.unroute(name);
+            return;
+        };
+        let active = &record.active;
+        let running = self.parts.runtime.registry().service(name);
+        if running.as_ref().is_some_and(|s| {
+            s.revision == active.number
+                && s.source.digest == active.artifact
+                && s.spec().config == active.config
+        }) {
+            self.failed().remove(name);
+            return;
+        }
+        let switched = match self.prepare(active).await {
+            Ok(handlers) => self.switch(active, handlers),
+            Err(e) => Err(e),
+        };
+        match switched {
+            Ok(()) => {
+                tracing::info!(service = %name, revision = active.number, artifact = %active.artifact.short(), "serving")
+            }
+            Err(e) => {
+                // An older revision that serves here keeps serving.
+                let serving = running.map(|s| s.revision);
+                tracing::error!(service = %name, revision = active.number, serving, error = %e, "cannot serve the revision on this node");
+                self.failed()
+                    .insert(name.clone(), format!("revision {}: {e}", active.number));
+                self.node_changed.notify_one();
+            }
+        }
+    }
+
+    /// Checks that this node can serve `record` (its capabilities, its
+    /// routes) and loads it.
+    async fn prepare(&self, record: &RevisionRecord) -> Result<Handlers, ControlError> {
+        let mut config = record.config.clone();
+        self.check_capabilities(&mut config)?;
+        self.parts
+            .runtime
+            .registry()
+            .check_routes(&record.service, &config.routes)?;
+        self.load(record.artifact, &record.config).await
     }
 }
 

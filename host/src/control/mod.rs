@@ -4,6 +4,8 @@
 //! below it, and is driven by the [`host`](crate::host) and the CLI above.
 //!
 //! - [`deploy`] — deploys, upgrades, rollbacks, removals, restore.
+//! - [`catalog`] — the store of record: local state or a cluster's.
+//! - [`cluster`] — a cluster of nodes on NATS JetStream.
 //! - [`state`] — the SQLite state: artifacts index, services, revisions.
 //! - [`scheduler`] — fires schedules on time.
 //! - [`sqlite_bus`] — the embedded, SQLite-backed event bus.
@@ -11,6 +13,8 @@
 //! - [`admin`] — the admin API: HTTP + JSON, bearer-token auth.
 
 pub mod admin;
+pub mod catalog;
+pub mod cluster;
 pub mod deploy;
 pub mod ledger;
 pub mod scheduler;

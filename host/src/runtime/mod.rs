@@ -42,6 +42,8 @@ pub struct Runtime {
     default_ports: Ports,
     host_slots: Arc<Semaphore>,
     tasks: TaskTracker,
+    /// Why the host is not ready to take traffic, if it is not.
+    unready: std::sync::Mutex<Option<String>>,
 }
 
 impl Runtime {
@@ -59,7 +61,22 @@ impl Runtime {
             default_ports: Ports::default(),
             host_slots,
             tasks: TaskTracker::new(),
+            unready: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Why the host is not ready (`/readyz` answers 503 with it), or
+    /// `None` when it is: a cluster node is ready once it has converged.
+    pub fn unready(&self) -> Option<String> {
+        self.unready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks the host ready (`None`) or not, and why.
+    pub fn set_unready(&self, why: Option<String>) {
+        *self.unready.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     /// The engine.

@@ -5,8 +5,12 @@ use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-/// The sha256 digest of an artifact's bytes, shown as `sha256:<hex>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The sha256 digest of an artifact's bytes, shown (and stored as JSON)
+/// as `sha256:<hex>`.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest([u8; 32]);
 
 impl Digest {
@@ -51,6 +55,20 @@ impl FromStr for Digest {
         let mut out = [0u8; 32];
         hex::decode_to_slice(hex, &mut out).map_err(|_| InvalidDigest(s.to_owned()))?;
         Ok(Digest(out))
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = InvalidDigest;
+
+    fn try_from(s: String) -> Result<Self, InvalidDigest> {
+        s.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.to_string()
     }
 }
 

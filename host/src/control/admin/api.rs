@@ -2,6 +2,7 @@
 //! reads. `docs/admin-api.md` shows each with an example.
 
 use crate::control::ServiceStatus;
+use crate::control::catalog::{NodeReport, NodeService};
 use crate::control::state::{ArtifactRecord, RevisionRecord};
 use crate::triggers::events::bus::DeadLetter;
 use crate::values::capabilities::{EnvValue, FileMount, OutboundRule};
@@ -68,6 +69,82 @@ pub struct ServiceView {
     pub created_at: String,
     /// When its active revision last changed.
     pub updated_at: String,
+    /// In a cluster: what each live node serves of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ServiceNodeView>,
+}
+
+/// A service on one node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNodeView {
+    /// The node.
+    pub node: String,
+    /// The revision it serves, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    /// `serving` (the active revision), `failed` (it cannot: see `error`)
+    /// or `converging` (not yet).
+    pub status: String,
+    /// Why it does not serve the active revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A node: of a cluster, or the standalone host itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// Where it serves the services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<String>,
+    /// Where its admin API listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// Berth's version on it.
+    pub version: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+    /// Its last heartbeat (RFC 3339).
+    pub last_heartbeat: String,
+    /// Whether it is ready (converged with the cluster).
+    pub ready: bool,
+    /// Why it is not, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unready: Option<String>,
+    /// Services it serves.
+    pub services: u32,
+    /// Of those, services whose code is in memory (the others are scaled
+    /// to zero).
+    pub services_loaded: u32,
+    /// Services it cannot serve.
+    pub services_failed: u32,
+    /// Instances running on it now.
+    pub in_flight: u32,
+}
+
+impl From<&NodeReport> for NodeView {
+    fn from(n: &NodeReport) -> Self {
+        let count =
+            |f: &dyn Fn(&NodeService) -> bool| n.services.iter().filter(|s| f(s)).count() as u32;
+        NodeView {
+            name: n.name.clone(),
+            public: n.public.clone(),
+            admin: n.admin.clone(),
+            version: n.version.clone(),
+            started_at: rfc3339(n.started_ms),
+            uptime_secs: ((n.heartbeat_ms - n.started_ms).max(0) / 1000) as u64,
+            last_heartbeat: rfc3339(n.heartbeat_ms),
+            ready: n.unready.is_none(),
+            unready: n.unready.clone(),
+            services: count(&|s| s.revision.is_some()),
+            services_loaded: count(&|s| s.loaded),
+            services_failed: count(&|s| s.error.is_some()),
+            in_flight: n.in_flight,
+        }
+    }
 }
 
 impl From<&ServiceStatus> for ServiceView {
@@ -91,6 +168,23 @@ impl From<&ServiceStatus> for ServiceView {
             loaded: s.loaded,
             created_at: rfc3339(s.record.created_ms),
             updated_at: rfc3339(s.record.updated_ms),
+            nodes: s
+                .nodes
+                .iter()
+                .map(|(node, here)| ServiceNodeView {
+                    node: node.clone(),
+                    revision: here.revision,
+                    status: if here.error.is_some() {
+                        "failed"
+                    } else if here.revision == Some(active.number) {
+                        "serving"
+                    } else {
+                        "converging"
+                    }
+                    .into(),
+                    error: here.error.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | GET | `/v1/events/dead` | the dead letters (`?topic=`) |
 //! | POST | `/v1/events/dead/replay` | deliver dead letters again |
 //! | DELETE | `/v1/events/dead` | purge dead letters (`?topic=`) |
+//! | GET | `/v1/nodes` | the cluster's live nodes (a standalone host: itself) |
 //! | GET | `/v1/usage` | usage totals (`?service=&since=&until=&by=hour\|day`) |
 //! | GET | `/v1/usage/records` | usage records (`?service=&since=&until=&limit=`) |
 //! | GET | `/metrics` | Prometheus metrics |
@@ -153,6 +154,7 @@ impl From<ControlError> for ApiError {
             ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ControlError::MissingSecret(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.code(), e.to_string())
     }
@@ -208,6 +210,7 @@ pub fn router(control: Arc<ControlPlane>, auth: Auth) -> axum::Router {
         )
         .route("/v1/events/dead/replay", post(replay))
         .route("/v1/events/{topic}", post(publish))
+        .route("/v1/nodes", get(nodes))
         .route("/v1/usage", get(usage))
         .route("/v1/usage/records", get(usage_records))
         .route("/metrics", get(metrics))
@@ -289,11 +292,13 @@ pub fn handler(
 + Send
 + Sync
 + 'static {
+    let runtime = control.runtime().clone();
     let router = router(control, auth);
     move |mut req| {
         let router = router.clone();
+        let runtime = runtime.clone();
         Box::pin(async move {
-            if let Some(response) = health(req.uri().path()) {
+            if let Some(response) = health(&runtime, req.uri().path()) {
                 return response;
             }
             trim_trailing_slash(&mut req);

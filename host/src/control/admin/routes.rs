@@ -1,7 +1,7 @@
 //! The admin API's endpoints (routed by [`super::router`]).
 
 use super::api::{
-    ArtifactView, CountView, DeadLetterView, DeployRequest, EventsView, PublishedEvent,
+    ArtifactView, CountView, DeadLetterView, DeployRequest, EventsView, NodeView, PublishedEvent,
     PublishedView, ReplayRequest, RevisionView, RollbackRequest, ServiceView,
 };
 use super::{
@@ -66,6 +66,14 @@ pub(super) async fn artifact(State(control): Control, Param(digest): Param) -> A
         .find(|a| a.digest == digest)
         .ok_or_else(|| ApiError::not_found(format!("artifact {digest} is not uploaded")))?;
     json(StatusCode::OK, &ArtifactView::from(found))
+}
+
+pub(super) async fn nodes(State(control): Control) -> ApiResult {
+    let all = control.nodes().await?;
+    json(
+        StatusCode::OK,
+        &all.iter().map(NodeView::from).collect::<Vec<_>>(),
+    )
 }
 
 pub(super) async fn list_services(State(control): Control) -> ApiResult {

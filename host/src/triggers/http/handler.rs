@@ -69,7 +69,7 @@ pub async fn handle(
     req: Request<hyper::body::Incoming>,
     local: SocketAddr,
 ) -> Response<ResponseBody> {
-    if let Some(response) = health(req.uri().path()) {
+    if let Some(response) = health(runtime, req.uri().path()) {
         return response;
     }
     let Some((route, service)) = runtime.registry().route_match(req.uri().path()) else {
@@ -406,13 +406,21 @@ fn too_large(limit: ByteSize) -> Response<ResponseBody> {
     )
 }
 
-/// The host's own health endpoints, the same on every listener: a listener
-/// only accepts once its services are loaded, so answering at all means
-/// ready.
-pub fn health(path: &str) -> Option<Response<ResponseBody>> {
+/// The host's own health endpoints, the same on every listener:
+/// `/healthz` (the process answers) and `/readyz` (it serves what it
+/// should: a standalone host only accepts once its services are restored;
+/// a cluster node once it has converged with the cluster — 503 and why,
+/// until then).
+pub fn health(runtime: &Runtime, path: &str) -> Option<Response<ResponseBody>> {
     match path {
         "/healthz" => Some(plain(StatusCode::OK, "ok\n")),
-        "/readyz" => Some(plain(StatusCode::OK, "ready\n")),
+        "/readyz" => Some(match runtime.unready() {
+            None => plain(StatusCode::OK, "ready\n"),
+            Some(why) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        }),
         _ => None,
     }
 }

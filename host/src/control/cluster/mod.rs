@@ -1,0 +1,351 @@
+//! A cluster of Berth nodes on NATS JetStream (`berth serve --cluster`).
+//!
+//! The nodes share no disk and talk to no one but NATS:
+//!
+//! - **Deployments** are records in the KV bucket `berth_services`, one
+//!   entry per service holding its revisions and which one is active.
+//!   Every change is a compare-and-swap on that entry, so two deploys of
+//!   one service through two nodes get consecutive revision numbers.
+//! - **Artifacts** are objects in the object store `berth_artifacts`, named
+//!   by digest, checked against it on every fetch.
+//! - Every node **watches** the services bucket and converges: fetches the
+//!   artifact into its local store, compiles it into its local code cache,
+//!   and switches routing as a standalone host does ([`catalog`]).
+//! - **Nodes** report themselves in the KV bucket `berth_nodes` every
+//!   [`HEARTBEAT`]; an entry older than [`NODE_TIMEOUT`] is a node gone
+//!   ([`nodes`]).
+//!
+//! When NATS cannot be reached, the node keeps serving what it has:
+//! changes fail at once with [`ControlError::Unavailable`], and the node
+//! converges again by itself once NATS is back.
+
+pub mod catalog;
+pub mod nodes;
+
+pub use catalog::ClusterCatalog;
+
+use crate::control::deploy::ControlError;
+use anyhow::Context;
+use async_nats::jetstream;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The services bucket.
+pub const SERVICES_BUCKET: &str = "berth_services";
+/// The nodes bucket.
+pub const NODES_BUCKET: &str = "berth_nodes";
+/// The artifacts object store.
+pub const ARTIFACTS_BUCKET: &str = "berth_artifacts";
+
+/// How often a node reports itself.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node not heard from for this long has left the cluster.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How to reach a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// NATS server URLs (`nats://`, `tls://`; `user:password@` or
+    /// `token@` in the URL authenticate).
+    pub urls: Vec<String>,
+    /// This node's name in the cluster.
+    pub node: String,
+    /// A NATS `.creds` file (user JWT and nkey seed).
+    pub creds: Option<PathBuf>,
+    /// A CA certificate (PEM) for `tls://` servers.
+    pub ca: Option<PathBuf>,
+    /// Replicas of the buckets and streams Berth creates; default: as many
+    /// servers as the cluster has, at most 3.
+    pub replicas: Option<usize>,
+}
+
+impl ClusterOptions {
+    /// The URLs with any password or token replaced by `***`, for messages.
+    pub fn display_urls(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// `url` with the user information's secret part replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Whether the node is connected to NATS now, and how often it has
+/// (re)connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Connected now.
+    pub up: bool,
+    /// Connections made so far (1 after the first).
+    pub connects: u64,
+}
+
+/// A connection to the cluster: the NATS client, JetStream, and Berth's
+/// buckets.
+#[derive(Clone)]
+pub struct Cluster {
+    /// This node's name.
+    pub node: String,
+    /// What the URLs look like in messages (no secrets).
+    pub display: String,
+    client: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The services bucket.
+    pub services: jetstream::kv::Store,
+    /// The nodes bucket.
+    pub nodes: jetstream::kv::Store,
+    /// The artifacts.
+    pub artifacts: jetstream::object_store::ObjectStore,
+    link: watch::Receiver<Link>,
+    replicas: usize,
+}
+
+impl Cluster {
+    /// Connects to the cluster and opens (or creates) Berth's buckets.
+    /// Fails, naming the URLs (never a secret), when no server can be
+    /// reached or the credentials are refused.
+    pub async fn connect(options: &ClusterOptions) -> anyhow::Result<Cluster> {
+        let display = options.display_urls();
+        anyhow::ensure!(!options.urls.is_empty(), "--cluster names no NATS server");
+        let mut addrs = Vec::with_capacity(options.urls.len());
+        for url in &options.urls {
+            let addr: async_nats::ServerAddr = url.parse().map_err(|e| {
+                anyhow::anyhow!("the cluster URL {} is not valid: {e}", redact(url))
+            })?;
+            addrs.push(addr);
+        }
+        let mut connect = async_nats::ConnectOptions::new()
+            .name(format!("berth {}", options.node))
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .max_reconnects(None);
+        // Credentials in a URL, the way NATS tools read them: `user:pass@`
+        // or `token@`.
+        if let Some(addr) = addrs.iter().find(|a| a.has_user_pass()) {
+            let user = addr.username().unwrap_or_default().to_owned();
+            connect = match addr.password() {
+                Some(pass) => connect.user_and_password(user, pass.to_owned()),
+                None => connect.token(user),
+            };
+        }
+        if let Some(creds) = &options.creds {
+            connect = connect
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("reading the NATS credentials {}", creds.display()))?;
+        }
+        if let Some(ca) = &options.ca {
+            anyhow::ensure!(
+                ca.is_file(),
+                "the NATS CA certificate {} does not exist",
+                ca.display()
+            );
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let (link_tx, link) = watch::channel(Link {
+            up: false,
+            connects: 0,
+        });
+        let link_tx = std::sync::Arc::new(link_tx);
+        let events = link_tx.clone();
+        connect = connect.event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to the cluster");
+                        events.send_modify(|l| {
+                            l.up = true;
+                            l.connects += 1;
+                        });
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the cluster; serving what is loaded");
+                        events.send_modify(|l| l.up = false);
+                    }
+                    other => tracing::debug!(event = %other, "cluster connection"),
+                }
+            }
+        });
+        let client = connect
+            .connect(addrs)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot join the cluster at {display}: {e}"))?;
+        // The callback may not have run yet for the first connection.
+        link_tx.send_modify(|l| {
+            if !l.up {
+                l.up = true;
+                l.connects = l.connects.max(1);
+            }
+        });
+        let js = jetstream::new(client.clone());
+        let replicas = options.replicas.unwrap_or_else(|| {
+            let servers = 1 + client.server_info().connect_urls.len();
+            servers.clamp(1, 3)
+        });
+        // A cluster that has just started may still be electing its
+        // JetStream leaders: try for a while before giving up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (services, nodes, artifacts) = loop {
+            match open_buckets(&js, replicas).await {
+                Ok(buckets) => break buckets,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %format!("{e:#}"), "JetStream is not ready yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.context(format!("opening Berth's buckets on {display}"))),
+            }
+        };
+        Ok(Cluster {
+            node: options.node.clone(),
+            display,
+            client,
+            js,
+            services,
+            nodes,
+            artifacts,
+            link,
+            replicas,
+        })
+    }
+
+    /// Replicas of what Berth stores in JetStream.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// The connection's state, to watch.
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.clone()
+    }
+
+    /// Fails at once, with a message naming the cluster, when NATS cannot
+    /// be reached now (rather than waiting for a request to time out).
+    pub fn ensure_up(&self) -> Result<(), ControlError> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(self.unavailable("it cannot be reached"))
+        }
+    }
+
+    /// The error of a change the cluster could not take.
+    pub fn unavailable(&self, why: impl std::fmt::Display) -> ControlError {
+        ControlError::Unavailable(format!("the cluster at {}: {why}", self.display))
+    }
+
+    /// Sends what is buffered and closes the connection.
+    pub async fn close(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::debug!(error = %e, "flushing the cluster connection");
+        }
+    }
+}
+
+/// Opens (or creates) the services and nodes buckets and the artifact
+/// store.
+async fn open_buckets(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<(
+    jetstream::kv::Store,
+    jetstream::kv::Store,
+    jetstream::object_store::ObjectStore,
+)> {
+    let services = kv_bucket(
+        js,
+        jetstream::kv::Config {
+            bucket: SERVICES_BUCKET.into(),
+            description: "Berth: services and their revisions".into(),
+            history: 5,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("the services bucket")?;
+    let nodes = kv_bucket(
+        js,
+        jetstream::kv::Config {
+            bucket: NODES_BUCKET.into(),
+            description: "Berth: the nodes' heartbeats".into(),
+            history: 1,
+            max_age: NODE_TIMEOUT * 4,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("the nodes bucket")?;
+    let artifacts = match js.get_object_store(ARTIFACTS_BUCKET).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: ARTIFACTS_BUCKET.into(),
+                description: Some("Berth: components by digest".into()),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .context("the artifact store")?,
+    };
+    Ok((services, nodes, artifacts))
+}
+
+/// Opens a KV bucket, creating it when it does not exist.
+async fn kv_bucket(
+    js: &jetstream::Context,
+    config: jetstream::kv::Config,
+) -> anyhow::Result<jetstream::kv::Store> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => Ok(js.create_key_value(config).await?),
+    }
+}
+
+/// This machine's host name (the default node name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "berth".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_urls_are_never_shown() {
+        assert_eq!(redact("nats://a:4222"), "nats://a:4222");
+        assert_eq!(redact("nats://u:s3cret@a:4222"), "nats://u:***@a:4222");
+        assert_eq!(redact("tls://tok3n@a:4222"), "tls://***@a:4222");
+        let options = ClusterOptions {
+            urls: vec!["nats://u:pw@a:1".into(), "nats://b:2".into()],
+            node: "n".into(),
+            creds: None,
+            ca: None,
+            replicas: None,
+        };
+        assert_eq!(options.display_urls(), "nats://u:***@a:1,nats://b:2");
+        assert!(!options.display_urls().contains("pw"));
+    }
+}

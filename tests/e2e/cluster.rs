@@ -1,0 +1,518 @@
+//! A cluster of Berth nodes on a real three-server NATS JetStream cluster
+//! (`berth serve --cluster`): deployed once, served by every node;
+//! revisions by compare-and-swap; nodes that die and come back; what a
+//! node does without NATS; bad credentials, tampered artifacts, missing
+//! secrets.
+
+use crate::host::{Host, TOKEN};
+use crate::nats::Nats;
+use crate::support::*;
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const V1: &str = "hello from berth: /hello\n";
+const V2: &str = "hello from wstd: /hello\n";
+
+/// A `berth serve` joined to `nats` as node `name`.
+fn node(nats: &Nats, name: &str, extra: &[&str]) -> Host {
+    let urls = nats.urls();
+    let mut args = vec!["--cluster", urls.as_str(), "--node", name];
+    args.extend_from_slice(extra);
+    Host::start(&args)
+}
+
+/// Three nodes on `nats`.
+fn three_nodes(nats: &Nats) -> [Host; 3] {
+    ["a", "b", "c"].map(|name| node(nats, name, &[]))
+}
+
+/// Status and body of `GET path` on `host`'s public listener.
+async fn answer(host: &Host, path: &str) -> (u16, String) {
+    let reply = get(&host.berth, path).await;
+    (reply.status, reply.text())
+}
+
+/// Waits until every one of `hosts` answers `path` with `status` and
+/// `body`.
+async fn wait_all(hosts: &[&Host], path: &str, status: u16, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for host in hosts {
+        loop {
+            let got = answer(host, path).await;
+            if got.0 == status && (body.is_empty() || got.1 == body) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} on {} never answered {status} {body:?} (last: {got:?})",
+                host.admin_url()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until `check` holds, polling.
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(host: &Host, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&host.cli_ok(&all)).unwrap()
+}
+
+/// `service`'s status per node, as `inspect` shows it: (node, status,
+/// revision, error).
+fn placements(host: &Host, service: &str) -> Vec<(String, String, Option<u64>, String)> {
+    let view = json(host, &["inspect", service]);
+    view["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                n["status"].as_str().unwrap().to_owned(),
+                n["revision"].as_u64(),
+                n["error"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A service's revision numbers, newest first, and the active one.
+fn revisions(host: &Host, service: &str) -> (Vec<u64>, u64) {
+    let all = json(host, &["revisions", service]);
+    let all = all.as_array().unwrap();
+    let numbers = all
+        .iter()
+        .map(|r| r["revision"].as_u64().unwrap())
+        .collect();
+    let active = all
+        .iter()
+        .find(|r| r["active"] == true)
+        .map(|r| r["revision"].as_u64().unwrap())
+        .unwrap();
+    (numbers, active)
+}
+
+fn node_names(host: &Host) -> Vec<String> {
+    json(host, &["nodes"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn changes_made_through_any_node_reach_every_node() {
+    let nats = Nats::cluster(3);
+    let [a, b, c] = three_nodes(&nats);
+
+    // Deployed through a, served by all three.
+    let out = a.deploy("hello", programs::HELLO, "/hello");
+    assert!(out.contains("deployed hello revision 1"), "{out}");
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    wait_until(
+        "every node reports revision 1",
+        Duration::from_secs(10),
+        || {
+            let mut seen = placements(&c, "hello");
+            seen.sort();
+            seen == [("a", 1), ("b", 1), ("c", 1)]
+                .map(|(n, r)| (n.to_owned(), "serving".to_owned(), Some(r), String::new()))
+        },
+    );
+
+    // An upgrade through b.
+    let out = b.deploy("hello", programs::HELLO_WSTD, "/hello");
+    assert!(out.contains("deployed hello revision 2"), "{out}");
+    wait_all(&[&a, &b, &c], "/hello", 200, V2).await;
+    let (numbers, active) = revisions(&c, "hello");
+    assert_eq!((numbers, active), (vec![2, 1], 2));
+
+    // A rollback through c.
+    c.cli_ok(&["rollback", "hello"]);
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    let listed = json(&a, &["ls"]);
+    assert_eq!(listed[0]["revision"], 1, "{listed}");
+    assert_eq!(listed[0]["latest_revision"], 2, "{listed}");
+
+    // The nodes, with their addresses.
+    let nodes = json(&b, &["nodes"]);
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for (view, host) in nodes.iter().zip([&a, &b, &c]) {
+        assert_eq!(view["public"], host.berth.addr.to_string(), "{view}");
+        assert_eq!(
+            view["admin"],
+            host.berth.admin.unwrap().to_string(),
+            "{view}"
+        );
+        assert_eq!(view["ready"], true, "{view}");
+        assert_eq!(view["version"], env!("CARGO_PKG_VERSION"), "{view}");
+    }
+    let table = b.cli_ok(&["nodes"]);
+    assert!(table.contains("NODE") && table.contains("ready"), "{table}");
+
+    // A removal through a.
+    a.cli_ok(&["rm", "hello"]);
+    wait_all(&[&a, &b, &c], "/hello", 404, "").await;
+    assert_eq!(json(&b, &["ls"]), serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn concurrent_deploys_through_two_nodes_get_consecutive_revisions() {
+    let nats = Nats::cluster(3);
+    let [a, b, c] = three_nodes(&nats);
+    const ROUNDS: usize = 4;
+    for _ in 0..ROUNDS {
+        std::thread::scope(|s| {
+            for host in [&a, &b] {
+                s.spawn(move || host.deploy("svc", programs::HELLO, "/svc"));
+            }
+        });
+    }
+    let (mut numbers, active) = revisions(&a, "svc");
+    numbers.sort();
+    let expected: Vec<u64> = (1..=2 * ROUNDS as u64).collect();
+    assert_eq!(numbers, expected, "no revision lost or numbered twice");
+    assert_eq!(active, 2 * ROUNDS as u64);
+    // A node that made none of the changes sees them all.
+    wait_until("c has every revision", Duration::from_secs(20), || {
+        revisions(&c, "svc") == revisions(&a, "svc")
+    });
+    wait_until(
+        "every node serves the last revision",
+        Duration::from_secs(20),
+        || {
+            placements(&a, "svc")
+                .iter()
+                .filter(|(_, status, revision, _)| {
+                    status == "serving" && *revision == Some(2 * ROUNDS as u64)
+                })
+                .count()
+                == 3
+        },
+    );
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_and_a_restarted_one_catches_up_before_it_is_ready() {
+    let nats = Nats::cluster(3);
+    let [a, b, mut c] = three_nodes(&nats);
+    a.deploy("hello", programs::HELLO, "/hello");
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    assert_eq!(node_names(&a), ["a", "b", "c"]);
+
+    let killed = Instant::now();
+    c.berth.kill9();
+    wait_until("c leaves the list", Duration::from_secs(15), || {
+        node_names(&a) == ["a", "b"]
+    });
+    let gone = killed.elapsed();
+    assert!(gone <= Duration::from_secs(10), "c left after {gone:?}");
+
+    // Changes made while c is away.
+    b.deploy("hello", programs::HELLO_WSTD, "/hello");
+    b.deploy("other", programs::HELLO, "/other");
+    a.cli_ok(&["rollback", "hello"]);
+    a.deploy("hello", programs::HELLO_WSTD, "/hello");
+
+    // Back: by the time it listens it serves all of them, and is ready.
+    c.start_again();
+    assert_eq!(answer(&c, "/readyz").await, (200, "ready\n".into()));
+    assert_eq!(answer(&c, "/hello").await, (200, V2.into()));
+    assert_eq!(
+        answer(&c, "/other").await,
+        (200, "hello from berth: /other\n".into())
+    );
+    wait_until("c is listed again", Duration::from_secs(10), || {
+        node_names(&b) == ["a", "b", "c"]
+    });
+}
+
+#[tokio::test]
+async fn a_node_without_a_secret_reports_the_service_failed_and_the_others_serve_it() {
+    let nats = Nats::cluster(3);
+    let with = secrets_dir(&[("api-key", "k3y")]);
+    let without = secrets_dir(&[]);
+    let with = with.path().to_str().unwrap();
+    let a = node(&nats, "a", &["--secrets-dir", with]);
+    let b = node(&nats, "b", &["--secrets-dir", with]);
+    let c = node(
+        &nats,
+        "c",
+        &["--secrets-dir", without.path().to_str().unwrap()],
+    );
+    a.cli_ok(&[
+        "deploy",
+        "vault",
+        "--component",
+        programs::CAPS,
+        "--route",
+        "/vault/...",
+        "--secret",
+        "KEY=api-key",
+    ]);
+    wait_all(&[&a, &b], "/vault/env?name=KEY", 200, "k3y").await;
+    wait_until(
+        "c reports the service failed",
+        Duration::from_secs(20),
+        || {
+            placements(&b, "vault")
+                .iter()
+                .any(|(node, status, _, error)| {
+                    node == "c" && status == "failed" && error.contains("api-key")
+                })
+        },
+    );
+    assert_eq!(answer(&c, "/vault/env?name=KEY").await.0, 404);
+    let inspect = a.cli_ok(&["inspect", "vault"]);
+    assert!(
+        inspect.contains("node c:") && inspect.contains("failed"),
+        "{inspect}"
+    );
+    let ls = a.cli_ok(&["ls"]);
+    assert!(ls.contains("2/3 serving, 1 failed"), "{ls}");
+    // Its own view says so too.
+    let own = json(&c, &["inspect", "vault"]);
+    assert_eq!(own["status"], "failed", "{own}");
+}
+
+#[tokio::test]
+async fn an_artifact_whose_bytes_do_not_match_its_digest_is_refused_by_every_node() {
+    let nats = Nats::cluster(3);
+    let [a, b, c] = three_nodes(&nats);
+    // Bytes of one component stored under the digest of another.
+    let named = std::fs::read(programs::HELLO).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&named));
+    let client = async_nats::connect(nats.url(0)).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let store = js.get_object_store("berth_artifacts").await.unwrap();
+    let mut wrong: &[u8] = &std::fs::read(programs::HELLO_WSTD).unwrap();
+    store.put(digest.as_str(), &mut wrong).await.unwrap();
+
+    // A deploy of it through the API is refused, saying why.
+    let reply = a
+        .api(
+            "PUT",
+            "/v1/services/tampered",
+            format!(r#"{{"artifact": "{digest}", "routes": ["/tampered"]}}"#),
+            Some(TOKEN),
+        )
+        .await;
+    let body = reply.text();
+    assert!(body.contains("does not match its digest"), "{body}");
+
+    // A revision record written behind Berth's back: every node refuses it.
+    let kv = js.get_key_value("berth_services").await.unwrap();
+    let record = format!(
+        r#"{{"active": 1, "created_ms": 0, "updated_ms": 0, "revisions": [{{"number": 1, "artifact": "{digest}", "config": {{"routes": ["/tampered"]}}, "created_ms": 0}}]}}"#
+    );
+    kv.put("tampered", record.into()).await.unwrap();
+    wait_until(
+        "every node reports it failed",
+        Duration::from_secs(20),
+        || {
+            let seen = placements(&b, "tampered");
+            seen.len() == 3
+                && seen.iter().all(|(_, status, _, error)| {
+                    status == "failed" && error.contains("does not match its digest")
+                })
+        },
+    );
+    for host in [&a, &b, &c] {
+        assert_eq!(answer(host, "/tampered").await.0, 404);
+    }
+}
+
+#[tokio::test]
+async fn start_fails_clearly_on_an_unreachable_cluster_or_wrong_credentials() {
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (ok, stderr) = serve_once(&url);
+    assert!(!ok, "berth started without its cluster: {stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(!stderr.contains("berth: serving"), "{stderr}");
+
+    // A server that wants a password; a wrong one is refused, and never
+    // shown.
+    let nats = Nats::cluster_with(1, &["--user", "berth", "--pass", "right-pass"]);
+    let port = nats.url(0).rsplit(':').next().unwrap().to_owned();
+    let (ok, stderr) = serve_once(&format!("nats://berth:wrong-pass@127.0.0.1:{port}"));
+    assert!(!ok, "berth started with a wrong password: {stderr}");
+    assert!(
+        stderr.contains(&format!("nats://berth:***@127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-pass"), "{stderr}");
+    assert!(!stderr.contains("berth: serving"), "{stderr}");
+
+    // The right one works.
+    let host = Host::start(&[
+        "--cluster",
+        &format!("nats://berth:right-pass@127.0.0.1:{port}"),
+        "--node",
+        "solo",
+    ]);
+    assert_eq!(node_names(&host), ["solo"]);
+    assert!(!host.berth.logs().contains("right-pass"));
+}
+
+/// Runs `berth serve --cluster URL` expecting it to exit by itself; returns
+/// whether it succeeded, and its stderr.
+fn serve_once(url: &str) -> (bool, String) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut child = Command::new(berth_bin())
+        .args(["serve", "--state"])
+        .arg(dir.path().join("state"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--cluster", url])
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn with_one_nats_server_of_three_down_changes_carry_on() {
+    let mut nats = Nats::cluster(3);
+    let [a, b, c] = three_nodes(&nats);
+    a.deploy("hello", programs::HELLO, "/hello");
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    // The first server is the one every node tried first.
+    nats.kill(0);
+    let out = b.deploy("hello", programs::HELLO_WSTD, "/hello");
+    assert!(out.contains("revision 2"), "{out}");
+    wait_all(&[&a, &b, &c], "/hello", 200, V2).await;
+    c.cli_ok(&["rollback", "hello"]);
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    // Back, it catches up by itself; nothing changes for the nodes.
+    nats.start(0);
+    nats.wait_all_ready();
+    a.deploy("other", programs::HELLO, "/other");
+    wait_all(&[&a, &b, &c], "/other", 200, "hello from berth: /other\n").await;
+}
+
+#[tokio::test]
+async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_catch_up() {
+    let mut nats = Nats::cluster(3);
+    let a = node(&nats, "a", &[]);
+    let b = node(&nats, "b", &[]);
+    a.deploy("hello", programs::HELLO, "/hello");
+    wait_all(&[&a, &b], "/hello", 200, V1).await;
+
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    let down = Instant::now();
+    // Ten seconds without any NATS server: both nodes keep answering.
+    let mut answered = 0;
+    while down.elapsed() < Duration::from_secs(10) {
+        for host in [&a, &b] {
+            assert_eq!(answer(host, "/hello").await, (200, V1.into()));
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answered >= 20, "{answered}");
+    // Changes fail at once, naming the cluster.
+    let tried = Instant::now();
+    let out = a.cli(&[
+        "deploy",
+        "hello",
+        "--component",
+        programs::HELLO_WSTD,
+        "--route",
+        "/hello",
+    ]);
+    let took = tried.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cluster_unavailable"), "{stderr}");
+    assert!(stderr.contains(&nats.url(0)), "{stderr}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the deploy took {took:?} to fail"
+    );
+    let removed = a.cli(&["rm", "hello"]);
+    assert!(!removed.status.success());
+    assert!(String::from_utf8_lossy(&removed.stderr).contains("cluster_unavailable"));
+    // Reads still answer, from what the node knows.
+    assert_eq!(json(&b, &["ls"])[0]["name"], "hello");
+    // Not ready, and why.
+    let (status, why) = answer(&a, "/readyz").await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("lost the cluster"), "{why}");
+
+    for i in 0..3 {
+        nats.start(i);
+    }
+    nats.wait_all_ready();
+    for host in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answer(host, "/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "never ready again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The change goes through now, and reaches both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = b.cli(&[
+            "deploy",
+            "hello",
+            "--component",
+            programs::HELLO_WSTD,
+            "--route",
+            "/hello",
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deploys never worked again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_all(&[&a, &b], "/hello", 200, V2).await;
+}

