@@ -6,6 +6,7 @@
 
 use crate::control::admin::{self, Auth};
 use crate::control::catalog::{Catalog, LocalCatalog};
+use crate::control::cluster::bus::JetStreamBus;
 use crate::control::cluster::{Cluster, ClusterCatalog, ClusterOptions};
 use crate::control::ledger::{Ledger, USAGE_FILE};
 use crate::control::scheduler::Scheduler;
@@ -134,10 +135,13 @@ impl Host {
             }
             None => None,
         };
-        let bus: Arc<dyn Bus> = Arc::new(
-            SqliteBus::open(&db)
-                .with_context(|| format!("opening the event bus in {}", db.display()))?,
-        );
+        let bus: Arc<dyn Bus> = match &cluster {
+            Some(cluster) => Arc::new(JetStreamBus::open(cluster.clone()).await?),
+            None => Arc::new(
+                SqliteBus::open(&db)
+                    .with_context(|| format!("opening the event bus in {}", db.display()))?,
+            ),
+        };
         runtime.set_ports(Ports {
             secrets: options.secrets.clone(),
             listeners: runtime.listeners().clone(),

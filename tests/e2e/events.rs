@@ -6,19 +6,19 @@ use crate::support::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-fn consumer(topic: &str, policy: &str) -> String {
+pub fn consumer(topic: &str, policy: &str) -> String {
     format!(
         "[service.consumer]\ncomponent = {:?}\n\n[service.consumer.limits]\ntimeout = \"500ms\"\n\n[[service.consumer.subscriptions]]\ntopic = {topic:?}\n{policy}\n",
         programs::EVENTS_CONSUMER
     )
 }
 
-fn event(id: &str, ty: &str, data: &str) -> serde_json::Value {
+pub fn event(id: &str, ty: &str, data: &str) -> serde_json::Value {
     serde_json::json!({"specversion": "1.0", "id": id, "source": "/tests", "type": ty, "data": data})
 }
 
 /// The ids the consumer logged as handled, with how often.
-fn handled(logs: &str) -> HashMap<String, usize> {
+pub fn handled(logs: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for line in logs.lines() {
         if let Some(rest) = line.split("guest: handled ").nth(1) {

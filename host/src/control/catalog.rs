@@ -50,11 +50,13 @@ pub trait Catalog: Send + Sync + 'static {
         config: &ServiceConfig,
     ) -> Result<Committed<RevisionRecord>, ControlError>;
 
-    /// Makes revision `number` of `name` the active one.
+    /// Makes revision `number` of `name` the active one, if revision
+    /// `from` still is (a rollback computed from it is void otherwise).
     async fn activate(
         &self,
         name: &ServiceName,
         number: u32,
+        from: u32,
     ) -> Result<Committed<()>, ControlError>;
 
     /// Forgets a service and its revisions; `None` if there was none.
@@ -152,7 +154,9 @@ impl Catalog for LocalCatalog {
         &self,
         name: &ServiceName,
         number: u32,
+        _from: u32,
     ) -> Result<Committed<()>, ControlError> {
+        // Changes are serialized by the control plane: `from` is current.
         let name = name.clone();
         self.db(move |s| s.activate(&name, number))
             .await

@@ -61,10 +61,25 @@ pub enum ControlError {
     /// full, damaged).
     #[error("storage: {0}")]
     Storage(String),
+    /// The service changed meanwhile (through another node of a cluster);
+    /// nothing changed.
+    #[error("{0}")]
+    Conflict(String),
     /// The cluster cannot take the change now (NATS unreachable); nothing
     /// changed.
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<crate::triggers::events::bus::BusError> for ControlError {
+    fn from(e: crate::triggers::events::bus::BusError) -> Self {
+        match e {
+            crate::triggers::events::bus::BusError::Unavailable(why) => {
+                ControlError::Unavailable(why)
+            }
+            other => ControlError::Storage(other.to_string()),
+        }
+    }
 }
 
 impl From<StateError> for ControlError {
@@ -88,6 +103,7 @@ impl ControlError {
             ControlError::MissingSecret(_) => "missing_secret",
             ControlError::Storage(_) => "storage_error",
             ControlError::Unavailable(_) => "cluster_unavailable",
+            ControlError::Conflict(_) => "conflict",
         }
     }
 }
@@ -297,7 +313,7 @@ impl ControlPlane {
             .bus
             .publish(events)
             .await
-            .map_err(|e| ControlError::Storage(e.to_string()))
+            .map_err(ControlError::from)
     }
 
     /// Brings subscriptions and schedules in line with the services.
@@ -520,7 +536,10 @@ impl ControlPlane {
             )));
         }
         let handler = self.load(target.artifact, &target.config).await?;
-        let committed = self.catalog().activate(&name, target.number).await?;
+        let committed = self
+            .catalog()
+            .activate(&name, target.number, active)
+            .await?;
         self.settle(changes, committed, &target, handler).await?;
         tracing::info!(service = %name, revision = target.number, "rolled back");
         Ok(target)
@@ -584,6 +603,11 @@ impl ControlPlane {
         }
         tracing::info!(service = %name, "removed");
         Ok(())
+    }
+
+    /// The services this node could not bring to their active revision.
+    pub fn failed_services(&self) -> Vec<ServiceName> {
+        self.failed().keys().cloned().collect()
     }
 
     /// Stops routing to `name` (removed).
@@ -733,9 +757,13 @@ impl ControlPlane {
             Err(e) => {
                 // An older revision that serves here keeps serving.
                 let serving = running.map(|s| s.revision);
-                tracing::error!(service = %name, revision = active.number, serving, error = %e, "cannot serve the revision on this node");
-                self.failed()
-                    .insert(name.clone(), format!("revision {}: {e}", active.number));
+                let why = format!("revision {}: {e}", active.number);
+                let again = self.failed().insert(name.clone(), why.clone()) == Some(why);
+                if again {
+                    tracing::debug!(service = %name, revision = active.number, serving, error = %e, "still cannot serve the revision on this node");
+                } else {
+                    tracing::error!(service = %name, revision = active.number, serving, error = %e, "cannot serve the revision on this node");
+                }
                 self.node_changed.notify_one();
             }
         }

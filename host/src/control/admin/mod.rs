@@ -155,6 +155,7 @@ impl From<ControlError> for ApiError {
             ControlError::MissingSecret(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.code(), e.to_string())
     }

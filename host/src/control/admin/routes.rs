@@ -311,5 +311,5 @@ fn storage_error(e: rusqlite::Error) -> ApiError {
 }
 
 fn bus_error(e: BusError) -> ApiError {
-    ApiError::from(ControlError::Storage(e.to_string()))
+    ApiError::from(ControlError::from(e))
 }

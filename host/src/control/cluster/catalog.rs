@@ -43,6 +43,16 @@ const CAS_TRIES: usize = 64;
 /// server died; its streams are electing new leaders).
 const TRANSIENT: Duration = Duration::from_secs(15);
 
+/// Longest fetch of an artifact from the object store.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often a node tries again the services it failed to converge on
+/// (an artifact it could not fetch, say).
+const RETRY_FAILED: Duration = Duration::from_secs(5);
+
+/// Longest wait for the next entry while catching up.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
 /// How long a change waits for this node to apply it.
 const APPLY_WAIT: Duration = Duration::from_secs(60);
 
@@ -172,8 +182,11 @@ impl ClusterCatalog {
         let started = std::time::Instant::now();
         for attempt in 0..CAS_TRIES {
             let (doc, seq) = self.read(name).await?;
+            let existed = doc.is_some();
             let (new, value) = change(doc)?;
             let written = match (new, seq) {
+                // Nothing there, nothing to remove.
+                (None, _) if !existed => return Ok(Committed::by_caller(value)),
                 (Some(doc), Some(seq)) => kv
                     .update(name.as_str(), encode(&doc)?, seq)
                     .await
@@ -194,7 +207,7 @@ impl ClusterCatalog {
                     .await
                     .map(|()| 0)
                     .map_err(|e| (lost_race(&e), e.to_string())),
-                (None, None) => return Ok(Committed::by_caller(value)),
+                (None, None) => unreachable!("a document that existed has an entry"),
             };
             match written {
                 Ok(0) => {
@@ -219,8 +232,13 @@ impl ClusterCatalog {
                 }
                 Err((false, e)) => {
                     // A server of the cluster just died: its streams elect
-                    // new leaders within seconds.
-                    if started.elapsed() < TRANSIENT && self.cluster.ensure_up().is_ok() {
+                    // new leaders within seconds. Only a write that surely
+                    // did not happen is tried again (a timed-out one may
+                    // have been stored).
+                    if refused(&e)
+                        && started.elapsed() < TRANSIENT
+                        && self.cluster.ensure_up().is_ok()
+                    {
                         tracing::debug!(error = %e, "the cluster refused a change; trying again");
                         tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
@@ -234,14 +252,25 @@ impl ClusterCatalog {
         )))
     }
 
-    async fn last_seq(&self) -> Result<u64, ControlError> {
-        let status = self
+    /// The services bucket's stream state now (the KV handle's own copy
+    /// is the one from when it was opened): its last sequence, and how
+    /// many messages it holds.
+    async fn bucket_state(&self) -> Result<(u64, u64), ControlError> {
+        let mut stream = self
             .cluster
-            .services
-            .status()
+            .js
+            .get_stream(format!("KV_{}", super::SERVICES_BUCKET))
             .await
             .map_err(|e| self.cluster.unavailable(e))?;
-        Ok(status.info.state.last_sequence)
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| self.cluster.unavailable(e))?;
+        Ok((info.state.last_sequence, info.state.messages))
+    }
+
+    async fn last_seq(&self) -> Result<u64, ControlError> {
+        Ok(self.bucket_state().await?.0)
     }
 
     fn object_name(digest: &Digest) -> String {
@@ -251,11 +280,22 @@ impl ClusterCatalog {
     /// The object store's entry for `digest`, if it holds one.
     async fn object_info(&self, digest: &Digest) -> Result<Option<ObjectInfo>, ControlError> {
         use async_nats::jetstream::object_store::InfoErrorKind;
-        match self.cluster.artifacts.info(Self::object_name(digest)).await {
-            Ok(info) if !info.deleted => Ok(Some(info)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.cluster.unavailable(e)),
+        self.cluster.ensure_up()?;
+        let started = std::time::Instant::now();
+        loop {
+            match self.cluster.artifacts.info(Self::object_name(digest)).await {
+                Ok(info) if !info.deleted => return Ok(Some(info)),
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+                Err(e)
+                    if refused(&e.to_string())
+                        && started.elapsed() < TRANSIENT
+                        && self.cluster.ensure_up().is_ok() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(self.cluster.unavailable(e)),
+            }
         }
     }
 }
@@ -272,6 +312,12 @@ fn artifact_record(digest: Digest, info: &ObjectInfo) -> ArtifactRecord {
 
 type UpdateKind = async_nats::jetstream::kv::UpdateErrorKind;
 type CreateKind = async_nats::jetstream::kv::CreateErrorKind;
+
+/// Whether JetStream refused a request without doing it: no server
+/// answers for the stream now (its leader is being elected).
+fn refused(e: &str) -> bool {
+    e.contains("no responders") || e.contains("503") || e.contains("no stream found")
+}
 
 /// Whether a write failed because the entry changed since it was read
 /// (JetStream's "wrong last sequence", error code 10071); `create` reports
@@ -358,10 +404,17 @@ impl Catalog for ClusterCatalog {
         &self,
         name: &ServiceName,
         number: u32,
+        from: u32,
     ) -> Result<Committed<()>, ControlError> {
         self.change(name, |doc| {
             let mut doc =
                 doc.ok_or_else(|| ControlError::NotFound(format!("there is no service `{name}`")))?;
+            if doc.active != from {
+                return Err(ControlError::Conflict(format!(
+                    "service `{name}` changed to revision {} meanwhile (through another node); nothing was rolled back",
+                    doc.active
+                )));
+            }
             if !doc.revisions.iter().any(|r| r.number == number) {
                 return Err(ControlError::NotFound(format!(
                     "service `{name}` has no revision {number}"
@@ -375,17 +428,15 @@ impl Catalog for ClusterCatalog {
     }
 
     async fn remove(&self, name: &ServiceName) -> Result<Option<Committed<()>>, ControlError> {
-        let mut existed = false;
-        let committed = self
-            .change(name, |doc| {
-                existed = doc.is_some();
-                Ok((None, ()))
-            })
-            .await?;
-        Ok(existed.then_some(committed))
+        let committed = self.change(name, |doc| Ok((None, doc.is_some()))).await?;
+        Ok(committed.value.then_some(Committed {
+            value: (),
+            seq: committed.seq,
+        }))
     }
 
     async fn artifacts(&self) -> Result<Vec<ArtifactRecord>, ControlError> {
+        self.cluster.ensure_up()?;
         let store = &self.cluster.artifacts;
         let mut list = store
             .list()
@@ -428,17 +479,33 @@ impl Catalog for ClusterCatalog {
         if let Some(info) = self.object_info(&digest).await? {
             return Ok((artifact_record(digest, &info), false));
         }
-        let mut reader: &[u8] = &bytes;
-        let info = self
-            .cluster
-            .artifacts
-            .put(Self::object_name(&digest).as_str(), &mut reader)
-            .await
-            .map_err(|e| {
-                self.cluster
-                    .unavailable(format!("storing artifact {digest}: {e}"))
-            })?;
-        Ok((artifact_record(digest, &info), true))
+        // Storing the same bytes under the same name again is harmless:
+        // a put JetStream refused is tried again for a while.
+        let started = std::time::Instant::now();
+        loop {
+            let mut reader: &[u8] = &bytes;
+            match self
+                .cluster
+                .artifacts
+                .put(Self::object_name(&digest).as_str(), &mut reader)
+                .await
+            {
+                Ok(info) => return Ok((artifact_record(digest, &info), true)),
+                Err(e)
+                    if refused(&e.to_string())
+                        && started.elapsed() < TRANSIENT
+                        && self.cluster.ensure_up().is_ok() =>
+                {
+                    tracing::debug!(error = %e, "the cluster refused an artifact; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(self
+                        .cluster
+                        .unavailable(format!("storing artifact {digest}: {e}")));
+                }
+            }
+        }
     }
 
     async fn fetch(&self, digest: Digest) -> Result<(), ControlError> {
@@ -455,10 +522,16 @@ impl Catalog for ClusterCatalog {
                     .unavailable(format!("fetching artifact {digest}: {e}"))
             })?;
         let mut bytes = Vec::new();
-        object.read_to_end(&mut bytes).await.map_err(|e| {
-            self.cluster
-                .unavailable(format!("fetching artifact {digest}: {e}"))
-        })?;
+        tokio::time::timeout(FETCH_TIMEOUT, object.read_to_end(&mut bytes))
+            .await
+            .map_err(|_| {
+                self.cluster
+                    .unavailable(format!("fetching artifact {digest}: timed out"))
+            })?
+            .map_err(|e| {
+                self.cluster
+                    .unavailable(format!("fetching artifact {digest}: {e}"))
+            })?;
         let actual = Digest::of(&bytes);
         if actual != digest {
             return Err(ControlError::Storage(format!(
@@ -474,9 +547,16 @@ impl Catalog for ClusterCatalog {
 
     async fn applied(&self, seq: u64) -> Result<(), ControlError> {
         let mut applied = self.applied.subscribe();
-        match tokio::time::timeout(APPLY_WAIT, applied.wait_for(|s| *s >= seq)).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
+        let mut link = self.cluster.link();
+        let waited = tokio::time::timeout(APPLY_WAIT, async {
+            tokio::select! {
+                _ = applied.wait_for(|s| *s >= seq) => true,
+                _ = link.wait_for(|l| !l.up) => false,
+            }
+        });
+        match waited.await {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => {
                 tracing::warn!(
                     seq,
                     "the change is stored in the cluster but not applied on this node yet"
@@ -551,31 +631,40 @@ impl ClusterCatalog {
             return Err("it cannot be reached".into());
         }
         let kv = &self.cluster.services;
-        // Watch first, then read everything: a change made in between is
-        // in both, and applied once (the mirror knows each key's sequence).
-        let mut watch = kv.watch_all().await.map_err(|e| e.to_string())?;
-        let last = self.last_seq().await.map_err(|e| e.to_string())?;
-        let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| e.to_string())?);
-        }
+        // One watch, from the stream's leader: first the last value of
+        // every key (deletions too), then every change as it comes.
+        let (last, stored) = self.bucket_state().await.map_err(|e| e.to_string())?;
+        let mut watch = kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
         let mut fresh = Mirror::default();
-        for key in names {
-            let Some(entry) = kv.entry(key.as_str()).await.map_err(|e| e.to_string())? else {
-                continue;
+        let mut caught_up = stored == 0;
+        while !caught_up {
+            let entry = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                entry = tokio::time::timeout(CATCH_UP, watch.next()) => entry,
             };
-            fresh.seqs.insert(key.clone(), entry.revision);
-            match (ServiceName::parse(&key), parse(&entry)) {
+            let entry = match entry {
+                Err(_) => return Err("catching up took too long".into()),
+                Ok(None) => return Err("the watch ended".into()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(entry))) => entry,
+            };
+            caught_up = entry.delta == 0;
+            fresh.seqs.insert(entry.key.clone(), entry.revision);
+            match (ServiceName::parse(&entry.key), parse(&entry)) {
                 (Ok(name), Ok(Some(doc))) => {
                     fresh.docs.insert(name, doc);
                 }
-                (Ok(_), Ok(None)) => {}
+                (Ok(name), Ok(None)) => {
+                    fresh.docs.remove(&name);
+                }
                 (Err(e), _) => {
-                    tracing::warn!(key, error = %e, "ignoring an entry of the services bucket")
+                    tracing::warn!(key = entry.key, error = %e, "ignoring an entry of the services bucket")
                 }
                 (_, Err(e)) => {
-                    tracing::error!(key, error = %e, "ignoring an unreadable service record")
+                    tracing::error!(key = entry.key, error = %e, "ignoring an unreadable service record")
                 }
             }
         }
@@ -590,9 +679,19 @@ impl ClusterCatalog {
         self.applied.send_modify(|s| *s = (*s).max(high));
         control.runtime().set_unready(None);
         tracing::info!(services = records.len(), "converged with the cluster");
+        let mut retry = tokio::time::interval(RETRY_FAILED);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                _ = retry.tick() => {
+                    // What failed here for a passing reason (an artifact
+                    // that could not be fetched) is tried again.
+                    for name in control.failed_services() {
+                        let record = self.mirror().docs.get(&name).and_then(|d| d.record(&name));
+                        control.converge(&name, record.as_ref()).await;
+                    }
+                }
                 changed = link.changed() => {
                     if changed.is_err() {
                         return Err("the connection closed".into());

@@ -19,6 +19,7 @@
 //! changes fail at once with [`ControlError::Unavailable`], and the node
 //! converges again by itself once NATS is back.
 
+pub mod bus;
 pub mod catalog;
 pub mod nodes;
 
@@ -71,18 +72,34 @@ impl ClusterOptions {
     }
 }
 
-/// `url` with the user information's secret part replaced by `***`.
+/// `url` with the user information's secret part replaced by `***` (with
+/// or without a scheme).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     match rest.rsplit_once('@') {
         Some((user, host)) => match user.split_once(':') {
-            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
-            None => format!("{scheme}://***@{host}"),
+            Some((name, _)) => format!("{scheme}{name}:***@{host}"),
+            None => format!("{scheme}***@{host}"),
         },
         None => url.to_owned(),
     }
+}
+
+/// Whether `name` can name a node: a KV key of letters, digits, `-` and
+/// `_` (a host name's characters).
+fn check_node_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "the node name {name:?} is not valid: use 1 to 63 letters, digits, '-' or '_'"
+    );
+    Ok(())
 }
 
 /// Whether the node is connected to NATS now, and how often it has
@@ -123,24 +140,42 @@ impl Cluster {
     pub async fn connect(options: &ClusterOptions) -> anyhow::Result<Cluster> {
         let display = options.display_urls();
         anyhow::ensure!(!options.urls.is_empty(), "--cluster names no NATS server");
+        check_node_name(&options.node)?;
+        let invalid = |url: &str, e: std::io::Error| {
+            anyhow::anyhow!("the cluster URL {} is not valid: {e}", redact(url))
+        };
         let mut addrs = Vec::with_capacity(options.urls.len());
+        let mut userinfo = None;
         for url in &options.urls {
-            let addr: async_nats::ServerAddr = url.parse().map_err(|e| {
-                anyhow::anyhow!("the cluster URL {} is not valid: {e}", redact(url))
-            })?;
-            addrs.push(addr);
+            let addr: async_nats::ServerAddr = url.parse().map_err(|e| invalid(url, e))?;
+            if addr.has_user_pass() && userinfo.is_none() {
+                userinfo = Some((
+                    addr.username().unwrap_or_default().to_owned(),
+                    addr.password().map(str::to_owned),
+                ));
+            }
+            // The client gets the credentials as options, never inside an
+            // address (which it logs).
+            let scheme = if addr.tls_required() { "tls" } else { "nats" };
+            let bare = format!("{scheme}://{}:{}", addr.host(), addr.port());
+            addrs.push(
+                bare.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| invalid(url, e))?,
+            );
         }
         let mut connect = async_nats::ConnectOptions::new()
             .name(format!("berth {}", options.node))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
+            // A server gone without a word (a cut cable) is noticed within
+            // seconds, not minutes.
+            .ping_interval(Duration::from_secs(3))
             .max_reconnects(None);
         // Credentials in a URL, the way NATS tools read them: `user:pass@`
         // or `token@`.
-        if let Some(addr) = addrs.iter().find(|a| a.has_user_pass()) {
-            let user = addr.username().unwrap_or_default().to_owned();
-            connect = match addr.password() {
-                Some(pass) => connect.user_and_password(user, pass.to_owned()),
+        if let Some((user, pass)) = userinfo {
+            connect = match pass {
+                Some(pass) => connect.user_and_password(user, pass),
                 None => connect.token(user),
             };
         }
@@ -158,47 +193,47 @@ impl Cluster {
             );
             connect = connect.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let (link_tx, link) = watch::channel(Link {
-            up: false,
-            connects: 0,
-        });
-        let link_tx = std::sync::Arc::new(link_tx);
-        let events = link_tx.clone();
-        connect = connect.event_callback(move |event| {
-            let events = events.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        tracing::info!("connected to the cluster");
-                        events.send_modify(|l| {
-                            l.up = true;
-                            l.connects += 1;
-                        });
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("lost the cluster; serving what is loaded");
-                        events.send_modify(|l| l.up = false);
-                    }
-                    other => tracing::debug!(event = %other, "cluster connection"),
-                }
-            }
-        });
         let client = connect
             .connect(addrs)
             .await
             .map_err(|e| anyhow::anyhow!("cannot join the cluster at {display}: {e}"))?;
-        // The callback may not have run yet for the first connection.
-        link_tx.send_modify(|l| {
-            if !l.up {
-                l.up = true;
-                l.connects = l.connects.max(1);
+        let (link_tx, link) = watch::channel(Link {
+            up: true,
+            connects: 1,
+        });
+        // The link follows the client's own state (its event callbacks may
+        // be dropped when many come at once).
+        tokio::spawn({
+            let client = client.clone();
+            async move {
+                let mut ticks = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    ticks.tick().await;
+                    let up = client.connection_state() == async_nats::connection::State::Connected;
+                    let was = link_tx.borrow().up;
+                    if up != was {
+                        if up {
+                            tracing::info!("connected to the cluster again");
+                        } else {
+                            tracing::warn!("lost the cluster; serving what is loaded");
+                        }
+                        link_tx.send_modify(|l| {
+                            l.up = up;
+                            l.connects += u64::from(up);
+                        });
+                    }
+                    if link_tx.is_closed() {
+                        return;
+                    }
+                }
             }
         });
         let js = jetstream::new(client.clone());
-        let replicas = options.replicas.unwrap_or_else(|| {
-            let servers = 1 + client.server_info().connect_urls.len();
-            servers.clamp(1, 3)
-        });
+        // The server's INFO lists the cluster's client URLs, its own among
+        // them.
+        let replicas = options
+            .replicas
+            .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
         // A cluster that has just started may still be electing its
         // JetStream leaders: try for a while before giving up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -338,6 +373,9 @@ mod tests {
         assert_eq!(redact("nats://a:4222"), "nats://a:4222");
         assert_eq!(redact("nats://u:s3cret@a:4222"), "nats://u:***@a:4222");
         assert_eq!(redact("tls://tok3n@a:4222"), "tls://***@a:4222");
+        assert_eq!(redact("u:s3cret@a:4222"), "u:***@a:4222");
+        assert!(check_node_name("node-1").is_ok());
+        assert!(check_node_name("a b").is_err() && check_node_name("a.b").is_err());
         let options = ClusterOptions {
             urls: vec!["nats://u:pw@a:1".into(), "nats://b:2".into()],
             node: "n".into(),

@@ -24,8 +24,7 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<NodeReport>, ControlError> {
     while let Some(key) = keys.next().await {
         names.push(key.map_err(|e| cluster.unavailable(e))?);
     }
-    let now = crate::values::units::now_ms() as i128;
-    let mut nodes = Vec::new();
+    let mut entries = Vec::new();
     for name in names {
         let Some(entry) = kv
             .entry(name.as_str())
@@ -34,10 +33,19 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<NodeReport>, ControlError> {
         else {
             continue;
         };
-        if entry.operation != async_nats::jetstream::kv::Operation::Put {
-            continue;
+        if entry.operation == async_nats::jetstream::kv::Operation::Put {
+            entries.push((name, entry));
         }
-        let age_ms = (now - entry.created.unix_timestamp_nanos() / 1_000_000).max(0);
+    }
+    // Ages are measured against the newest report (this node's own, made
+    // at most a heartbeat ago), in the servers' clock: a node whose clock
+    // is off still sees who is alive.
+    let created =
+        |e: &async_nats::jetstream::kv::Entry| e.created.unix_timestamp_nanos() / 1_000_000;
+    let newest = entries.iter().map(|(_, e)| created(e)).max().unwrap_or(0);
+    let mut nodes = Vec::new();
+    for (name, entry) in entries {
+        let age_ms = (newest - created(&entry)).max(0);
         if Duration::from_millis(age_ms as u64) > NODE_TIMEOUT {
             continue;
         }

@@ -27,6 +27,10 @@ pub enum BusError {
     /// The bus is shut down.
     #[error("the event bus is shut down")]
     Closed,
+    /// The bus's servers cannot be reached now (a cluster cut off from
+    /// NATS). Nothing was published.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A subscription as the bus knows it.
@@ -38,6 +42,8 @@ pub struct SubscriptionSpec {
     pub service: ServiceName,
     /// Its topic pattern and retry policy.
     pub subscription: Subscription,
+    /// How long one delivery may run: its service's timeout.
+    pub ack_wait: std::time::Duration,
 }
 
 /// One delivery of one event to one subscription.

@@ -91,6 +91,7 @@ impl Dispatcher {
                     id: subscription_id(name.as_str(), &subscription.topic),
                     service: name.clone(),
                     subscription,
+                    ack_wait: config.limits.timeout,
                 });
             }
         }
