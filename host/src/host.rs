@@ -7,9 +7,11 @@
 use crate::control::admin::{self, Auth};
 use crate::control::catalog::{Catalog, LocalCatalog};
 use crate::control::cluster::bus::JetStreamBus;
+use crate::control::cluster::firings::ClusterFirings;
+use crate::control::cluster::usage::Shipper;
 use crate::control::cluster::{Cluster, ClusterCatalog, ClusterOptions};
 use crate::control::ledger::{Ledger, USAGE_FILE};
-use crate::control::scheduler::Scheduler;
+use crate::control::scheduler::{LocalFirings, Scheduler};
 use crate::control::sqlite_bus::SqliteBus;
 use crate::control::state::{DB_FILE, State};
 use crate::control::{ControlPlane, Events, Parts};
@@ -130,10 +132,24 @@ impl Host {
                 let path = dir.join(USAGE_FILE);
                 let ledger = Ledger::open(&path, retention)
                     .with_context(|| format!("opening the usage ledger {}", path.display()))?;
-                runtime.meter().set_sink(ledger.clone());
                 Some(ledger)
             }
             None => None,
+        };
+        // A standalone host's records go straight to its ledger; a cluster
+        // node's go through JetStream, and its ledger collects everyone's.
+        let usage = match (&cluster, &ledger, options.usage_retention) {
+            (Some(cluster), Some(ledger), Some(retention)) => {
+                let stream = crate::control::cluster::usage::open(cluster, retention).await?;
+                let shipper = Arc::new(Shipper::default());
+                runtime.meter().set_sink(shipper.clone());
+                Some((shipper, stream, ledger.clone()))
+            }
+            (_, Some(ledger), _) => {
+                runtime.meter().set_sink(ledger.clone());
+                None
+            }
+            _ => None,
         };
         let bus: Arc<dyn Bus> = match &cluster {
             Some(cluster) => Arc::new(JetStreamBus::open(cluster.clone()).await?),
@@ -153,7 +169,14 @@ impl Host {
         });
         let events = Events {
             dispatcher: Dispatcher::new(runtime.clone(), bus.clone()),
-            scheduler: Scheduler::new(runtime.clone(), bus.clone(), state.clone()),
+            scheduler: Scheduler::new(
+                runtime.clone(),
+                bus.clone(),
+                match &cluster {
+                    Some(cluster) => Arc::new(ClusterFirings(cluster.clone())),
+                    None => Arc::new(LocalFirings(state.clone())),
+                },
+            ),
             bus,
         };
         let (catalog, cluster_catalog): (Arc<dyn Catalog>, _) = match &cluster {
@@ -175,7 +198,7 @@ impl Host {
             ledger: ledger.clone(),
         }));
         let cluster = match (cluster, cluster_catalog) {
-            (Some(cluster), Some(catalog)) => Some(join(cluster, catalog, &control).await),
+            (Some(cluster), Some(catalog)) => Some(join(cluster, catalog, &control, usage).await),
             _ => {
                 control.restore().await?;
                 None
@@ -254,6 +277,13 @@ impl Host {
         shutdown.await;
         stop.cancel();
         self.control.shutdown();
+        let mut open = Vec::with_capacity(accepting.len());
+        for listener in accepting {
+            open.push(listener.await?);
+        }
+        crate::triggers::http::drain(open, &self.runtime).await;
+        // The last records of the drained invocations are shipped as the
+        // cluster tasks stop.
         if let Some((cluster, stop, tasks)) = self.cluster.take() {
             stop.cancel();
             for task in tasks {
@@ -262,11 +292,6 @@ impl Host {
             }
             cluster.close().await;
         }
-        let mut open = Vec::with_capacity(accepting.len());
-        for listener in accepting {
-            open.push(listener.await?);
-        }
-        crate::triggers::http::drain(open, &self.runtime).await;
         if let Some(ledger) = &self.ledger {
             ledger.close();
         }
@@ -281,6 +306,11 @@ async fn join(
     cluster: Cluster,
     catalog: Arc<ClusterCatalog>,
     control: &Arc<ControlPlane>,
+    usage: Option<(
+        Arc<Shipper>,
+        async_nats::jetstream::stream::Stream,
+        Arc<Ledger>,
+    )>,
 ) -> (Cluster, CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
     let runtime = control.runtime();
     runtime.set_unready(Some(format!(
@@ -288,7 +318,7 @@ async fn join(
         cluster.display
     )));
     let stop = CancellationToken::new();
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(crate::control::cluster::catalog::follow(
             catalog,
             control.clone(),
@@ -300,6 +330,20 @@ async fn join(
             stop.clone(),
         )),
     ];
+    if let Some((shipper, stream, ledger)) = usage {
+        use crate::control::cluster::usage;
+        tasks.push(tokio::spawn(usage::ship(
+            cluster.clone(),
+            shipper,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(usage::collect(
+            cluster.clone(),
+            stream,
+            ledger,
+            stop.clone(),
+        )));
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while runtime.unready().is_some() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -742,3 +742,94 @@ async fn kill_9_of_a_node_while_10000_events_flow_loses_none() {
         "kill -9 of node b (which had handled {on_b}) while {N} events flowed: all {N} handled at least once; {duplicates} handled twice (in flight on b)"
     );
 }
+
+#[tokio::test]
+async fn schedules_fire_once_per_cluster_and_once_after_the_whole_cluster_was_down() {
+    const FIRED: &str = "schedule fired service=consumer schedule=tick";
+    let nats = Nats::cluster(3);
+    let mut nodes = three_nodes(&nats);
+    nodes[0].deploy_manifest(&format!(
+        "[service.consumer]\ncomponent = {:?}\n\n[[service.consumer.schedules]]\nname = \"tick\"\nevery = \"2s\"\n",
+        programs::EVENTS_CONSUMER
+    ));
+    let all_logs = |nodes: &[Host]| -> String { nodes.iter().map(|n| n.berth.logs()).collect() };
+    wait_until("three firings", Duration::from_secs(30), || {
+        all_logs(&nodes).matches(FIRED).count() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = all_logs(&nodes);
+    let fired = logs.matches(FIRED).count();
+    let handled = logs.matches("handled berth.schedule.consumer.tick").count();
+    // Three nodes, each waking at every due time: one firing per period.
+    assert!(fired <= 4, "{fired} firings in about six seconds:\n{logs}");
+    assert!(
+        handled >= fired.saturating_sub(1) && handled <= fired,
+        "{handled} handled of {fired}"
+    );
+
+    // Every node down for more than three periods: one catch-up firing.
+    for node in nodes.iter_mut() {
+        assert!(node.berth.terminate().success());
+    }
+    std::thread::sleep(Duration::from_millis(7000));
+    let restarted = Instant::now();
+    for node in nodes.iter_mut() {
+        node.start_again();
+    }
+    wait_until("the catch-up firing", Duration::from_secs(10), || {
+        all_logs(&nodes).contains(FIRED)
+    });
+    let caught_up = restarted.elapsed();
+    std::thread::sleep(Duration::from_millis(800));
+    let logs = all_logs(&nodes);
+    assert_eq!(logs.matches(FIRED).count(), 1, "{logs}");
+    assert!(caught_up < Duration::from_secs(5), "{caught_up:?}");
+}
+
+#[tokio::test]
+async fn usage_on_any_node_is_the_clusters_and_keeps_a_dead_nodes_records() {
+    let nats = Nats::cluster(3);
+    let [a, b, mut c] = three_nodes(&nats);
+    a.deploy("hello", programs::HELLO, "/hello");
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    // The three answers that said every node serves it count too.
+    let per_node = [(&a, 6), (&b, 10), (&c, 12)];
+    for (host, n) in per_node {
+        for _ in 0..n {
+            assert_eq!(answer(host, "/hello").await.0, 200);
+        }
+    }
+    // Counted once each, on every node, c's among them...
+    let total = |host: &Host| -> u64 {
+        let report = json(host, &["usage", "--service", "hello"]);
+        report["total"]["invocations"].as_u64().unwrap_or(0)
+    };
+    wait_until("every node counts 31", Duration::from_secs(20), || {
+        [&a, &b, &c].iter().all(|h| total(h) == 31)
+    });
+    // Metrics stay per node, and say which.
+    let metrics = a.api("GET", "/metrics", "", Some(TOKEN)).await.text();
+    assert!(
+        metrics.contains("berth_invocations_total{node=\"a\",service=\"hello\""),
+        "{metrics}"
+    );
+    // ... and still after c is gone.
+    c.berth.kill9();
+    for _ in 0..4 {
+        assert_eq!(answer(&b, "/hello").await.0, 200);
+    }
+    wait_until("a and b count 35", Duration::from_secs(20), || {
+        total(&a) == 35 && total(&b) == 35
+    });
+    let records = json(&a, &["usage", "--records", "--service", "hello"]);
+    let ids: std::collections::HashSet<_> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["invocation"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 35, "every invocation once");
+    // A node that joins later gets the whole bill.
+    let d = node(&nats, "d", &[]);
+    wait_until("d counts 35", Duration::from_secs(20), || total(&d) == 35);
+}

@@ -193,6 +193,15 @@ impl ControlPlane {
         self.node_changed.notify_one();
     }
 
+    /// This node's name, when it is a node of a cluster (its metrics carry
+    /// it).
+    pub fn node_label(&self) -> Option<&str> {
+        self.parts
+            .catalog
+            .is_cluster()
+            .then_some(self.parts.node.as_str())
+    }
+
     /// Signalled when what this node serves has changed (a cluster node
     /// reports itself at once).
     pub fn node_changed(&self) -> Arc<tokio::sync::Notify> {
@@ -321,7 +330,7 @@ impl ControlPlane {
         if let Err(e) = self.parts.events.dispatcher.sync().await {
             tracing::error!(error = %e, "cannot update the subscriptions");
         }
-        self.parts.events.scheduler.sync();
+        self.parts.events.scheduler.sync().await;
     }
 
     /// The runtime the control plane changes.

@@ -6,6 +6,11 @@
 //!
 //! A schedule that should have fired while the host was down fires once
 //! when it comes back, not once per missed time.
+//!
+//! When each schedule last fired is kept by [`Firings`]: the state
+//! database of a standalone host ([`LocalFirings`]), or a cluster's KV
+//! bucket, where the node that wins a compare-and-swap on the schedule's
+//! entry fires it — once per cluster per due time.
 
 use crate::control::state::State;
 use crate::runtime::Runtime;
@@ -15,15 +20,83 @@ use crate::values::id::InvocationId;
 use crate::values::schedule::Schedule;
 use crate::values::service::ServiceName;
 use crate::values::units::{now_ms, rfc3339};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// Where the last firing of each schedule is kept.
+#[async_trait::async_trait]
+pub trait Firings: Send + Sync + 'static {
+    /// When each of `names` (schedules of `service`) last fired; one never
+    /// seen before starts counting at `now` (and is recorded so).
+    async fn last_fired(
+        &self,
+        service: &ServiceName,
+        names: &[String],
+        now: i64,
+    ) -> HashMap<String, i64>;
+
+    /// Whether this host is to fire `schedule` of `service` now (in a
+    /// cluster: whether it is due by the shared record, and this node won
+    /// it).
+    async fn claim(&self, service: &ServiceName, schedule: &Schedule, now: i64) -> bool;
+
+    /// Records a firing once its event is published (at least once: a
+    /// crash in between fires it again).
+    async fn fired(&self, service: &ServiceName, name: &str, now: i64);
+}
+
+/// The firings of a standalone host, in its state database.
+pub struct LocalFirings(pub Arc<Mutex<State>>);
+
+impl LocalFirings {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl Firings for LocalFirings {
+    async fn last_fired(
+        &self,
+        service: &ServiceName,
+        names: &[String],
+        now: i64,
+    ) -> HashMap<String, i64> {
+        let mut fired: HashMap<String, i64> = match self.state().schedule_fired(service) {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(service = %service, error = %e, "cannot read the schedule state");
+                Default::default()
+            }
+        };
+        for name in names {
+            if !fired.contains_key(name) {
+                // A new schedule starts counting now.
+                self.fired(service, name, now).await;
+                fired.insert(name.clone(), now);
+            }
+        }
+        fired
+    }
+
+    async fn claim(&self, _service: &ServiceName, _schedule: &Schedule, _now: i64) -> bool {
+        true
+    }
+
+    async fn fired(&self, service: &ServiceName, name: &str, now: i64) {
+        if let Err(e) = self.state().set_schedule_fired(service, name, now) {
+            tracing::error!(service = %service, error = %e, "cannot record the schedule state");
+        }
+    }
+}
 
 /// Fires the schedules of a runtime's services on time.
 pub struct Scheduler {
     runtime: Arc<Runtime>,
     bus: Arc<dyn Bus>,
-    state: Arc<Mutex<State>>,
+    firings: Arc<dyn Firings>,
     entries: Mutex<Vec<Entry>>,
     changed: Notify,
 }
@@ -36,16 +109,16 @@ struct Entry {
 }
 
 impl Scheduler {
-    /// A scheduler for `runtime`'s services, recording firings in `state`.
+    /// A scheduler for `runtime`'s services, keeping firings in `firings`.
     pub fn new(
         runtime: Arc<Runtime>,
         bus: Arc<dyn Bus>,
-        state: Arc<Mutex<State>>,
+        firings: Arc<dyn Firings>,
     ) -> Arc<Scheduler> {
         let scheduler = Arc::new(Scheduler {
             runtime,
             bus,
-            state,
+            firings,
             entries: Mutex::new(Vec::new()),
             changed: Notify::new(),
         });
@@ -53,44 +126,21 @@ impl Scheduler {
         scheduler
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Takes the schedules of the runtime's services as they are now. A
     /// schedule that should have fired since it last did (the host was
     /// down) is due at once — once.
-    pub fn sync(&self) {
+    pub async fn sync(&self) {
         let now = now_ms();
         let mut entries = Vec::new();
         for service in self.runtime.registry().services() {
-            if service.spec().config.schedules.is_empty() {
+            let schedules = &service.spec().config.schedules;
+            if schedules.is_empty() {
                 continue;
             }
-            let fired: std::collections::HashMap<String, i64> = match self
-                .state()
-                .schedule_fired(service.name())
-            {
-                Ok(rows) => rows.into_iter().collect(),
-                Err(e) => {
-                    tracing::error!(service = %service.name(), error = %e, "cannot read the schedule state");
-                    Default::default()
-                }
-            };
-            for schedule in &service.spec().config.schedules {
-                let last = match fired.get(&schedule.name) {
-                    Some(last) => *last,
-                    None => {
-                        // A new schedule starts counting now.
-                        if let Err(e) =
-                            self.state()
-                                .set_schedule_fired(service.name(), &schedule.name, now)
-                        {
-                            tracing::error!(service = %service.name(), error = %e, "cannot record the schedule state");
-                        }
-                        now
-                    }
-                };
+            let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
+            let fired = self.firings.last_fired(service.name(), &names, now).await;
+            for schedule in schedules {
+                let last = fired.get(&schedule.name).copied().unwrap_or(now);
                 let Some(next) = schedule.next_after(last) else {
                     continue;
                 };
@@ -157,6 +207,14 @@ impl Scheduler {
             "due": rfc3339(entry.next_ms),
             "fired": rfc3339(now),
         });
+        if !self
+            .firings
+            .claim(&entry.service, &entry.schedule, now)
+            .await
+        {
+            tracing::debug!(service = %entry.service, schedule = %name, "fired by another node");
+            return;
+        }
         let event = Event {
             topic,
             attributes: Attributes {
@@ -175,9 +233,7 @@ impl Scheduler {
         match self.bus.publish(vec![event]).await {
             Ok(_) => {
                 tracing::info!(service = %entry.service, schedule = %name, "schedule fired");
-                if let Err(e) = self.state().set_schedule_fired(&entry.service, name, now) {
-                    tracing::error!(service = %entry.service, error = %e, "cannot record the schedule state");
-                }
+                self.firings.fired(&entry.service, name, now).await;
             }
             Err(e) => {
                 tracing::error!(service = %entry.service, schedule = %name, error = %e, "a schedule could not fire")

@@ -17,7 +17,36 @@ pub(super) async fn scrape(control: &ControlPlane) -> String {
         Ok(stats) => gauges.extend(event_gauges(&stats)),
         Err(e) => tracing::warn!(error = %e, "reading the event queues for /metrics failed"),
     }
-    runtime.metrics().render(&gauges)
+    let text = runtime.metrics().render(&gauges);
+    match control.node_label() {
+        Some(node) => with_node(&text, node),
+        None => text,
+    }
+}
+
+/// `text` with `node="NAME"` on every sample: a cluster node's metrics say
+/// which node they are of.
+fn with_node(text: &str, node: &str) -> String {
+    let label = format!("node=\"{}\"", label(node));
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some(i) = line.find('{') {
+            out.push_str(&line[..=i]);
+            out.push_str(&label);
+            if !line[i + 1..].starts_with('}') {
+                out.push(',');
+            }
+            out.push_str(&line[i + 1..]);
+        } else if let Some((name, value)) = line.split_once(' ') {
+            out.push_str(&format!("{name}{{{label}}} {value}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// A gauge family read from each service: name, help, value.
@@ -136,4 +165,16 @@ fn resident_memory() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_sample_gets_the_node_label() {
+        let text = "# HELP a A.\n# TYPE a counter\na 1\nb{service=\"x\"} 2\n";
+        assert_eq!(
+            super::with_node(text, "n1"),
+            "# HELP a A.\n# TYPE a counter\na{node=\"n1\"} 1\nb{node=\"n1\",service=\"x\"} 2\n"
+        );
+    }
 }

@@ -124,6 +124,16 @@ impl JetStreamBus {
         })
     }
 
+    /// Fails at once when NATS cannot be reached (rather than after a
+    /// request's timeout).
+    fn up(&self) -> Result<(), BusError> {
+        if self.cluster.ensure_up().is_ok() {
+            Ok(())
+        } else {
+            Err(self.unavailable("it cannot be reached"))
+        }
+    }
+
     fn unavailable(&self, e: impl std::fmt::Display) -> BusError {
         BusError::Unavailable(format!("the cluster at {}: {e}", self.cluster.display))
     }
@@ -153,6 +163,7 @@ impl JetStreamBus {
     /// Every dead letter whose subject matches `filter`, with its sequence
     /// in the dead letters stream.
     async fn read_dead(&self, filter: &str) -> Result<Vec<(u64, DeadLetter)>, BusError> {
+        self.up()?;
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let mut out = Vec::new();
         let mut next = 1;
@@ -267,9 +278,7 @@ fn message_id(event: &Event) -> String {
 #[async_trait]
 impl Bus for JetStreamBus {
     async fn publish(&self, events: Vec<Event>) -> Result<Vec<usize>, BusError> {
-        if self.cluster.ensure_up().is_err() {
-            return Err(self.unavailable("it cannot be reached"));
-        }
+        self.up()?;
         let patterns: Vec<_> = self
             .subs
             .lock()
@@ -366,6 +375,7 @@ impl Bus for JetStreamBus {
     }
 
     async fn drop_service(&self, service: &str) -> Result<(), BusError> {
+        self.up()?;
         let prefix = format!("{service}:");
         for (name, id) in self.consumers().await? {
             if id.starts_with(&prefix) {
@@ -506,6 +516,7 @@ impl Bus for JetStreamBus {
     }
 
     async fn stats(&self) -> Result<Vec<SubscriptionStats>, BusError> {
+        self.up()?;
         let active: HashMap<String, Arc<Sub>> =
             self.subs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let dead = self.read_dead(&Self::dead_filter(None)).await?;
@@ -556,6 +567,7 @@ impl Bus for JetStreamBus {
     }
 
     async fn replay(&self, which: Replay) -> Result<usize, BusError> {
+        self.up()?;
         let mut replayed = 0;
         for (seq, dead) in self.read_dead(&Self::dead_filter(None)).await? {
             if let Replay::Id(id) = &which
@@ -587,6 +599,7 @@ impl Bus for JetStreamBus {
     }
 
     async fn purge(&self, topic: Option<&str>) -> Result<usize, BusError> {
+        self.up()?;
         let purged = self
             .dead
             .purge()

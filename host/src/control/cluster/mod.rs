@@ -21,7 +21,9 @@
 
 pub mod bus;
 pub mod catalog;
+pub mod firings;
 pub mod nodes;
+pub mod usage;
 
 pub use catalog::ClusterCatalog;
 
@@ -36,6 +38,8 @@ use tokio::sync::watch;
 pub const SERVICES_BUCKET: &str = "berth_services";
 /// The nodes bucket.
 pub const NODES_BUCKET: &str = "berth_nodes";
+/// The schedules bucket.
+pub const SCHEDULES_BUCKET: &str = "berth_schedules";
 /// The artifacts object store.
 pub const ARTIFACTS_BUCKET: &str = "berth_artifacts";
 
@@ -127,6 +131,8 @@ pub struct Cluster {
     pub services: jetstream::kv::Store,
     /// The nodes bucket.
     pub nodes: jetstream::kv::Store,
+    /// The schedules bucket.
+    pub schedules: jetstream::kv::Store,
     /// The artifacts.
     pub artifacts: jetstream::object_store::ObjectStore,
     link: watch::Receiver<Link>,
@@ -237,7 +243,7 @@ impl Cluster {
         // A cluster that has just started may still be electing its
         // JetStream leaders: try for a while before giving up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let (services, nodes, artifacts) = loop {
+        let (services, nodes, schedules, artifacts) = loop {
             match open_buckets(&js, replicas).await {
                 Ok(buckets) => break buckets,
                 Err(e) if tokio::time::Instant::now() < deadline => {
@@ -254,6 +260,7 @@ impl Cluster {
             js,
             services,
             nodes,
+            schedules,
             artifacts,
             link,
             replicas,
@@ -301,6 +308,7 @@ async fn open_buckets(
 ) -> anyhow::Result<(
     jetstream::kv::Store,
     jetstream::kv::Store,
+    jetstream::kv::Store,
     jetstream::object_store::ObjectStore,
 )> {
     let services = kv_bucket(
@@ -328,6 +336,18 @@ async fn open_buckets(
     )
     .await
     .context("the nodes bucket")?;
+    let schedules = kv_bucket(
+        js,
+        jetstream::kv::Config {
+            bucket: SCHEDULES_BUCKET.into(),
+            description: "Berth: when each schedule last fired".into(),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("the schedules bucket")?;
     let artifacts = match js.get_object_store(ARTIFACTS_BUCKET).await {
         Ok(store) => store,
         Err(_) => js
@@ -340,7 +360,7 @@ async fn open_buckets(
             .await
             .context("the artifact store")?,
     };
-    Ok((services, nodes, artifacts))
+    Ok((services, nodes, schedules, artifacts))
 }
 
 /// Opens a KV bucket, creating it when it does not exist.
