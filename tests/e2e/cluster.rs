@@ -4,7 +4,7 @@
 //! node does without NATS; bad credentials, tampered artifacts, missing
 //! secrets.
 
-use crate::host::{Host, TOKEN};
+use crate::host::{Host, TOKEN, cli_with_token};
 use crate::nats::Nats;
 use crate::support::*;
 use serde_json::Value;
@@ -497,6 +497,14 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
     let (status, why) = answer(&a, "/readyz").await;
     assert_eq!(status, 503, "{why}");
     assert!(why.contains("lost the cluster"), "{why}");
+    // What a container's health check runs says the same.
+    let readyz = format!("http://{}/readyz", a.berth.addr);
+    let healthz = format!("http://{}/healthz", a.berth.addr);
+    let probe = |url: &str| cli_with_token("http://127.0.0.1:1", None, &["health", url]);
+    let out = probe(&readyz);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lost the cluster"));
+    assert!(probe(&healthz).status.success(), "alive all the same");
 
     for i in 0..3 {
         nats.start(i);
@@ -509,6 +517,7 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    assert!(probe(&readyz).status.success());
     // The change goes through now, and reaches both.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

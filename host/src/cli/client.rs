@@ -185,6 +185,15 @@ impl Client {
         Ok((status, value))
     }
 
+    /// `GET path` as text (a 2xx answer; any other is an error).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let (_, bytes) = self.send(Method::GET, path, body, "text/plain").await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// `GET path` as JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         Ok(self.json(Method::GET, path, None).await?.1)

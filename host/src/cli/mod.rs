@@ -9,6 +9,7 @@
 pub mod client;
 mod deploy;
 mod events;
+mod health;
 mod host_args;
 mod inspect;
 mod ls;
@@ -84,6 +85,8 @@ enum Command {
     Usage(usage::UsageArgs),
     /// List the nodes of a cluster (a standalone host shows itself).
     Nodes(nodes::NodesArgs),
+    /// Ask a host's /healthz or /readyz; exit 0 only on 200.
+    Health(health::HealthArgs),
 }
 
 /// How client commands reach a host.
@@ -143,6 +146,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => events::run(args).await,
             Command::Usage(args) => usage::run(args).await,
             Command::Nodes(args) => nodes::run(args).await,
+            Command::Health(args) => health::run(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

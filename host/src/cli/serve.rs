@@ -68,7 +68,7 @@ struct ClusterArgs {
 
     /// This node's name in the cluster (default: the host name). Every
     /// node needs its own.
-    #[arg(long, env = "BERTH_NODE", requires = "cluster")]
+    #[arg(long, env = "BERTH_NODE")]
     node: Option<String>,
 
     /// A NATS credentials file (`.creds`: user JWT and nkey seed).

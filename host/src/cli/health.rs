@@ -1,0 +1,31 @@
+//! `berth health [URL]`: asks a host's `/healthz` (or `/readyz`) and exits
+//! 0 only if it answers 200 — a container's `HEALTHCHECK` with nothing but
+//! the `berth` binary in the image.
+
+use super::client::Client;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// What to ask: a host's `/healthz` or `/readyz`.
+    #[arg(default_value = "http://127.0.0.1:3000/healthz")]
+    url: String,
+}
+
+pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid URL {:?}: {e}", args.url))?;
+    let path = uri.path_and_query().map_or("/healthz", |p| p.as_str());
+    let authority = uri
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| anyhow::anyhow!("invalid URL {:?}: no host", args.url))?;
+    let client = Client::new(&format!("http://{authority}"), None)?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), client.get_text(path))
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not answer within 5 s", args.url))??;
+    print!("{answer}");
+    Ok(())
+}
