@@ -17,6 +17,19 @@ pub fn event(id: &str, ty: &str, data: &str) -> serde_json::Value {
     serde_json::json!({"specversion": "1.0", "id": id, "source": "/tests", "type": ty, "data": data})
 }
 
+/// Checks that every one of `ids` was handled; returns how many handlings
+/// were duplicates.
+pub fn all_handled(ids: &[String], seen: &HashMap<String, usize>) -> usize {
+    let missing: Vec<_> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events were never handled, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    seen.values().map(|n| n - 1).sum()
+}
+
 /// The ids the consumer logged as handled, with how often.
 pub fn handled(logs: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -396,14 +409,7 @@ async fn kill_9_mid_delivery_loses_no_acknowledged_event() {
     for (id, n) in handled(&host.berth.logs()) {
         *seen.entry(id).or_default() += n;
     }
-    let missing: Vec<_> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} events were never handled, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let duplicates = all_handled(&ids, &seen);
     eprintln!(
         "kill -9 after {handled_before} of {N} events: all {N} handled at least once; {duplicates} delivered twice (in flight at the crash)"
     );
