@@ -440,6 +440,19 @@ async fn with_one_nats_server_of_three_down_changes_carry_on() {
     nats.kill(0);
     let out = b.deploy("hello", programs::HELLO_WSTD, "/hello");
     assert!(out.contains("revision 2"), "{out}");
+    // Events are published and delivered.
+    c.deploy_manifest(&crate::events::consumer("orders.*", ""));
+    serving_everywhere(&a, "consumer", 3);
+    let reply = a
+        .publish_batch(
+            "orders.created",
+            &[crate::events::event("during", "order", "x")],
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_until("the event is handled", Duration::from_secs(30), || {
+        handled_across(&[&a, &b, &c], &[]).get("during") == Some(&1)
+    });
     wait_all(&[&a, &b, &c], "/hello", 200, V2).await;
     c.cli_ok(&["rollback", "hello"]);
     wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
@@ -456,7 +469,34 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
     let a = node(&nats, "a", &[]);
     let b = node(&nats, "b", &[]);
     a.deploy("hello", programs::HELLO, "/hello");
+    // A guest that publishes, and one scaled to zero before the outage.
+    a.cli_ok(&[
+        "deploy",
+        "api",
+        "--component",
+        programs::EVENTS_API,
+        "--route",
+        "/api/...",
+        "--publish",
+        "orders.>",
+    ]);
+    a.cli_ok(&[
+        "deploy",
+        "cold",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/cold",
+        "--idle-timeout",
+        "1s",
+    ]);
     wait_all(&[&a, &b], "/hello", 200, V1).await;
+    wait_all(&[&a], "/cold", 200, "hello from berth: /cold\n").await;
+    wait_until(
+        "cold is scaled to zero on a",
+        Duration::from_secs(20),
+        || json(&a, &["inspect", "cold"])["loaded"] == false,
+    );
 
     for i in 0..3 {
         nats.kill(i);
@@ -494,6 +534,19 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
     let removed = a.cli(&["rm", "hello"]);
     assert!(!removed.status.success());
     assert!(String::from_utf8_lossy(&removed.stderr).contains("cluster_unavailable"));
+    // A service scaled to zero starts again from the node's code cache.
+    assert_eq!(
+        answer(&a, "/cold").await,
+        (200, "hello from berth: /cold\n".into())
+    );
+    // A guest's publish says the event could not be stored.
+    let reply = post(&a.berth, "/api/publish/orders.x", "x").await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert!(
+        reply.text().contains("could not be stored"),
+        "{}",
+        reply.text()
+    );
     // So do publishes: nothing is accepted that is not stored.
     let reply = b
         .publish_batch(
@@ -508,7 +561,13 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
         reply.text()
     );
     // Reads still answer, from what the node knows.
-    assert_eq!(json(&b, &["ls"])[0]["name"], "hello");
+    let names: Vec<Value> = json(&b, &["ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, ["api", "cold", "hello"]);
     // Not ready, and why.
     let (status, why) = answer(&a, "/readyz").await;
     assert_eq!(status, 503, "{why}");

@@ -27,12 +27,19 @@ pub struct Nats {
     _dir: tempfile::TempDir,
 }
 
+/// A free loopback port below the kernel's ephemeral range: a port taken
+/// from port 0 and let go could be handed to another listener (a Berth of a
+/// test running beside this one) before the NATS server binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
+    loop {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn binary() -> String {
