@@ -396,12 +396,17 @@ async fn start_fails_clearly_on_an_unreachable_cluster_or_wrong_credentials() {
 /// Runs `berth serve --cluster URL` expecting it to exit by itself; returns
 /// whether it succeeded, and its stderr.
 fn serve_once(url: &str) -> (bool, String) {
+    serve_once_with(url, &[])
+}
+
+fn serve_once_with(url: &str, extra: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut child = Command::new(berth_bin())
         .args(["serve", "--state"])
         .arg(dir.path().join("state"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--cluster", url])
+        .args(extra)
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -879,4 +884,97 @@ async fn usage_on_any_node_is_the_clusters_and_keeps_a_dead_nodes_records() {
     // A node that joins later gets the whole bill.
     let d = node(&nats, "d", &[]);
     wait_until("d counts 35", Duration::from_secs(20), || total(&d) == 35);
+}
+
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_tls_cluster_is_joined_with_its_ca_and_refused_without_it() {
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth test CA",
+        ],
+    );
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(dir.path().join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+    );
+    let (cert, key) = (path("server.pem"), path("server.key"));
+    let nats = Nats::cluster_with(1, &["--tls", "--tlscert", &cert, "--tlskey", &key]);
+    let url = nats.url(0).replace("nats://", "tls://");
+
+    // Without the CA, the server's certificate is not trusted.
+    let (ok, stderr) = serve_once(&url);
+    assert!(!ok, "joined an untrusted server: {stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    // A CA file that is not there is named.
+    let (ok, stderr) = serve_once_with(&url, &["--nats-ca", "/nonexistent/ca.pem"]);
+    assert!(!ok && stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+
+    // With it, the node joins, and serves.
+    let ca = path("ca.pem");
+    let host = Host::start(&["--cluster", &url, "--nats-ca", &ca, "--node", "secure"]);
+    assert_eq!(node_names(&host), ["secure"]);
+    host.deploy("hello", programs::HELLO, "/hello");
+    assert_eq!(answer(&host, "/hello").await, (200, V1.into()));
 }
