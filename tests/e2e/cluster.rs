@@ -978,3 +978,27 @@ async fn a_tls_cluster_is_joined_with_its_ca_and_refused_without_it() {
     host.deploy("hello", programs::HELLO, "/hello");
     assert_eq!(answer(&host, "/hello").await, (200, V1.into()));
 }
+
+#[tokio::test]
+async fn a_creds_file_joins_an_operator_mode_cluster_and_is_required() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (config, creds) = crate::creds::issue(dir.path());
+    let nats = Nats::cluster_with(1, &["-c", config.to_str().unwrap()]);
+    let url = nats.url(0);
+    // Without credentials the server refuses the node.
+    let (ok, stderr) = serve_once(&url);
+    assert!(!ok, "joined without credentials: {stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    // With the user's .creds file it joins, and JetStream works for it.
+    let creds = creds.to_str().unwrap();
+    let host = Host::start(&["--cluster", &url, "--nats-creds", creds, "--node", "creds"]);
+    host.deploy("hello", programs::HELLO, "/hello");
+    assert_eq!(answer(&host, "/hello").await, (200, V1.into()));
+    assert_eq!(node_names(&host), ["creds"]);
+    // A creds file that is not there is named.
+    let (ok, stderr) = serve_once_with(&url, &["--nats-creds", "/nonexistent/node.creds"]);
+    assert!(
+        !ok && stderr.contains("/nonexistent/node.creds"),
+        "{stderr}"
+    );
+}

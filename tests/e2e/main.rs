@@ -4,6 +4,7 @@
 mod capabilities;
 mod cluster;
 mod control;
+mod creds;
 mod events;
 mod examples;
 mod failures;
