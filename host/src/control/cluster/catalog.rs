@@ -182,6 +182,14 @@ impl ClusterCatalog {
         let started = std::time::Instant::now();
         for attempt in 0..CAS_TRIES {
             let (doc, seq) = self.read(name).await?;
+            // A replica answering reads may be a moment behind: "no such
+            // service" when this node's mirror has a newer entry of it is
+            // read again.
+            let mirrored = self.mirror().seqs.get(name.as_str()).copied();
+            if mirrored.is_some_and(|m| seq.is_none_or(|s| s < m)) && attempt < 20 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            }
             let existed = doc.is_some();
             let (new, value) = change(doc)?;
             let written = match (new, seq) {
