@@ -66,6 +66,12 @@ def start_nats(root, n=3):
     return procs, ",".join(f"nats://127.0.0.1:{c}" for c, _, _ in ports)
 
 
+def cpu_seconds(proc):
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_berth(berth, state, env, extra):
     proc = subprocess.Popen(
         [berth, "serve", "--state", str(state), "--listen", "127.0.0.1:0",
@@ -196,6 +202,13 @@ def main():
             nodes.append((public, admin))
         solo_proc, solo_public, solo_admin = start_berth(args.berth, root / "solo", env, [])
         procs.append(solo_proc)
+        # The same two without a usage ledger: the data path alone.
+        lean_proc, lean_public, lean_admin = start_berth(
+            args.berth, root / "lean", env, ["--cluster", urls, "--node", "lean", "--no-usage"])
+        procs.append(lean_proc)
+        solo_lean_proc, solo_lean_public, solo_lean_admin = start_berth(
+            args.berth, root / "solo-lean", env, ["--no-usage"])
+        procs.append(solo_lean_proc)
 
         # 1. Events.
         solo_events = events(args, solo_admin, root / "solo", env)
@@ -205,7 +218,7 @@ def main():
         p50, p99 = deploys(args, [a for _, a in nodes], [p for p, _ in nodes], env)
 
         # 3. HTTP hello, cluster node vs standalone, alternating.
-        for admin in [nodes[0][1], solo_admin]:
+        for admin in [nodes[0][1], solo_admin, solo_lean_admin]:
             status, body = load_events.request(
                 admin, "POST", "/v1/artifacts", Path(args.hello).read_bytes(),
                 {"content-type": "application/wasm"})
@@ -213,16 +226,26 @@ def main():
             load_events.request(admin, "PUT", "/v1/services/hello",
                                 json.dumps({"artifact": digest, "routes": ["/..."]}).encode(),
                                 {"content-type": "application/json"})
-        for public in [nodes[0][0], solo_public]:
+        for public in [nodes[0][0], solo_public, lean_public, solo_lean_public]:
             while get_status(public, "/") != 200:
                 time.sleep(0.01)
-        cluster_rps, solo_rps = [], []
+        # Each: (public address, process, req/s per round, Berth's CPU µs per request).
+        runs = {
+            "cluster": (nodes[0][0], procs[3], [], []),
+            "solo": (solo_public, solo_proc, [], []),
+            "cluster-lean": (lean_public, lean_proc, [], []),
+            "solo-lean": (solo_lean_public, solo_lean_proc, [], []),
+        }
         for r in range(args.rounds):
-            order = [(nodes[0][0], cluster_rps), (solo_public, solo_rps)]
+            order = list(runs.values())
             if r % 2:
                 order.reverse()
-            for public, out in order:
-                out.append(load_http.wrk(public, args.duration, 16, 2)[0])
+            for public, proc, rps, cpu in order:
+                load_http.wrk(public, 2, 16, 0)
+                before = cpu_seconds(proc)
+                value = load_http.wrk(public, args.duration, 16, 0)[0]
+                rps.append(value)
+                cpu.append((cpu_seconds(proc) - before) / (value * args.duration) * 1e6)
     finally:
         for p in procs:
             p.kill()
@@ -232,6 +255,14 @@ def main():
     def median(xs):
         xs = sorted(xs)
         return xs[len(xs) // 2]
+
+    def row(what, a, b):
+        ra, rb = median(runs[a][2]), median(runs[b][2])
+        ca, cb = median(runs[a][3]), median(runs[b][3])
+        return (f"| HTTP hello, {what}: req/s (median of {args.rounds} alternating rounds, wrk -t1 -c16 "
+                f"-d{args.duration}s) | {ra:,.0f} | {rb:,.0f} | {ra / rb:.2f} |\n"
+                f"| HTTP hello, {what}: the Berth process's CPU per request | {ca:.0f} µs | {cb:.0f} µs | "
+                f"{ca / cb:.2f} |")
 
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {load_http.machine()}; `bench/cluster.sh`: "
@@ -244,9 +275,8 @@ def main():
         f"{solo_events[0]:,.0f} | {cluster_events[0] / solo_events[0]:.2f} |",
         f"| events published and delivered end to end, events/s | {cluster_events[1]:,.0f} | "
         f"{solo_events[1]:,.0f} | {cluster_events[1] / solo_events[1]:.2f} |",
-        f"| HTTP hello, one node, req/s (median of {args.rounds} alternating rounds, wrk -t1 -c16 "
-        f"-d{args.duration}s) | {median(cluster_rps):,.0f} | {median(solo_rps):,.0f} | "
-        f"{median(cluster_rps) / median(solo_rps):.2f} |",
+        row("usage metered", "cluster", "solo"),
+        row("no usage ledger (`--no-usage`): the data path alone", "cluster-lean", "solo-lean"),
         "",
         f"- Events: {args.events:,} of 256 bytes, 8 clients, batches of 250 through one node's admin "
         f"API, one subscription (concurrency 32) of `bench/consumer`; on the cluster every node "
@@ -254,8 +284,13 @@ def main():
         f"- Deploy → served by all three nodes ({args.deploys} deploys through the nodes in turn, "
         f"each a new route, timed until every node answers on it): p50 {p50 * 1000:.0f} ms, "
         f"p99 {p99 * 1000:.0f} ms.",
-        f"- HTTP rounds, cluster: {', '.join(f'{x:,.0f}' for x in cluster_rps)}; standalone: "
-        f"{', '.join(f'{x:,.0f}' for x in solo_rps)} req/s.",
+        "- HTTP rounds (req/s): " + "; ".join(
+            f"{name} {', '.join(f'{x:,.0f}' for x in runs[name][2])}" for name in runs) + ".",
+        "- With usage metered, a cluster node encodes and ships its records and every node "
+        "collects the cluster's into its ledger (the node's CPU per request above), and JetStream "
+        "replicates the records on three `nats-server` processes that share this machine's two "
+        "cores with the nodes (the rest of the gap in req/s). Without a ledger the two paths are "
+        "the same code: a request never touches NATS.",
     ]
     load_http.publish(lines, BEGIN, END, write=not args.no_write)
 

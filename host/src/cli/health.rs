@@ -25,7 +25,13 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
     let client = Client::new(&format!("http://{authority}"), None)?;
     let answer = tokio::time::timeout(std::time::Duration::from_secs(5), client.get_text(path))
         .await
-        .map_err(|_| anyhow::anyhow!("{} did not answer within 5 s", args.url))??;
+        .map_err(|_| anyhow::anyhow!("{} did not answer within 5 s", args.url))?
+        .map_err(|e| match e {
+            super::client::ClientError::Connect(_) => {
+                anyhow::anyhow!("cannot reach {}", args.url)
+            }
+            other => anyhow::anyhow!("{}: {other}", args.url),
+        })?;
     print!("{answer}");
     Ok(())
 }
