@@ -141,7 +141,7 @@ impl Host {
         let usage = match (&cluster, &ledger, options.usage_retention) {
             (Some(cluster), Some(ledger), Some(retention)) => {
                 let stream = crate::control::cluster::usage::open(cluster, retention).await?;
-                let shipper = Arc::new(Shipper::default());
+                let shipper = Arc::new(Shipper::new(ledger.clone()));
                 runtime.meter().set_sink(shipper.clone());
                 Some((shipper, stream, ledger.clone()))
             }

@@ -71,7 +71,12 @@ fn json(host: &Host, args: &[&str]) -> Value {
 /// `service`'s status per node, as `inspect` shows it: (node, status,
 /// revision, error).
 fn placements(host: &Host, service: &str) -> Vec<(String, String, Option<u64>, String)> {
-    let view = json(host, &["inspect", service]);
+    // A node that has not applied the deploy yet knows no such service.
+    let out = host.cli(&["inspect", service, "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
     view["nodes"]
         .as_array()
         .cloned()
@@ -679,6 +684,26 @@ async fn events_published_through_any_node_run_once_across_the_nodes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     drained(&b);
     assert_eq!(handled_across(&[&a, &b, &c], &[])["o-0"], 1);
+
+    // A revision that subscribes to something else: the old subscription
+    // is gone for the whole cluster, and collects nothing more.
+    b.deploy_manifest(&crate::events::consumer("orders.paid", ""));
+    let subscriptions = |host: &Host| -> Vec<String> {
+        host.events()["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["subscription"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(subscriptions(&c), ["consumer:orders.paid"]);
+    let reply = a
+        .publish_batch(
+            "orders.created",
+            &[crate::events::event("late", "order", "x")],
+        )
+        .await;
+    assert_eq!(Host::json(&reply)["published"][0]["deliveries"], 0);
 }
 
 #[tokio::test]

@@ -572,6 +572,22 @@ impl ControlPlane {
             Some(seq) => {
                 drop((changes, handler));
                 self.catalog().applied(seq).await?;
+                // The node that made the change forgets, for the whole
+                // cluster, the subscriptions the revision no longer holds.
+                let keep: Vec<String> =
+                    crate::triggers::events::dispatch::specs(&record.service, &record.config)
+                        .into_iter()
+                        .map(|s| s.id)
+                        .collect();
+                if let Err(e) = self
+                    .parts
+                    .events
+                    .bus
+                    .retain(record.service.as_str(), &keep)
+                    .await
+                {
+                    tracing::error!(service = %record.service, error = %e, "cannot drop the subscriptions the revision no longer holds");
+                }
             }
         }
         Ok(())

@@ -5,10 +5,9 @@
 //!   `berth.ev.<topic>` (topics are NATS subjects already); the CloudEvents
 //!   attributes travel in the header `Berth-Event`, the data as the
 //!   payload. A publish returns once JetStream has stored the event on a
-//!   majority of its replicas. `Nats-Msg-Id` is the event's `source` and
-//!   `id`: the same CloudEvent published twice within the stream's
-//!   duplicate window (2 minutes) is stored once — which is also how a
-//!   schedule that every node fires is delivered once.
+//!   majority of its replicas. `Nats-Msg-Id` is the event's topic, `source`
+//!   and `id`: the same CloudEvent published twice on a topic within the
+//!   stream's duplicate window (2 minutes) is stored once.
 //! - Each subscription is one durable pull consumer shared by every node,
 //!   filtering `berth.ev.<pattern>` and its own `berth.retry.<consumer>`
 //!   (where replayed dead letters go): each delivery runs on one node at a
@@ -40,7 +39,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +59,9 @@ const DEAD_MS_HEADER: &str = "Berth-Dead-Ms";
 /// Added to a delivery's ack deadline beyond twice its service's timeout.
 pub const ACK_MARGIN: Duration = Duration::from_secs(10);
 
+/// The longest last error kept with a dead letter (a header).
+const MAX_ERROR: usize = 4096;
+
 /// How long a fetch waits for a delivery before it returns none.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
 
@@ -67,7 +69,12 @@ const FETCH_WAIT: Duration = Duration::from_secs(2);
 struct Sub {
     spec: SubscriptionSpec,
     consumer: String,
-    messages: Arc<tokio::sync::Mutex<Option<consumer::pull::Stream>>>,
+    /// Its consumer's configuration (to create it when it is missing).
+    config: consumer::pull::Config,
+    /// The consumer, once found or made.
+    handle: tokio::sync::Mutex<Option<consumer::Consumer<consumer::pull::Config>>>,
+    /// Whether this node has found or made it once.
+    made: std::sync::atomic::AtomicBool,
 }
 
 /// The JetStream bus.
@@ -264,11 +271,14 @@ fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Event, String>
     })
 }
 
-/// The deduplication id of an event: its source and id (CloudEvents says
-/// the pair identifies it).
+/// The deduplication id of an event: its topic, source and id (CloudEvents
+/// says source and id identify an event; the same one may go to two
+/// topics).
 fn message_id(event: &Event) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
+    hash.update(event.topic.as_str().as_bytes());
+    hash.update([0]);
     hash.update(event.attributes.source.as_bytes());
     hash.update([0]);
     hash.update(event.attributes.id.as_bytes());
@@ -337,28 +347,34 @@ impl Bus for JetStreamBus {
                     format!("berth.ev.{}", spec.subscription.topic),
                     format!("berth.retry.{name}"),
                 ],
-                max_ack_pending: 10_000,
+                // Deliveries waiting for their retry count as pending: no
+                // cap, or new events would wait behind them.
+                max_ack_pending: -1,
                 num_replicas: self.cluster.replicas(),
                 ..Default::default()
             };
             // Created by the first node; the others find it (and an ack
             // deadline changed with the service's timeout is updated).
-            if let Err(e) = self.events.create_consumer(config.clone()).await {
-                let existing = self
+            // Cut off from NATS, or refused now, it is made on the first
+            // fetch instead.
+            if self.up().is_ok()
+                && let Err(e) = self.events.create_consumer(config.clone()).await
+            {
+                match self
                     .events
                     .get_consumer::<consumer::pull::Config>(&name)
-                    .await;
-                if existing.is_err() {
-                    return Err(
-                        self.unavailable(format!("creating the consumer of {}: {e}", spec.id))
-                    );
-                }
-                let mut update = config;
-                update.deliver_policy = existing
-                    .map(|c| c.cached_info().config.deliver_policy)
-                    .unwrap_or(consumer::DeliverPolicy::New);
-                if let Err(e) = self.events.update_consumer(update).await {
-                    tracing::debug!(subscription = %spec.id, error = %e, "keeping the consumer as it is");
+                    .await
+                {
+                    Ok(existing) => {
+                        let mut update = config.clone();
+                        update.deliver_policy = existing.cached_info().config.deliver_policy;
+                        if let Err(e) = self.events.update_consumer(update).await {
+                            tracing::debug!(subscription = %spec.id, error = %e, "keeping the consumer as it is");
+                        }
+                    }
+                    Err(_) => {
+                        tracing::warn!(subscription = %spec.id, error = %e, "the consumer could not be made yet; the first fetch makes it");
+                    }
                 }
             }
             fresh.insert(
@@ -366,11 +382,28 @@ impl Bus for JetStreamBus {
                 Arc::new(Sub {
                     spec,
                     consumer: name,
-                    messages: Arc::default(),
+                    config,
+                    handle: tokio::sync::Mutex::new(None),
+                    made: Default::default(),
                 }),
             );
         }
         *self.subs.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    async fn retain(&self, service: &str, keep: &[String]) -> Result<(), BusError> {
+        self.up()?;
+        let prefix = format!("{service}:");
+        for (name, id) in self.consumers().await? {
+            if id.starts_with(&prefix) && !keep.contains(&id) {
+                tracing::info!(subscription = %id, "the service no longer holds the subscription; its consumer is deleted");
+                self.events
+                    .delete_consumer(&name)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+            }
+        }
         Ok(())
     }
 
@@ -397,44 +430,65 @@ impl Bus for JetStreamBus {
         let Some(sub) = self.sub(subscription) else {
             return Ok(Vec::new());
         };
-        let mut guard = sub.messages.lock().await;
-        if guard.is_none() {
-            let consumer = self
-                .events
-                .get_consumer::<consumer::pull::Config>(&sub.consumer)
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(sub.spec.subscription.concurrency as usize)
+        self.up()?;
+        let consumer = {
+            let mut handle = sub.handle.lock().await;
+            if handle.is_none() {
+                // Made by the first node that needs it (set_subscriptions
+                // may not have managed to). One deleted later (the
+                // subscription was dropped through another node) is not
+                // made again: this node is about to drop it too.
+                let made = if sub.made.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    self.events
+                        .get_consumer::<consumer::pull::Config>(&sub.consumer)
+                        .await
+                        .map_err(|e| {
+                            self.unavailable(format!("the consumer of {subscription}: {e}"))
+                        })?
+                } else {
+                    self.events
+                        .get_or_create_consumer(&sub.consumer, sub.config.clone())
+                        .await
+                        .map_err(|e| {
+                            self.unavailable(format!("the consumer of {subscription}: {e}"))
+                        })?
+                };
+                *handle = Some(made);
+            }
+            handle.clone().expect("set above")
+        };
+        // Only what there are free slots for is pulled (a message pulled is
+        // this node's until its ack deadline): first what is there now, else
+        // wait for one.
+        let mut taken = Vec::new();
+        let mut now = consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        while let Some(message) = now.next().await {
+            taken.push(message.map_err(|e| self.unavailable(e))?);
+        }
+        if taken.is_empty() {
+            let mut one = consumer
+                .batch()
+                .max_messages(1)
+                .expires(FETCH_WAIT)
                 .messages()
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            *guard = Some(messages);
-        }
-        let Some(messages) = guard.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let mut taken = Vec::new();
-        match tokio::time::timeout(FETCH_WAIT, messages.next()).await {
-            Err(_) => return Ok(Vec::new()),
-            Ok(None) => {
-                *guard = None;
-                return Ok(Vec::new());
-            }
-            Ok(Some(Err(e))) => {
-                *guard = None;
-                return Err(self.unavailable(e));
-            }
-            Ok(Some(Ok(message))) => taken.push(message),
-        }
-        while taken.len() < max {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(message))) => taken.push(message),
-                _ => break,
+            while let Some(message) = one.next().await {
+                match message {
+                    Ok(message) => taken.push(message),
+                    Err(e) => {
+                        // A consumer gone is made again on the next fetch.
+                        *sub.handle.lock().await = None;
+                        return Err(self.unavailable(e));
+                    }
+                }
             }
         }
-        drop(guard);
         let mut out = Vec::with_capacity(taken.len());
         for message in taken {
             let (seq, delivered) = match message.info() {
@@ -492,7 +546,16 @@ impl Bus for JetStreamBus {
                 let mut headers = encode(&delivery.event)?;
                 headers.insert(SUBSCRIPTION_HEADER, delivery.subscription.as_str());
                 headers.insert(ATTEMPTS_HEADER, delivery.attempt.to_string().as_str());
-                headers.insert(ERROR_HEADER, error.replace(['\r', '\n'], " ").as_str());
+                let mut error = error.replace(['\r', '\n'], " ");
+                if error.len() > MAX_ERROR {
+                    let mut end = MAX_ERROR;
+                    while !error.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    error.truncate(end);
+                    error.push_str(" [truncated]");
+                }
+                headers.insert(ERROR_HEADER, error.as_str());
                 headers.insert(DEAD_MS_HEADER, now_ms().to_string().as_str());
                 let subject = format!("berth.dead.{name}.{}", delivery.event.topic);
                 self.cluster

@@ -687,6 +687,7 @@ impl ClusterCatalog {
         self.applied.send_modify(|s| *s = (*s).max(high));
         control.runtime().set_unready(None);
         tracing::info!(services = records.len(), "converged with the cluster");
+        let mut behind: Option<u64> = None;
         let mut retry = tokio::time::interval(RETRY_FAILED);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -698,6 +699,21 @@ impl ClusterCatalog {
                     for name in control.failed_services() {
                         let record = self.mirror().docs.get(&name).and_then(|d| d.record(&name));
                         control.converge(&name, record.as_ref()).await;
+                    }
+                    // A watch whose consumer lived on a server that died
+                    // may stall without a word: when the bucket is ahead
+                    // of what this node applied, twice in a row, catch up
+                    // from the start.
+                    if link.borrow().up
+                        && let Ok(last) = self.last_seq().await
+                    {
+                        let applied = *self.applied.borrow();
+                        match behind {
+                            Some(was) if last > applied && applied <= was => {
+                                return Err("the watch fell behind; catching up".into());
+                            }
+                            _ => behind = (last > applied).then_some(applied),
+                        }
                     }
                 }
                 changed = link.changed() => {

@@ -25,6 +25,8 @@ fn key(service: &ServiceName, name: &str) -> String {
 impl ClusterFirings {
     /// The entry's last firing and its sequence, if it has one.
     async fn read(&self, key: &str) -> Result<Option<(i64, u64)>, String> {
+        // Cut off, say so at once (not after a request's timeout).
+        self.0.ensure_up().map_err(|e| e.to_string())?;
         let entry = self
             .0
             .schedules

@@ -7,9 +7,11 @@
 //! so a batch delivered twice counts once.
 //!
 //! Loss window: a node keeps its records in memory for at most
-//! [`SHIP_EVERY`] before it ships them; `kill -9` loses those. While NATS is
+//! [`SHIP_EVERY`] before it ships them; `kill -9` loses those for the
+//! cluster's bill (the node's own ledger has them). While NATS is
 //! unreachable the records wait in memory, up to [`MAX_BUFFERED`] (beyond
-//! that the oldest are dropped, and counted in the log).
+//! that the oldest are dropped, and counted in the log); a node stopped
+//! before NATS is back ships none of them.
 
 use super::Cluster;
 use crate::control::ledger::Ledger;
@@ -34,15 +36,30 @@ pub const MAX_BUFFERED: usize = 200_000;
 /// Records per message (well under NATS's 1 MiB payload).
 const BATCH: usize = 500;
 
-/// This node's records on their way to the cluster.
-#[derive(Default)]
+/// This node's records on their way to the cluster. Each is also written
+/// to the node's own ledger at once (the ledger keeps it once when it comes
+/// back through the stream): a node never loses its own records to an
+/// outage of NATS, though the other nodes see them only once shipped.
 pub struct Shipper {
     buffer: Mutex<VecDeque<Record>>,
     dropped: std::sync::atomic::AtomicU64,
+    ledger: Arc<Ledger>,
+}
+
+impl Shipper {
+    /// A shipper that also keeps each record in `ledger`.
+    pub fn new(ledger: Arc<Ledger>) -> Shipper {
+        Shipper {
+            buffer: Mutex::default(),
+            dropped: Default::default(),
+            ledger,
+        }
+    }
 }
 
 impl UsageSink for Shipper {
     fn record(&self, record: Record) {
+        self.ledger.record(record.clone());
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         if buffer.len() >= MAX_BUFFERED {
             buffer.pop_front();

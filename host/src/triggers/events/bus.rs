@@ -159,6 +159,15 @@ pub trait Bus: Send + Sync + 'static {
     /// (the service was removed).
     async fn drop_service(&self, service: &str) -> Result<(), BusError>;
 
+    /// `service` now holds only the subscriptions `keep` (a new revision,
+    /// or a rollback, changed them). A bus that keeps the backlog of a
+    /// subscription that disappears (the embedded one: until it comes
+    /// back) does nothing; one whose subscriptions would go on collecting
+    /// events forever (JetStream's consumers) forgets the others.
+    async fn retain(&self, _service: &str, _keep: &[String]) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// Waits until deliveries of `subscription` are due, and returns up to
     /// `max` of them (empty if the subscription no longer exists).
     async fn fetch(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, BusError>;

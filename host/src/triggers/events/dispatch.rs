@@ -30,6 +30,7 @@ use crate::runtime::record::{self, RecordDraft};
 use crate::values::event::{Event, subscription_id};
 use crate::values::id::InvocationId;
 use crate::values::schedule::TOPIC_PREFIX;
+use crate::values::service::{ServiceConfig, ServiceName};
 use crate::values::trace::{TRACEPARENT, TraceContext};
 use crate::values::units::now_ms;
 use crate::values::usage::{OutcomeKind, Trigger};
@@ -77,25 +78,12 @@ impl Dispatcher {
     /// The subscriptions the runtime's services hold now: their own and
     /// one per schedule.
     pub fn wanted(&self) -> Vec<SubscriptionSpec> {
-        let mut specs = Vec::new();
-        for service in self.runtime.registry().services() {
-            let name = service.name();
-            let config = &service.spec().config;
-            let schedules = config.schedules.iter().filter_map(|s| {
-                s.subscription(name)
-                    .inspect_err(|e| tracing::error!(service = %name, schedule = %s.name, error = %e, "a schedule has no valid topic; it is skipped"))
-                    .ok()
-            });
-            for subscription in config.subscriptions.iter().cloned().chain(schedules) {
-                specs.push(SubscriptionSpec {
-                    id: subscription_id(name.as_str(), &subscription.topic),
-                    service: name.clone(),
-                    subscription,
-                    ack_wait: config.limits.timeout,
-                });
-            }
-        }
-        specs
+        self.runtime
+            .registry()
+            .services()
+            .iter()
+            .flat_map(|service| specs(service.name(), &service.spec().config))
+            .collect()
     }
 
     /// Brings the bus and the running subscription tasks in line with the
@@ -193,6 +181,28 @@ impl Dispatcher {
             tracing::error!(subscription = %spec.id, error = %e, "settling a delivery failed");
         }
     }
+}
+
+/// The subscriptions a service configured so holds: its own, and one per
+/// schedule.
+pub fn specs(name: &ServiceName, config: &ServiceConfig) -> Vec<SubscriptionSpec> {
+    let schedules = config.schedules.iter().filter_map(|s| {
+        s.subscription(name)
+            .inspect_err(|e| tracing::error!(service = %name, schedule = %s.name, error = %e, "a schedule has no valid topic; it is skipped"))
+            .ok()
+    });
+    config
+        .subscriptions
+        .iter()
+        .cloned()
+        .chain(schedules)
+        .map(|subscription| SubscriptionSpec {
+            id: subscription_id(name.as_str(), &subscription.topic),
+            service: name.clone(),
+            subscription,
+            ack_wait: config.limits.timeout,
+        })
+        .collect()
 }
 
 /// Waits for one free delivery slot, then takes as many more as are free
