@@ -460,7 +460,7 @@ async fn with_one_nats_server_of_three_down_changes_carry_on() {
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    wait_until("the event is handled", Duration::from_secs(30), || {
+    wait_until("the event is handled", Duration::from_secs(60), || {
         handled_across(&[&a, &b, &c], &[]).get("during") == Some(&1)
     });
     wait_all(&[&a, &b, &c], "/hello", 200, V2).await;

@@ -438,7 +438,7 @@ impl Bus for JetStreamBus {
                 // may not have managed to). One deleted later (the
                 // subscription was dropped through another node) is not
                 // made again: this node is about to drop it too.
-                let made = if sub.made.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let made = if sub.made.load(std::sync::atomic::Ordering::Relaxed) {
                     self.events
                         .get_consumer::<consumer::pull::Config>(&sub.consumer)
                         .await
@@ -453,6 +453,7 @@ impl Bus for JetStreamBus {
                             self.unavailable(format!("the consumer of {subscription}: {e}"))
                         })?
                 };
+                sub.made.store(true, std::sync::atomic::Ordering::Relaxed);
                 *handle = Some(made);
             }
             handle.clone().expect("set above")
