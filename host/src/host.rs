@@ -140,7 +140,10 @@ impl Host {
         // node's go through JetStream, and its ledger collects everyone's.
         let usage = match (&cluster, &ledger, options.usage_retention) {
             (Some(cluster), Some(ledger), Some(retention)) => {
-                let stream = crate::control::cluster::usage::open(cluster, retention).await?;
+                let stream = crate::control::cluster::at_start("opening the usage stream", || {
+                    crate::control::cluster::usage::open(cluster, retention)
+                })
+                .await?;
                 let shipper = Arc::new(Shipper::new(ledger.clone()));
                 runtime.meter().set_sink(shipper.clone());
                 Some((shipper, stream, ledger.clone()))
@@ -152,7 +155,12 @@ impl Host {
             _ => None,
         };
         let bus: Arc<dyn Bus> = match &cluster {
-            Some(cluster) => Arc::new(JetStreamBus::open(cluster.clone()).await?),
+            Some(cluster) => Arc::new(
+                crate::control::cluster::at_start("opening the event streams", || {
+                    JetStreamBus::open(cluster.clone())
+                })
+                .await?,
+            ),
             None => Arc::new(
                 SqliteBus::open(&db)
                     .with_context(|| format!("opening the event bus in {}", db.display()))?,

@@ -363,6 +363,27 @@ async fn open_buckets(
     Ok((services, nodes, schedules, artifacts))
 }
 
+/// Runs `open` (making or opening something in JetStream at start) until
+/// it succeeds, for up to a minute: a cluster that has just started, or is
+/// busy, may still be electing its leaders.
+pub async fn at_start<T, F, Fut>(what: &str, mut open: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match open().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "{what}: JetStream is not ready yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context(what.to_owned())),
+        }
+    }
+}
+
 /// Opens a KV bucket, creating it when it does not exist.
 async fn kv_bucket(
     js: &jetstream::Context,
