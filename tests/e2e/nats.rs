@@ -25,7 +25,12 @@ pub struct Nats {
     servers: Vec<Server>,
     extra: Vec<String>,
     _dir: tempfile::TempDir,
+    /// One cluster test at a time: three servers and their nodes are most
+    /// of what two cores can run while the other tests run beside them.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A free loopback port below the kernel's ephemeral range: a port taken
 /// from port 0 and let go could be handed to another listener (a Berth of a
@@ -55,6 +60,7 @@ impl Nats {
     /// `n` clustered servers started with `extra` arguments too (say
     /// `--user`/`--pass`).
     pub fn cluster_with(n: usize, extra: &[&str]) -> Nats {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("berth-nats-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -73,6 +79,7 @@ impl Nats {
             servers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
+            _serial: serial,
         };
         for i in 0..n {
             nats.spawn(i);
