@@ -445,14 +445,14 @@ async fn with_one_nats_server_of_three_down_changes_carry_on() {
     let mut nats = Nats::cluster(3);
     let [a, b, c] = three_nodes(&nats);
     a.deploy("hello", programs::HELLO, "/hello");
+    c.deploy_manifest(&crate::events::consumer("orders.*", ""));
     wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    serving_everywhere(&a, "consumer", 3);
     // The first server is the one every node tried first.
     nats.kill(0);
     let out = b.deploy("hello", programs::HELLO_WSTD, "/hello");
     assert!(out.contains("revision 2"), "{out}");
     // Events are published and delivered.
-    c.deploy_manifest(&crate::events::consumer("orders.*", ""));
-    serving_everywhere(&a, "consumer", 3);
     let reply = a
         .publish_batch(
             "orders.created",

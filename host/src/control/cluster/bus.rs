@@ -59,6 +59,9 @@ const DEAD_MS_HEADER: &str = "Berth-Dead-Ms";
 /// Added to a delivery's ack deadline beyond twice its service's timeout.
 pub const ACK_MARGIN: Duration = Duration::from_secs(10);
 
+/// How long making a consumer is tried again.
+const CREATE_PATIENCE: Duration = Duration::from_secs(20);
+
 /// The longest last error kept with a dead letter (a header).
 const MAX_ERROR: usize = 4096;
 
@@ -151,6 +154,30 @@ impl JetStreamBus {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// Makes a subscription's consumer: a consumer must exist before the
+    /// events it is to receive are published (the stream keeps an event
+    /// only for the consumers there are), so a refusal or a timeout (a
+    /// server just died, leaders are being elected) is tried again for a
+    /// while.
+    async fn create_consumer(&self, config: &consumer::pull::Config) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.events.create_consumer(config.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let text = e.to_string();
+                    let passing = text.contains("timed out")
+                        || text.contains("no responders")
+                        || text.contains("503");
+                    if !passing || started.elapsed() > CREATE_PATIENCE || self.up().is_err() {
+                        return Err(text);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
     }
 
     /// The consumers of the events stream that are Berth subscriptions:
@@ -358,7 +385,7 @@ impl Bus for JetStreamBus {
             // Cut off from NATS, or refused now, it is made on the first
             // fetch instead.
             if self.up().is_ok()
-                && let Err(e) = self.events.create_consumer(config.clone()).await
+                && let Err(e) = self.create_consumer(&config).await
             {
                 match self
                     .events
