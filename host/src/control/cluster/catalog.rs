@@ -140,11 +140,6 @@ impl ClusterCatalog {
         }
     }
 
-    /// The connection.
-    pub fn cluster(&self) -> &Cluster {
-        &self.cluster
-    }
-
     fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
         self.mirror.lock().unwrap_or_else(|e| e.into_inner())
     }

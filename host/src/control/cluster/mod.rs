@@ -240,19 +240,11 @@ impl Cluster {
         let replicas = options
             .replicas
             .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
-        // A cluster that has just started may still be electing its
-        // JetStream leaders: try for a while before giving up.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let (services, nodes, schedules, artifacts) = loop {
-            match open_buckets(&js, replicas).await {
-                Ok(buckets) => break buckets,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %format!("{e:#}"), "JetStream is not ready yet; trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e.context(format!("opening Berth's buckets on {display}"))),
-            }
-        };
+        let (services, nodes, schedules, artifacts) =
+            at_start(&format!("opening Berth's buckets on {display}"), || {
+                open_buckets(&js, replicas)
+            })
+            .await?;
         Ok(Cluster {
             node: options.node.clone(),
             display,
