@@ -19,7 +19,9 @@ use crate::runtime::Runtime;
 use crate::triggers::events::BusSink;
 use crate::triggers::events::bus::Bus;
 use crate::triggers::events::dispatch::Dispatcher;
+use crate::triggers::http::Listener;
 use crate::triggers::http::call::Calls;
+use crate::triggers::http::gateway::Gateway;
 use crate::values::units::ByteSize;
 use crate::wasm::artifact::ArtifactStore;
 use crate::wasm::cache::CodeCache;
@@ -86,9 +88,9 @@ impl HostOptions {
 /// with who may use it (see [`Auth::for_listener`]).
 pub struct Listeners {
     /// Where the services are served.
-    pub public: TcpListener,
+    pub public: Listener,
     /// Where the admin API is served, if anywhere.
-    pub admin: Option<(TcpListener, Auth)>,
+    pub admin: Option<(Listener, Auth)>,
 }
 
 /// A host: its runtime and control plane over one state directory, which
@@ -96,6 +98,7 @@ pub struct Listeners {
 pub struct Host {
     runtime: Arc<Runtime>,
     control: Arc<ControlPlane>,
+    gateway: Arc<Gateway>,
     ledger: Option<Arc<Ledger>>,
     /// A cluster node's watcher and heartbeat, stopped on shutdown.
     cluster: Option<(Cluster, CancellationToken, Vec<tokio::task::JoinHandle<()>>)>,
@@ -194,6 +197,7 @@ impl Host {
             }
             None => (Arc::new(LocalCatalog::new(state)), None),
         };
+        let gateway = Arc::new(Gateway::new(options.secrets.clone()));
         let control = Arc::new(ControlPlane::new(Parts {
             runtime: runtime.clone(),
             catalog,
@@ -204,9 +208,13 @@ impl Host {
             events,
             max_event_size: options.max_event_size,
             ledger: ledger.clone(),
+            gateway: gateway.clone(),
         }));
+        control.load_keys().await.context("loading the API keys")?;
         let cluster = match (cluster, cluster_catalog) {
-            (Some(cluster), Some(catalog)) => Some(join(cluster, catalog, &control, usage).await),
+            (Some(cluster), Some(catalog)) => {
+                Some(join(cluster, catalog, &control, gateway.clone(), usage).await)
+            }
             _ => {
                 control.restore().await?;
                 None
@@ -215,6 +223,7 @@ impl Host {
         Ok(Host {
             runtime,
             control,
+            gateway,
             ledger,
             cluster,
             _lock: lock,
@@ -252,13 +261,13 @@ impl Host {
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let public_addr = listeners.public.local_addr()?;
+        let public_addr = listeners.public.socket.local_addr()?;
         // Guests must never reach the host's own listeners (those bound by
         // `Host::bind` are known already).
         let known = self.runtime.listeners().get();
         let mut own = vec![public_addr];
         let admin_addr = match &listeners.admin {
-            Some((admin, _)) => Some(admin.local_addr()?),
+            Some((admin, _)) => Some(admin.socket.local_addr()?),
             None => None,
         };
         own.extend(admin_addr);
@@ -268,7 +277,11 @@ impl Host {
         let stop = CancellationToken::new();
         let mut accepting = vec![tokio::spawn(crate::triggers::http::accept(
             listeners.public,
-            crate::triggers::http::public_handler(self.runtime.clone(), public_addr),
+            crate::triggers::http::public_handler(
+                self.runtime.clone(),
+                self.gateway.clone(),
+                public_addr,
+            ),
             stop.clone(),
         ))];
         if let Some((admin, auth)) = listeners.admin {
@@ -314,6 +327,7 @@ async fn join(
     cluster: Cluster,
     catalog: Arc<ClusterCatalog>,
     control: &Arc<ControlPlane>,
+    gateway: Arc<Gateway>,
     usage: Option<(
         Arc<Shipper>,
         async_nats::jetstream::stream::Stream,
@@ -335,6 +349,11 @@ async fn join(
         tokio::spawn(crate::control::cluster::nodes::heartbeat(
             cluster.clone(),
             control.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(crate::control::cluster::keys::follow(
+            cluster.clone(),
+            gateway,
             stop.clone(),
         )),
     ];

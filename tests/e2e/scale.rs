@@ -464,6 +464,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_invocations_and_events()
     // An event, handled by the consumer.
     let req = http::Request::post("/v1/events/jobs.run")
         .header("host", "admin")
+        .header("authorization", format!("Bearer {}", crate::host::TOKEN))
         .header("ce-specversion", "1.0")
         .header("ce-id", "job-1")
         .header("ce-type", "job")

@@ -66,12 +66,18 @@ impl Berth {
     /// `berth up` on `manifest` with the shared code cache and an admin
     /// listener (for `/metrics` and `/v1/usage`).
     pub fn up_admin(manifest: &str, extra: &[&str]) -> Berth {
-        let dir = manifest_dir(manifest);
+        Self::up_admin_in(manifest_dir(manifest), extra)
+    }
+
+    /// `berth up` with an admin listener, on the manifest in `dir` (which
+    /// may hold files it names).
+    pub fn up_admin_in(dir: tempfile::TempDir, extra: &[&str]) -> Berth {
         let mut cmd = Command::new(berth_bin());
         cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0", "--cache-dir"])
             .arg(shared_cache())
             .args(extra)
+            .env("BERTH_TOKEN", crate::host::TOKEN)
             .current_dir(dir.path());
         Self::start(cmd, START_TIMEOUT, Some(dir), true)
     }
@@ -81,6 +87,7 @@ impl Berth {
         let addr = self.admin.expect("an admin listener");
         let req = http::Request::get(path)
             .header("host", addr.to_string())
+            .header("authorization", format!("Bearer {}", crate::host::TOKEN))
             .body(Full::new(Bytes::new()))
             .unwrap();
         send(addr, req).await
@@ -131,10 +138,12 @@ impl Berth {
             move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    // `… on http://ADDR` or `… on https://ADDR`.
                     if line.starts_with("berth: ")
-                        && let Some(i) = line.find("http://")
+                        && let Some(i) = line.find(" on http")
+                        && let Some(j) = line[i..].find("://")
                     {
-                        let addr = line[i + 7..].trim().trim_end_matches('/').to_owned();
+                        let addr = line[i + j + 3..].trim().trim_end_matches('/').to_owned();
                         let _ = tx.send((line.contains("admin"), addr));
                     }
                     let mut out = output.lock().unwrap();

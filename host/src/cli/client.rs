@@ -96,6 +96,24 @@ impl Client {
         })
     }
 
+    /// Whether requests carry a token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The same client with `token`.
+    pub fn with_token(self, token: String) -> Client {
+        Client {
+            token: Some(token).filter(|t| !t.is_empty()),
+            ..self
+        }
+    }
+
+    /// `HOST:PORT` of the admin API.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
     async fn send(
         &self,
         method: Method,

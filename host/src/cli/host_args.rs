@@ -1,14 +1,19 @@
-//! The flags `up` and `serve` share: the host's settings, and who may use
-//! its admin API.
+//! The flags `up` and `serve` share: the host's settings, how its
+//! listeners speak to clients, and who may use its admin API.
 
 use crate::control::admin::Auth;
 use crate::host::HostOptions;
+use crate::triggers::http::Listener;
+use crate::triggers::http::limits::ListenerLimits;
+use crate::triggers::http::tls::{CertFiles, Tls};
 use crate::values::units::ByteSize;
 use crate::wasm::engine::EngineOptions;
 use crate::wasm::secrets::{DEFAULT_SECRET_PREFIX, Secrets};
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// The settings of a host that `up` and `serve` share.
 #[derive(clap::Args, Debug, Clone)]
@@ -109,7 +114,10 @@ impl HostArgs {
 /// and `serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenArgs {
-    /// Bearer token the admin API requires (required off loopback).
+    /// Bearer token the admin API requires. Without one (and
+    /// --admin-token-file), a loopback admin API uses the token in
+    /// STATE/admin.token, made on first start; off loopback one must be
+    /// given.
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -119,18 +127,196 @@ pub struct TokenArgs {
 }
 
 impl TokenArgs {
-    /// The admin API's auth on `addr`: the token from the flag,
-    /// `BERTH_TOKEN` or a file; none needed on loopback; mandatory
-    /// anywhere else (see [`Auth::for_listener`]).
-    pub fn auth(&self, addr: SocketAddr) -> anyhow::Result<Auth> {
+    /// The token given by flag, `BERTH_TOKEN` or file, if any.
+    fn given(&self) -> anyhow::Result<Option<String>> {
         let token = match &self.admin_token_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading the admin token from {}", path.display()))?;
-                Some(text.lines().next().unwrap_or("").trim().to_owned())
+                Some(super::admin_token::first_line(&text))
             }
             None => self.admin_token.clone(),
         };
-        Ok(Auth::for_listener(addr, token)?)
+        Ok(token.filter(|t| !t.is_empty()))
     }
+
+    /// Checks, before anything starts, that an admin API on `addr` will
+    /// have a token: off loopback, one must be given (see
+    /// [`Auth::for_listener`]).
+    pub fn check(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if !addr.ip().is_loopback() {
+            Auth::for_listener(addr, self.given()?)?;
+        }
+        Ok(())
+    }
+
+    /// The admin API's auth on `addr`: the token given; else, on loopback,
+    /// the one in `STATE/admin.token`, made on first start — then also its
+    /// file, for the CLI to find (see [`super::admin_token`]).
+    pub fn auth(&self, addr: SocketAddr, state: &Path) -> anyhow::Result<(Auth, Option<PathBuf>)> {
+        match self.given()? {
+            Some(token) => Ok((Auth::token(token), None)),
+            None if addr.ip().is_loopback() => {
+                let (token, file) = super::admin_token::ensure(state)?;
+                Ok((Auth::token(token), Some(file)))
+            }
+            None => Err(Auth::for_listener(addr, None)
+                .err()
+                .map_or_else(|| anyhow::anyhow!("no admin token"), anyhow::Error::new)),
+        }
+    }
+}
+
+/// How the listeners of `up` and `serve` speak to clients: TLS, and the
+/// limits they put on them (see `docs/gateway.md`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Serve the public listener over TLS with this certificate chain
+    /// (PEM, the server's certificate first). Repeat with --tls-key for
+    /// several certificates, chosen by the client's SNI name (the first
+    /// one otherwise). Reloaded when the files change, and on SIGHUP.
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Vec<PathBuf>,
+
+    /// The private key (PEM) of each --tls-cert, in the same order.
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Vec<PathBuf>,
+
+    /// Serve the admin API over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Vec<PathBuf>,
+
+    /// The private key (PEM) of each --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Vec<PathBuf>,
+
+    /// How long a client may take to send a request's headers (and a TLS
+    /// handshake); on HTTP/1.1 also the longest wait for the next request
+    /// on a kept-alive connection.
+    #[arg(long, default_value = "10s", value_parser = crate::values::units::parse_duration)]
+    header_read_timeout: Duration,
+
+    /// A connection with nothing in flight and no bytes moving for this
+    /// long is closed.
+    #[arg(long, default_value = "60s", value_parser = crate::values::units::parse_duration)]
+    idle_timeout: Duration,
+
+    /// Connections each listener keeps open at once; beyond, new ones wait
+    /// to be accepted. Lowered at start to fit the open-file limit.
+    #[arg(long, default_value_t = ListenerLimits::default().max_connections)]
+    max_connections: usize,
+
+    /// The largest request head (request line and headers).
+    #[arg(long, default_value = "64KiB")]
+    max_header_size: ByteSize,
+
+    /// The most header fields in a request.
+    #[arg(long, default_value_t = ListenerLimits::default().max_headers)]
+    max_headers: usize,
+
+    /// The longest request target (path and query).
+    #[arg(long, default_value = "8KiB")]
+    max_uri_length: ByteSize,
+
+    /// Every request body has this long, plus a second per
+    /// --body-min-rate bytes received, to arrive in full.
+    #[arg(long, default_value = "30s", value_parser = crate::values::units::parse_duration)]
+    body_timeout: Duration,
+
+    /// The rate, per second, a request body must keep up beyond
+    /// --body-timeout.
+    #[arg(long, default_value = "1KiB")]
+    body_min_rate: ByteSize,
+
+    /// Streams one HTTP/2 connection may have open at once.
+    #[arg(long, default_value_t = ListenerLimits::default().http2_max_streams)]
+    http2_max_streams: u32,
+}
+
+impl ListenArgs {
+    /// The limits of each listener (`listeners` of them share the
+    /// process's descriptors).
+    fn limits(&self, listeners: usize) -> ListenerLimits {
+        let mut limits = ListenerLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections.max(1),
+            max_header_size: self.max_header_size.bytes() as usize,
+            max_headers: self.max_headers.max(1),
+            max_uri_length: self.max_uri_length.bytes() as usize,
+            body_timeout: self.body_timeout,
+            body_min_rate: self.body_min_rate.bytes(),
+            http2_max_streams: self.http2_max_streams.max(1),
+        };
+        limits.fit_to_open_files(listeners);
+        limits
+    }
+
+    /// The public listener's and the admin listener's TLS, loaded (a file
+    /// that does not load is an error naming it).
+    pub fn tls(&self) -> anyhow::Result<(Option<Tls>, Option<Tls>)> {
+        Ok((
+            tls(&self.tls_cert, &self.tls_key, "--tls")?,
+            tls(&self.admin_tls_cert, &self.admin_tls_key, "--admin-tls")?,
+        ))
+    }
+
+    /// The listeners on the bound sockets, with their TLS.
+    pub fn listeners(
+        &self,
+        public: (TcpListener, Option<Tls>),
+        admin: Option<(TcpListener, Option<Tls>)>,
+    ) -> (Listener, Option<Listener>) {
+        let limits = self.limits(1 + admin.is_some() as usize);
+        let listener = |(socket, tls)| Listener {
+            socket,
+            tls,
+            limits: limits.clone(),
+        };
+        (listener(public), admin.map(listener))
+    }
+}
+
+fn tls(certs: &[PathBuf], keys: &[PathBuf], flag: &str) -> anyhow::Result<Option<Tls>> {
+    if certs.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        certs.len() == keys.len(),
+        "{flag}-cert is given {} times and {flag}-key {} times: each certificate needs its key",
+        certs.len(),
+        keys.len()
+    );
+    let files = certs
+        .iter()
+        .zip(keys)
+        .map(|(cert, key)| CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+        .collect();
+    Ok(Some(Tls::load(files).with_context(|| {
+        format!("loading the certificates of {flag}-cert")
+    })?))
+}
+
+/// Reloads the certificates of `listeners` on every SIGHUP, for as long as
+/// the process runs.
+pub fn reload_on_hangup(listeners: Vec<Tls>) {
+    if listeners.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the TLS certificates");
+            for tls in &listeners {
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload(true)).await;
+            }
+        }
+    });
 }

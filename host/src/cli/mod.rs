@@ -6,12 +6,14 @@
 //! ([`client`]; `--host`/`BERTH_HOST`, token in `BERTH_TOKEN`).
 //! [`telemetry`] sets up logging; [`shutdown`] waits for the signals.
 
+mod admin_token;
 pub mod client;
 mod deploy;
 mod events;
 mod health;
 mod host_args;
 mod inspect;
+mod keys;
 mod ls;
 mod nodes;
 mod output;
@@ -87,6 +89,8 @@ enum Command {
     Nodes(nodes::NodesArgs),
     /// Ask a host's /healthz or /readyz; exit 0 only on 200.
     Health(health::HealthArgs),
+    /// Make, list and revoke API keys.
+    Keys(keys::KeysArgs),
 }
 
 /// How client commands reach a host.
@@ -101,9 +105,20 @@ pub struct ClientArgs {
     )]
     host: String,
 
-    /// The admin API's bearer token.
+    /// The admin API's bearer token. Without it (and --token-file), the
+    /// token a host on this machine made for itself is used, found by the
+    /// --host address.
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+
+    /// A file holding the admin API's bearer token (its first line).
+    #[arg(
+        long,
+        env = "BERTH_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
 
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -112,7 +127,23 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.host, self.token.clone())?)
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    anyhow::anyhow!("reading the admin token from {}: {e}", file.display())
+                })?;
+                Some(admin_token::first_line(&text))
+            }
+            (None, None) => None,
+        };
+        let mut client = Client::new(&self.host, token)?;
+        if !client.has_token()
+            && let Some(token) = admin_token::find(client.authority())
+        {
+            client = client.with_token(token);
+        }
+        Ok(client)
     }
 }
 
@@ -147,6 +178,7 @@ pub fn main() -> ExitCode {
             Command::Usage(args) => usage::run(args).await,
             Command::Nodes(args) => nodes::run(args).await,
             Command::Health(args) => health::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

@@ -13,7 +13,7 @@
 //! DIR/lock            held while a host uses the directory
 //! ```
 
-use super::host_args::{HostArgs, TokenArgs};
+use super::host_args::{HostArgs, ListenArgs, TokenArgs};
 use crate::control::cluster::ClusterOptions;
 use crate::host::{Host, Listeners};
 use crate::values::units::ByteSize;
@@ -39,6 +39,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     token: TokenArgs,
+
+    #[command(flatten)]
+    edge: ListenArgs,
 
     /// Largest component the admin API accepts.
     #[arg(long, default_value = "128MiB")]
@@ -86,7 +89,9 @@ struct ClusterArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let auth = args.token.auth(args.admin_listen)?;
+    args.token.check(args.admin_listen)?;
+    let (auth, token_file) = args.token.auth(args.admin_listen, &args.state)?;
+    let (public_tls, admin_tls) = args.edge.tls()?;
     let mut options = args.host.options(
         args.state.clone(),
         None,
@@ -111,13 +116,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let public = host.bind(args.listen, "").await?;
     let admin = host.bind(args.admin_listen, " for the admin API").await?;
+    super::host_args::reload_on_hangup(public_tls.iter().chain(&admin_tls).cloned().collect());
+    let (public, admin) = args
+        .edge
+        .listeners((public, public_tls), Some((admin, admin_tls)));
+    let admin = admin.expect("serve always has an admin listener");
+    let _note = token_file
+        .as_deref()
+        .and_then(|file| super::admin_token::note(admin.socket.local_addr().ok()?, file));
     super::telemetry::flush();
     eprintln!(
-        "berth: serving {restored} service{} on http://{}",
+        "berth: serving {restored} service{} on {}://{}",
         if restored == 1 { "" } else { "s" },
-        public.local_addr()?
+        public.scheme(),
+        public.socket.local_addr()?
     );
-    eprintln!("berth: admin API on http://{}", admin.local_addr()?);
+    eprintln!(
+        "berth: admin API on {}://{}",
+        admin.scheme(),
+        admin.socket.local_addr()?
+    );
+    if let Some(file) = &token_file {
+        eprintln!("berth: admin token in {}", file.display());
+    }
     if let Some(urls) = clustered {
         eprintln!(
             "berth: node {} of the cluster at {urls}",

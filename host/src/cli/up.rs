@@ -6,7 +6,7 @@
 //! exit) unless `--state` names one; compiled code goes to the
 //! user's cache, so a second `up` does not recompile.
 
-use super::host_args::{HostArgs, TokenArgs};
+use super::host_args::{HostArgs, ListenArgs, TokenArgs};
 use crate::control::ControlError;
 use crate::host::{Host, Listeners};
 use crate::values::manifest::Manifest;
@@ -34,6 +34,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     token: TokenArgs,
+
+    #[command(flatten)]
+    edge: ListenArgs,
 
     /// Run each service's build command before loading.
     #[arg(long)]
@@ -81,10 +84,10 @@ impl Drop for TempState {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let auth = match args.admin_listen {
-        Some(addr) => Some(args.token.auth(addr)?),
-        None => None,
-    };
+    if let Some(addr) = args.admin_listen {
+        args.token.check(addr)?;
+    }
+    let (public_tls, admin_tls) = args.edge.tls()?;
     let manifest = Manifest::load(&args.manifest)?;
     if args.build {
         build(&manifest)?;
@@ -98,6 +101,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             (dir.clone(), Some(TempState(dir)))
         }
     };
+    let (auth, token_file) = match args.admin_listen {
+        Some(addr) => {
+            let (auth, file) = args.token.auth(addr, &state)?;
+            (Some(auth), file)
+        }
+        None => (None, None),
+    };
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let options = args
         .host
@@ -110,15 +120,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (Some(addr), Some(auth)) => Some((host.bind(addr, " for the admin API").await?, auth)),
         _ => None,
     };
+    super::host_args::reload_on_hangup(public_tls.iter().chain(&admin_tls).cloned().collect());
+    let (admin, auth) = match admin {
+        Some((socket, auth)) => (Some((socket, admin_tls)), Some(auth)),
+        None => (None, None),
+    };
+    let (public, admin) = args.edge.listeners((public, public_tls), admin);
+    let admin = admin.zip(auth);
     super::telemetry::flush();
     let count = manifest.services.len();
     eprintln!(
-        "berth: serving {count} service{} on http://{}",
+        "berth: serving {count} service{} on {}://{}",
         if count == 1 { "" } else { "s" },
-        public.local_addr()?
+        public.scheme(),
+        public.socket.local_addr()?
     );
+    let mut _note = None;
     if let Some((admin, _)) = &admin {
-        eprintln!("berth: admin API on http://{}", admin.local_addr()?);
+        eprintln!(
+            "berth: admin API on {}://{}",
+            admin.scheme(),
+            admin.socket.local_addr()?
+        );
+        if let Some(file) = &token_file {
+            eprintln!("berth: admin token in {}", file.display());
+            _note = super::admin_token::note(admin.socket.local_addr()?, file);
+        }
     }
     host.serve(Listeners { public, admin }, super::shutdown::signal())
         .await

@@ -7,6 +7,7 @@
 use crate::control::deploy::ControlError;
 use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord, State, StateError};
 use crate::values::digest::Digest;
+use crate::values::key::ApiKey;
 use crate::values::service::{ServiceConfig, ServiceName};
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// The latest report of every live node of the cluster (none for a
     /// standalone host).
     async fn nodes(&self) -> Result<Vec<NodeReport>, ControlError>;
+
+    /// Every API key (what is kept of it), by name.
+    async fn keys(&self) -> Result<Vec<ApiKey>, ControlError>;
+
+    /// Stores a new API key; `Conflict` if its name is taken.
+    async fn add_key(&self, key: &ApiKey) -> Result<(), ControlError>;
+
+    /// Stores a changed API key (revoked) over the one of its name.
+    async fn put_key(&self, key: &ApiKey) -> Result<(), ControlError>;
 
     /// Whether this is a cluster's catalog.
     fn is_cluster(&self) -> bool;
@@ -194,6 +204,26 @@ impl Catalog for LocalCatalog {
     async fn fetch(&self, _digest: Digest) -> Result<(), ControlError> {
         // The local store is the only one: reading it says what is missing.
         Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        self.db(|s| s.keys()).await
+    }
+
+    async fn add_key(&self, key: &ApiKey) -> Result<(), ControlError> {
+        let (name, key) = (key.name.clone(), key.clone());
+        if self.db(move |s| s.put_key(&key, false)).await? {
+            Ok(())
+        } else {
+            Err(ControlError::Conflict(format!(
+                "an API key named {name} exists"
+            )))
+        }
+    }
+
+    async fn put_key(&self, key: &ApiKey) -> Result<(), ControlError> {
+        let key = key.clone();
+        self.db(move |s| s.put_key(&key, true)).await.map(|_| ())
     }
 
     async fn applied(&self, _seq: u64) -> Result<(), ControlError> {

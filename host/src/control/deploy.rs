@@ -22,6 +22,7 @@ use crate::runtime::Runtime;
 use crate::runtime::registry::{RouteConflict, Service};
 use crate::triggers::events::bus::Bus;
 use crate::triggers::events::dispatch::Dispatcher;
+use crate::triggers::http::gateway::Gateway;
 use crate::values::capabilities::{EnvValue, validate_nesting};
 use crate::values::digest::Digest;
 use crate::values::event::Event;
@@ -157,11 +158,13 @@ pub struct Parts {
     pub ledger: Option<Arc<Ledger>>,
     /// This node's name.
     pub node: String,
+    /// The edge: the API keys requests are checked against.
+    pub gateway: Arc<Gateway>,
 }
 
 /// The control plane of one host.
 pub struct ControlPlane {
-    parts: Parts,
+    pub(super) parts: Parts,
     changes: tokio::sync::Mutex<()>,
     /// Services whose active revision could not be loaded (on restore, or
     /// on this node of a cluster).
@@ -344,7 +347,7 @@ impl ControlPlane {
     }
 
     /// The store of record.
-    fn catalog(&self) -> &dyn Catalog {
+    pub(super) fn catalog(&self) -> &dyn Catalog {
         &*self.parts.catalog
     }
 
@@ -491,6 +494,21 @@ impl ControlPlane {
                     .secrets
                     .read(name)
                     .map_err(|e| ControlError::MissingSecret(format!("env.{var}: {e}")))?;
+            }
+        }
+        if let Some(auth) = &config.auth {
+            // The JWKS's keys decode, and an HS256 secret is set.
+            crate::triggers::http::gateway::auth::Authenticator::new(auth)
+                .map_err(|e| ControlError::BadRequest(format!("auth.jwt.jwks: {e}")))?;
+            if let Some(secret) = auth.jwt.as_ref().and_then(|jwt| jwt.secret.as_deref()) {
+                let name = crate::values::capabilities::SecretName::parse(secret)
+                    .map_err(|e| ControlError::BadRequest(format!("auth.jwt.secret: {e}")))?;
+                self.parts
+                    .runtime
+                    .ports()
+                    .secrets
+                    .read(&name)
+                    .map_err(|e| ControlError::MissingSecret(format!("auth.jwt.secret: {e}")))?;
             }
         }
         Ok(())

@@ -6,7 +6,9 @@
 //! - [`deploy`] — deploys, upgrades, rollbacks, removals, restore.
 //! - [`catalog`] — the store of record: local state or a cluster's.
 //! - [`cluster`] — a cluster of nodes on NATS JetStream.
-//! - [`state`] — the SQLite state: artifacts index, services, revisions.
+//! - [`state`] — the SQLite state: artifacts index, services, revisions,
+//!   API keys.
+//! - [`keys`] — API keys: made, listed, revoked.
 //! - [`scheduler`] — fires schedules on time.
 //! - [`sqlite_bus`] — the embedded, SQLite-backed event bus.
 //! - [`ledger`] — the usage ledger: one record per invocation.
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod catalog;
 pub mod cluster;
 pub mod deploy;
+pub mod keys;
 pub mod ledger;
 pub mod scheduler;
 pub mod sqlite_bus;

@@ -19,6 +19,7 @@
 //! ```
 
 use crate::values::digest::Digest;
+use crate::values::key::ApiKey;
 use crate::values::service::{ServiceConfig, ServiceName};
 use crate::values::units::now_ms;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -27,7 +28,7 @@ use std::path::Path;
 /// The database file's name in the state directory.
 pub const DB_FILE: &str = "berth.db";
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE artifacts (
@@ -89,6 +90,15 @@ CREATE TABLE schedules (
     name TEXT NOT NULL,
     last_fired_ms INTEGER NOT NULL,
     PRIMARY KEY (service, name)
+) STRICT;
+";
+
+/// Version 3: API keys (what is kept of each: see
+/// [`crate::values::key::ApiKey`], as JSON).
+const SCHEMA_V3: &str = "
+CREATE TABLE api_keys (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL
 ) STRICT;
 ";
 
@@ -185,7 +195,7 @@ impl State {
             return Err(StateError::TooNew(version));
         }
         // Each step moves the schema one version up, in one transaction.
-        for (target, sql) in [(1, SCHEMA), (2, SCHEMA_V2)] {
+        for (target, sql) in [(1, SCHEMA), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
             if version < target {
                 let tx = conn.transaction()?;
                 tx.execute_batch(sql)?;
@@ -368,6 +378,34 @@ SELECT r.service, r.number, r.artifact, r.config, r.created_ms,
        (SELECT MAX(number) FROM revisions WHERE service = s.name),
        s.created_ms, s.updated_ms
 FROM services s JOIN revisions r ON r.service = s.name AND r.number = s.active";
+
+impl State {
+    /// Every API key, by name.
+    pub fn keys(&self) -> Result<Vec<ApiKey>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT record FROM api_keys ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|row| {
+            let text = row?;
+            serde_json::from_str(&text).map_err(|e| corrupt("API key", e))
+        })
+        .collect()
+    }
+
+    /// Stores `key`: a new one (`false` if the name is taken), or, with
+    /// `replace`, over the one of its name.
+    pub fn put_key(&mut self, key: &ApiKey, replace: bool) -> Result<bool, StateError> {
+        let record = serde_json::to_string(key).map_err(|e| corrupt("API key", e))?;
+        let sql = if replace {
+            "INSERT INTO api_keys (name, record) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET record = excluded.record"
+        } else {
+            "INSERT INTO api_keys (name, record) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING"
+        };
+        let changed = self.conn.execute(sql, params![key.name.as_str(), record])?;
+        Ok(changed == 1)
+    }
+}
 
 fn set_active(
     tx: &Transaction<'_>,

@@ -14,6 +14,7 @@
 //! appear once they count something, so that thousands of idle services
 //! cost a few gauge lines each.
 
+use crate::values::gateway::EdgeRefusal;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::cache::CacheOutcome;
 use std::collections::HashMap;
@@ -100,6 +101,8 @@ pub struct ServiceMetrics {
     fuel: Histogram,
     cold_starts: AtomicU64,
     cold_start_duration: Histogram,
+    /// Requests the edge refused, per [`EdgeRefusal`].
+    edge: [AtomicU64; 3],
 }
 
 impl ServiceMetrics {
@@ -116,7 +119,13 @@ impl ServiceMetrics {
             fuel: Histogram::new(FUEL_BUCKETS),
             cold_starts: AtomicU64::new(0),
             cold_start_duration: Histogram::new(DURATION_BUCKETS),
+            edge: Default::default(),
         }
+    }
+
+    /// Records a request the edge refused.
+    pub fn edge_refusal(&self, reason: EdgeRefusal) {
+        self.edge[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records an invocation: its outcome, and for one that ran, its
@@ -197,6 +206,7 @@ impl Metrics {
         render_invocations(&mut out, &services);
         render_histograms(&mut out, &services);
         render_cold_starts(&mut out, &services);
+        render_edge(&mut out, &services);
         out.push_str("# HELP berth_code_cache_total Compiled components obtained, by how.\n# TYPE berth_code_cache_total counter\n");
         for (i, result) in ["hit", "miss", "rebuilt", "uncached"].iter().enumerate() {
             let _ = writeln!(
@@ -265,6 +275,23 @@ fn render_cold_starts(out: &mut String, services: &[(&String, &ServiceMetrics)])
         if h.count.load(Ordering::Relaxed) > 0 {
             let labels = format!("service=\"{name}\"");
             h.render(out, "berth_cold_start_duration_seconds", &labels);
+        }
+    }
+}
+
+/// Requests refused at the edge, by service and reason.
+fn render_edge(out: &mut String, services: &[(&String, &ServiceMetrics)]) {
+    out.push_str("# HELP berth_edge_rejections_total Requests refused at the edge (authentication, rate limits) before an instance started.\n# TYPE berth_edge_rejections_total counter\n");
+    for (name, m) in services {
+        for reason in EdgeRefusal::ALL {
+            let n = m.edge[reason.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "berth_edge_rejections_total{{service=\"{name}\",reason=\"{}\"}} {n}",
+                    reason.as_str()
+                );
+            }
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum Refusal {
     /// Whoever started the invocation went away before it ran.
     #[error("the caller went away before the guest ran")]
     Abandoned,
+    /// The edge refused it: no valid credentials, not allowed, or over a
+    /// rate limit.
+    #[error("refused at the edge: {0}")]
+    Denied(String),
 }
 
 /// How a guest's run ended, for [`GuestCall::finish`].
@@ -97,8 +101,9 @@ pub trait GuestCall: Send + 'static {
     /// What the trigger makes of the invocation.
     type Output: Send + 'static;
 
-    /// Refuses the input before admission, if it is unacceptable as it is.
-    fn check(&self, _limits: &Limits) -> Result<(), Refusal> {
+    /// Refuses the input before admission, if it is unacceptable as it is
+    /// (over a limit, or refused at the edge).
+    fn check(&mut self, _limits: &Limits) -> Result<(), Refusal> {
         Ok(())
     }
 
@@ -224,7 +229,11 @@ impl Drop for BeforeRun {
 impl BeforeRun {
     /// Ends the invocation before its guest ran.
     fn refuse<C: GuestCall>(mut self, call: C, refusal: Refusal) -> Started<C> {
-        if call.is_attempt(&refusal) {
+        if matches!(refusal, Refusal::Denied(_)) {
+            // Refusals at the edge come in floods (a client without a
+            // key, one over its rate): counted in metrics, not warned of.
+            tracing::info!(reason = %refusal, "invocation refused before it ran");
+        } else if call.is_attempt(&refusal) {
             tracing::warn!(reason = %refusal, "invocation refused before it ran");
         } else {
             tracing::debug!(reason = %refusal, "invocation deferred before it ran");

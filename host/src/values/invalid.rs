@@ -62,4 +62,12 @@ pub enum InvalidConfig {
         "invalid environment variable name {0:?}: use letters, digits and \"_\", not starting with a digit"
     )]
     EnvName(String),
+    /// An edge setting (`auth`, `rate_limit`, `cors`) is wrong.
+    #[error("{part}: {problem}")]
+    Edge {
+        /// Which setting.
+        part: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
 }

@@ -34,6 +34,7 @@ use crate::values::capabilities::{
     EnvValue, FileMount, OutboundRule, validate_env, validate_nesting,
 };
 use crate::values::event::Subscription;
+use crate::values::gateway::{AuthConfig, CorsConfig, RateLimit};
 use crate::values::limits::Limits;
 use crate::values::route::{Route, RouteTable};
 use crate::values::schedule::Schedule;
@@ -225,6 +226,7 @@ impl Source {
             }
         }
         self.claim(&name, &routes, &field(routes_field), claimed)?;
+        let svc_routes_empty = routes.is_empty();
         let files = self.files(&name, dir, svc.files, table_span)?;
         let env = self.env(&name, svc.env)?;
         if svc.component.get_ref().trim().is_empty() {
@@ -235,6 +237,35 @@ impl Source {
             ));
         }
         let component_span = svc.component.span();
+        let edge = [
+            ("auth", svc.auth.as_ref().map(Spanned::span)),
+            ("rate_limit", svc.rate_limit.as_ref().map(Spanned::span)),
+            ("cors", svc.cors.as_ref().map(Spanned::span)),
+        ];
+        for (part, span) in edge {
+            if let Some(span) = span
+                && svc_routes_empty
+            {
+                return Err(self.diagnostic(
+                    span,
+                    &field(part),
+                    "it applies to HTTP routes, and the service has none".into(),
+                ));
+            }
+        }
+        if let Some(limit) = &svc.rate_limit
+            && let Err(problem) = limit.get_ref().validate()
+        {
+            return Err(self.diagnostic(limit.span(), &field("rate_limit"), problem));
+        }
+        if let Some(cors) = &svc.cors
+            && let Err(problem) = cors.get_ref().validate()
+        {
+            return Err(self.diagnostic(cors.span(), &field("cors"), problem));
+        }
+        let auth = self.auth(&name, dir, svc.auth)?;
+        let rate_limit = svc.rate_limit.map(Spanned::into_inner);
+        let cors = svc.cors.map(Spanned::into_inner);
         Ok(ServiceEntry {
             spec: ServiceSpec {
                 name,
@@ -251,6 +282,9 @@ impl Source {
                     files,
                     env,
                     allowed_outbound: svc.allowed_outbound,
+                    auth,
+                    rate_limit,
+                    cors,
                 },
             },
             component: dir.join(svc.component.into_inner()),
@@ -340,6 +374,31 @@ impl Source {
         Ok(files)
     }
 
+    /// A service's `auth` table, its JWKS file read (relative to the
+    /// manifest).
+    fn auth(
+        &self,
+        name: &ServiceName,
+        dir: &Path,
+        auth: Option<Spanned<AuthConfig>>,
+    ) -> Result<Option<AuthConfig>, ManifestError> {
+        let Some(auth) = auth else {
+            return Ok(None);
+        };
+        let span = auth.span();
+        let mut auth = auth.into_inner();
+        if let Some(jwks) = auth.jwt.as_mut().and_then(|jwt| jwt.jwks.as_mut())
+            && let Err(problem) = jwks.load(dir)
+        {
+            let at = format!("service.{name}.auth.jwt.jwks");
+            return Err(self.diagnostic(span, &at, problem));
+        }
+        if let Err(problem) = auth.validate() {
+            return Err(self.diagnostic(span, &format!("service.{name}.auth"), problem));
+        }
+        Ok(Some(auth))
+    }
+
     /// A service's environment.
     fn env(
         &self,
@@ -389,6 +448,12 @@ struct RawService {
     env: Option<Spanned<BTreeMap<String, EnvValue>>>,
     #[serde(default)]
     allowed_outbound: Vec<OutboundRule>,
+    #[serde(default)]
+    auth: Option<Spanned<AuthConfig>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<RateLimit>>,
+    #[serde(default)]
+    cors: Option<Spanned<CorsConfig>>,
     #[serde(default)]
     build: Option<BuildSpec>,
 }

@@ -11,6 +11,8 @@
 //! - [`topic`], [`event`] — topics, CloudEvents, subscriptions.
 //! - [`schedule`], [`cron`] — schedules and cron expressions.
 //! - [`capabilities`] — files, environment, secrets' names, outbound rules.
+//! - [`gateway`] — what the edge asks of callers: auth, rate limits, CORS;
+//!   [`key`] — API keys.
 //! - [`id`], [`digest`], [`trace`] — invocation ids, artifact digests, W3C
 //!   trace context.
 //! - [`usage`] — usage records, triggers and outcomes.
@@ -20,8 +22,10 @@ pub mod capabilities;
 pub mod cron;
 pub mod digest;
 pub mod event;
+pub mod gateway;
 pub mod id;
 pub mod invalid;
+pub mod key;
 pub mod limits;
 pub mod manifest;
 pub mod name;

@@ -55,6 +55,14 @@ impl ServiceName {
     }
 }
 
+impl std::str::FromStr for ServiceName {
+    type Err = InvalidServiceName;
+
+    fn from_str(s: &str) -> Result<Self, InvalidServiceName> {
+        ServiceName::parse(s)
+    }
+}
+
 impl TryFrom<String> for ServiceName {
     type Error = InvalidServiceName;
 

@@ -4,6 +4,7 @@
 
 use crate::values::capabilities::{EnvValue, FileMount, OutboundRule};
 use crate::values::event::{SYSTEM_PREFIX, Subscription};
+use crate::values::gateway::{AuthConfig, CorsConfig, RateLimit};
 pub use crate::values::invalid::InvalidConfig;
 use crate::values::limits::Limits;
 pub use crate::values::name::ServiceName;
@@ -49,6 +50,16 @@ pub struct ServiceConfig {
     /// `http://NAME.svc`); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound: Vec<OutboundRule>,
+    /// Who may call its routes; anyone, by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// How often each caller may call its routes; unlimited by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Which web origins may call its routes from a browser; none by
+    /// default (no CORS headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
 }
 
 impl ServiceConfig {
@@ -63,6 +74,9 @@ impl ServiceConfig {
             files: Vec::new(),
             env: BTreeMap::new(),
             allowed_outbound: Vec::new(),
+            auth: None,
+            rate_limit: None,
+            cors: None,
         }
     }
 
@@ -85,6 +99,35 @@ impl ServiceConfig {
         }
         crate::values::capabilities::validate_files(&self.files)?;
         crate::values::capabilities::validate_env(&self.env)?;
+        self.validate_edge()
+    }
+
+    /// Checks the edge settings: each on its own, and that there are
+    /// routes for them to apply to.
+    pub fn validate_edge(&self) -> Result<(), InvalidConfig> {
+        let edge =
+            |part: &'static str| move |problem: String| InvalidConfig::Edge { part, problem };
+        let parts: [(&'static str, bool); 3] = [
+            ("auth", self.auth.is_some()),
+            ("rate_limit", self.rate_limit.is_some()),
+            ("cors", self.cors.is_some()),
+        ];
+        for (part, set) in parts {
+            if set && self.routes.is_empty() {
+                return Err(edge(part)(
+                    "it applies to HTTP routes, and the service has none".into(),
+                ));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate().map_err(edge("auth"))?;
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate().map_err(edge("rate_limit"))?;
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate().map_err(edge("cors"))?;
+        }
         Ok(())
     }
 

@@ -7,12 +7,14 @@ use crate::control::state::{ArtifactRecord, RevisionRecord};
 use crate::triggers::events::bus::DeadLetter;
 use crate::values::capabilities::{EnvValue, FileMount, OutboundRule};
 use crate::values::event::Subscription;
+use crate::values::gateway::{AuthConfig, CorsConfig, RateLimit};
+use crate::values::key::ApiKey;
 use crate::values::limits::Limits;
 use crate::values::route::Route;
 use crate::values::schedule::Schedule;
 use crate::values::service::ServiceConfig;
 use crate::values::topic::TopicPattern;
-use crate::values::units::rfc3339;
+use crate::values::units::{now_ms, rfc3339};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -252,6 +254,15 @@ pub struct DeployRequest {
     /// The origins its guest may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound: Vec<OutboundRule>,
+    /// Who may call its routes (`jwt.jwks` is the key set itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// How often each caller may call its routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Which web origins may call its routes from a browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
 }
 
 impl DeployRequest {
@@ -267,6 +278,9 @@ impl DeployRequest {
             files: config.files,
             env: config.env,
             allowed_outbound: config.allowed_outbound,
+            auth: config.auth,
+            rate_limit: config.rate_limit,
+            cors: config.cors,
         }
     }
 
@@ -281,8 +295,66 @@ impl DeployRequest {
             files: self.files,
             env: self.env,
             allowed_outbound: self.allowed_outbound,
+            auth: self.auth,
+            rate_limit: self.rate_limit,
+            cors: self.cors,
         }
     }
+}
+
+/// One API key, as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// Its name.
+    pub name: String,
+    /// The services it opens.
+    pub services: Vec<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// When it expires (RFC 3339), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// When it was revoked (RFC 3339), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+impl From<&ApiKey> for KeyView {
+    fn from(key: &ApiKey) -> Self {
+        KeyView {
+            name: key.name.to_string(),
+            services: key.services.iter().map(ToString::to_string).collect(),
+            state: key.state(now_ms()).as_str().into(),
+            created: rfc3339(key.created_ms),
+            expires: key.expires_ms.map(rfc3339),
+            revoked: key.revoked_ms.map(rfc3339),
+        }
+    }
+}
+
+/// `POST /v1/keys`: a key to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Its name (unique).
+    pub name: String,
+    /// The services it opens.
+    pub services: Vec<String>,
+    /// How long it works (`30d`, `12h`); forever by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+}
+
+/// The answer to `POST /v1/keys`: the key, shown this once, and its view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedKeyView {
+    /// The key. Only its hash is kept: it cannot be shown again.
+    pub key: String,
+    /// What is kept of it.
+    #[serde(flatten)]
+    pub view: KeyView,
 }
 
 /// `POST /v1/services/{name}/rollback`.

@@ -19,6 +19,9 @@
 //! | POST | `/v1/events/dead/replay` | deliver dead letters again |
 //! | DELETE | `/v1/events/dead` | purge dead letters (`?topic=`) |
 //! | GET | `/v1/nodes` | the cluster's live nodes (a standalone host: itself) |
+//! | GET | `/v1/keys` | list API keys (never the keys themselves) |
+//! | POST | `/v1/keys` | make an API key (the answer shows it, once) |
+//! | DELETE | `/v1/keys/{name}` | revoke an API key |
 //! | GET | `/v1/usage` | usage totals (`?service=&since=&until=&by=hour\|day`) |
 //! | GET | `/v1/usage/records` | usage records (`?service=&since=&until=&limit=`) |
 //! | GET | `/metrics` | Prometheus metrics |
@@ -31,7 +34,7 @@ mod routes;
 mod scrape;
 
 use crate::control::{ControlError, ControlPlane};
-use crate::triggers::http::body::{BoxError, ResponseBody};
+use crate::triggers::http::body::{BoxError, IncomingBody, ResponseBody, TooSlow};
 use crate::triggers::http::handler::health;
 use crate::values::units::ByteSize;
 use api::{ErrorBody, ErrorDetail};
@@ -212,6 +215,8 @@ pub fn router(control: Arc<ControlPlane>, auth: Auth) -> axum::Router {
         .route("/v1/events/dead/replay", post(replay))
         .route("/v1/events/{topic}", post(publish))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{name}", axum::routing::delete(revoke_key))
         .route("/v1/usage", get(usage))
         .route("/v1/usage/records", get(usage_records))
         .route("/metrics", get(metrics))
@@ -286,9 +291,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 pub fn handler(
     control: Arc<ControlPlane>,
     auth: Auth,
-) -> impl Fn(
-    http::Request<hyper::body::Incoming>,
-) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
+) -> impl Fn(http::Request<IncomingBody>) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
 + Clone
 + Send
 + Sync
@@ -360,9 +363,26 @@ async fn read_limited(
             Some(shown) if e.is::<http_body_util::LengthLimitError>() => {
                 ApiError::from(ControlError::TooLarge(shown))
             }
+            _ if too_slow(&*e) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("{what} arrived too slowly: {e}"),
+            ),
             _ => ApiError::bad_request(format!("reading {what} failed: {e}")),
         })?
         .to_bytes())
+}
+
+/// Whether a body failed because the client sent it too slowly.
+fn too_slow(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<TooSlow>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Reads a JSON body (at most [`MAX_JSON`]).

@@ -1,8 +1,9 @@
 //! The admin API's endpoints (routed by [`super::router`]).
 
 use super::api::{
-    ArtifactView, CountView, DeadLetterView, DeployRequest, EventsView, NodeView, PublishedEvent,
-    PublishedView, ReplayRequest, RevisionView, RollbackRequest, ServiceView,
+    ArtifactView, CountView, CreateKeyRequest, CreatedKeyView, DeadLetterView, DeployRequest,
+    EventsView, KeyView, NodeView, PublishedEvent, PublishedView, ReplayRequest, RevisionView,
+    RollbackRequest, ServiceView,
 };
 use super::{
     ApiError, ApiResult, Param, json, query_param, read_json, read_json_or_default, read_limited,
@@ -12,9 +13,10 @@ use crate::control::{ControlError, ControlPlane};
 use crate::triggers::events::bus::{BusError, Replay};
 use crate::triggers::http::body::ResponseBody;
 use crate::values::digest::Digest;
+use crate::values::key::KeyName;
 use crate::values::service::ServiceName;
 use crate::values::topic::Topic;
-use crate::values::units::parse_time;
+use crate::values::units::{parse_duration, parse_time};
 use crate::values::usage::{Period, Query};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -74,6 +76,52 @@ pub(super) async fn nodes(State(control): Control) -> ApiResult {
         StatusCode::OK,
         &all.iter().map(NodeView::from).collect::<Vec<_>>(),
     )
+}
+
+pub(super) async fn list_keys(State(control): Control) -> ApiResult {
+    let all = control.keys().await?;
+    json(
+        StatusCode::OK,
+        &all.iter().map(KeyView::from).collect::<Vec<_>>(),
+    )
+}
+
+pub(super) async fn create_key(State(control): Control, body: Body) -> ApiResult {
+    let req: CreateKeyRequest = read_json(body).await?;
+    let name: KeyName = req
+        .name
+        .parse()
+        .map_err(|e: crate::values::key::InvalidKeyName| ApiError::bad_request(e.to_string()))?;
+    let services = req
+        .services
+        .iter()
+        .map(|s| ServiceName::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let valid_for = req
+        .expires_in
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("expires_in: {e}")))?;
+    if valid_for.is_some_and(|d| d.is_zero()) {
+        return Err(ApiError::bad_request("expires_in: must be more than 0"));
+    }
+    let (record, key) = control.create_key(name, services, valid_for).await?;
+    json(
+        StatusCode::CREATED,
+        &CreatedKeyView {
+            key,
+            view: KeyView::from(&record),
+        },
+    )
+}
+
+pub(super) async fn revoke_key(State(control): Control, Param(name): Param) -> ApiResult {
+    let name: KeyName = name
+        .parse()
+        .map_err(|e: crate::values::key::InvalidKeyName| ApiError::not_found(e.to_string()))?;
+    let record = control.revoke_key(&name).await?;
+    json(StatusCode::OK, &KeyView::from(&record))
 }
 
 pub(super) async fn list_services(State(control): Control) -> ApiResult {

@@ -18,6 +18,7 @@ use crate::control::catalog::{Catalog, Committed, NodeReport};
 use crate::control::deploy::{ControlError, ControlPlane};
 use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord};
 use crate::values::digest::Digest;
+use crate::values::key::ApiKey;
 use crate::values::service::{ServiceConfig, ServiceName};
 use crate::values::units::now_ms;
 use crate::wasm::artifact::ArtifactStore;
@@ -571,6 +572,18 @@ impl Catalog for ClusterCatalog {
 
     async fn nodes(&self) -> Result<Vec<NodeReport>, ControlError> {
         super::nodes::list(&self.cluster).await
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKey>, ControlError> {
+        super::keys::list(&self.cluster).await
+    }
+
+    async fn add_key(&self, key: &ApiKey) -> Result<(), ControlError> {
+        super::keys::add(&self.cluster, key).await
+    }
+
+    async fn put_key(&self, key: &ApiKey) -> Result<(), ControlError> {
+        super::keys::put(&self.cluster, key).await
     }
 
     fn is_cluster(&self) -> bool {

@@ -14,6 +14,8 @@
 //! - **Nodes** report themselves in the KV bucket `berth_nodes` every
 //!   [`HEARTBEAT`]; an entry older than [`NODE_TIMEOUT`] is a node gone
 //!   ([`nodes`]).
+//! - **API keys** are records in the KV bucket `berth_keys`, followed by
+//!   every node into its gateway ([`keys`]).
 //!
 //! When NATS cannot be reached, the node keeps serving what it has:
 //! changes fail at once with [`ControlError::Unavailable`], and the node
@@ -22,6 +24,7 @@
 pub mod bus;
 pub mod catalog;
 pub mod firings;
+pub mod keys;
 pub mod nodes;
 pub mod usage;
 
@@ -40,6 +43,8 @@ pub const SERVICES_BUCKET: &str = "berth_services";
 pub const NODES_BUCKET: &str = "berth_nodes";
 /// The schedules bucket.
 pub const SCHEDULES_BUCKET: &str = "berth_schedules";
+/// The API keys bucket.
+pub const KEYS_BUCKET: &str = "berth_keys";
 /// The artifacts object store.
 pub const ARTIFACTS_BUCKET: &str = "berth_artifacts";
 
@@ -133,6 +138,8 @@ pub struct Cluster {
     pub nodes: jetstream::kv::Store,
     /// The schedules bucket.
     pub schedules: jetstream::kv::Store,
+    /// The API keys bucket.
+    pub keys: jetstream::kv::Store,
     /// The artifacts.
     pub artifacts: jetstream::object_store::ObjectStore,
     link: watch::Receiver<Link>,
@@ -240,7 +247,7 @@ impl Cluster {
         let replicas = options
             .replicas
             .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
-        let (services, nodes, schedules, artifacts) =
+        let (services, nodes, schedules, keys, artifacts) =
             at_start(&format!("opening Berth's buckets on {display}"), || {
                 open_buckets(&js, replicas)
             })
@@ -253,6 +260,7 @@ impl Cluster {
             services,
             nodes,
             schedules,
+            keys,
             artifacts,
             link,
             replicas,
@@ -301,6 +309,7 @@ async fn open_buckets(
     jetstream::kv::Store,
     jetstream::kv::Store,
     jetstream::kv::Store,
+    jetstream::kv::Store,
     jetstream::object_store::ObjectStore,
 )> {
     let services = kv_bucket(
@@ -340,6 +349,18 @@ async fn open_buckets(
     )
     .await
     .context("the schedules bucket")?;
+    let keys = kv_bucket(
+        js,
+        jetstream::kv::Config {
+            bucket: KEYS_BUCKET.into(),
+            description: "Berth: API keys (hashes, never keys)".into(),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("the API keys bucket")?;
     let artifacts = match js.get_object_store(ARTIFACTS_BUCKET).await {
         Ok(store) => store,
         Err(_) => js
@@ -352,7 +373,7 @@ async fn open_buckets(
             .await
             .context("the artifact store")?,
     };
-    Ok((services, nodes, schedules, artifacts))
+    Ok((services, nodes, schedules, keys, artifacts))
 }
 
 /// Runs `open` (making or opening something in JetStream at start) until

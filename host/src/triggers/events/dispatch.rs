@@ -336,9 +336,10 @@ impl GuestCall for EventCall {
             Refusal::NoHandler { export } => {
                 dead(spec, format!("the service does not export `{export}`"))
             }
-            Refusal::Instance(_) | Refusal::TooLarge { .. } | Refusal::Input(_) => {
-                retry_or_dead(spec, delivery, refusal.to_string())
-            }
+            Refusal::Instance(_)
+            | Refusal::TooLarge { .. }
+            | Refusal::Input(_)
+            | Refusal::Denied(_) => retry_or_dead(spec, delivery, refusal.to_string()),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Request and response bodies.
 //!
+//! - [`TimedBody`] is every request body as a listener hands it on: it
+//!   fails once the client sends it too slowly (see
+//!   [`crate::triggers::http::limits::ListenerLimits::body_timeout`]).
 //! - [`LimitedBody`] wraps a request body and fails it once it grows past
 //!   the service's `request_body` limit.
 //! - [`ResponseBody`] is every response Berth sends: a short host-made body,
@@ -11,18 +14,146 @@ use crate::runtime::record::Hold;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body as a listener hands it to a handler.
+pub type IncomingBody = TimedBody<hyper::body::Incoming>;
+
+/// The error of a request body sent too slowly.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body arrived too slowly (less than {min_rate} bytes/s after {grace:?})")]
+pub struct TooSlow {
+    /// The time every body is given.
+    pub grace: Duration,
+    /// The rate it must keep up beyond that.
+    pub min_rate: u64,
+}
+
+/// A request body that fails once it is late: it must be complete within
+/// `grace` plus one second per `min_rate` bytes received (Apache's
+/// `mod_reqtimeout` rule), so a client trickling a byte a second cannot
+/// hold a connection and a handler forever, while a big upload at a fair
+/// rate always has time.
+pub struct TimedBody<B> {
+    inner: B,
+    grace: Duration,
+    min_rate: u64,
+    start: tokio::time::Instant,
+    received: u64,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    failed: bool,
+}
+
+impl<B> TimedBody<B> {
+    /// Times `inner` from now.
+    pub fn new(inner: B, grace: Duration, min_rate: u64) -> Self {
+        let start = tokio::time::Instant::now();
+        TimedBody {
+            inner,
+            grace,
+            min_rate: min_rate.max(1),
+            start,
+            received: 0,
+            timer: Box::pin(tokio::time::sleep_until(start + grace)),
+            failed: false,
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        self.start + self.grace + earned
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The connection failed.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The client sent it too slowly.
+    #[error("{0}")]
+    TooSlow(#[from] TooSlow),
+}
+
+impl From<RequestBodyError> for wasmtime_wasi_http::Error {
+    fn from(e: RequestBodyError) -> Self {
+        match e {
+            RequestBodyError::Hyper(e) => wasmtime_wasi_http::Error::Hyper(e),
+            RequestBodyError::TooSlow(_) => wasmtime_wasi_http::Error::ConnectionReadTimeout,
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = this.deadline();
+                if this.timer.deadline() != deadline {
+                    this.timer.as_mut().reset(deadline);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.failed = true;
+                        tracing::info!(
+                            received = this.received,
+                            "a request body arrived too slowly; cut off"
+                        );
+                        Poll::Ready(Some(Err(TooSlow {
+                            grace: this.grace,
+                            min_rate: this.min_rate,
+                        }
+                        .into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body that errors once more than `limit` bytes arrive, and
 /// counts the bytes it passes on.
-pub struct LimitedBody<B = hyper::body::Incoming> {
+pub struct LimitedBody<B = IncomingBody> {
     inner: B,
     remaining: u64,
     limit: u64,
@@ -130,6 +261,12 @@ pub enum ResponseBody {
     },
     /// Any other body (the admin API's responses).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        ResponseBody::Full(None)
+    }
 }
 
 impl ResponseBody {

@@ -85,7 +85,7 @@ async fn call_service(
         default_status: Some(499),
         bytes_in: 0,
     };
-    let response = invoke_http(runtime, service, start, req, None).await;
+    let response = invoke_http(runtime, service, start, req, None, None).await;
     Ok(response.map(|body| {
         body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
             .boxed_unsync()

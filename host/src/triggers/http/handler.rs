@@ -27,9 +27,12 @@ use crate::runtime::Runtime;
 use crate::runtime::pipeline::{self, GuestCall, Ran, Refusal, Running, Start, Started};
 use crate::runtime::record::{self, RecordDraft};
 use crate::runtime::registry::Service;
-use crate::triggers::http::body::{BodyEnd, LimitedBody, ResponseBody};
+use crate::triggers::http::body::{BodyEnd, IncomingBody, LimitedBody, ResponseBody};
+use crate::triggers::http::conn::Peer;
+use crate::triggers::http::gateway::{self, Gateway, Policy, Refused};
 use crate::values::id::InvocationId;
 use crate::values::limits::Limits;
+use crate::values::route::Route;
 use crate::values::trace::{TRACEPARENT, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
@@ -38,6 +41,7 @@ use crate::wasm::instance::{CallChain, InstanceState};
 use crate::wasm::outcome::Outcome;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,18 +67,53 @@ const RETRY_AFTER_SECS: &str = "1";
 /// answered (nginx's "client closed request").
 const CLIENT_CLOSED: u16 = 499;
 
-/// Serves one request.
+/// Serves one request: health, the route, the edge (CORS, credentials,
+/// rate limit), then the pipeline.
 pub async fn handle(
     runtime: &Arc<Runtime>,
-    req: Request<hyper::body::Incoming>,
+    gateway: &Arc<Gateway>,
+    mut req: Request<IncomingBody>,
     local: SocketAddr,
 ) -> Response<ResponseBody> {
     if let Some(response) = health(runtime, req.uri().path()) {
         return response;
     }
+    gateway::strip_principal(req.headers_mut());
     let Some((route, service)) = runtime.registry().route_match(req.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no service is routed at this path\n");
     };
+    let policy = gateway.policy(&service);
+    let Some(cors) = policy.cors().cloned() else {
+        return routed(runtime, gateway, &policy, route, service, req, local).await;
+    };
+    // CORS wraps the rest: tower-http answers preflights itself and adds
+    // its headers to every answer, refusals at the edge included.
+    let (runtime, gateway) = (runtime.clone(), gateway.clone());
+    let inner = tower::service_fn(move |req: Request<IncomingBody>| {
+        let (runtime, gateway, policy) = (runtime.clone(), gateway.clone(), policy.clone());
+        let (route, service) = (route.clone(), service.clone());
+        async move {
+            Ok::<_, Infallible>(
+                routed(&runtime, &gateway, &policy, route, service, req, local).await,
+            )
+        }
+    });
+    match tower::ServiceExt::oneshot(tower::Layer::layer(&cors, inner), req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Serves a routed request: the edge's checks, then the pipeline.
+async fn routed(
+    runtime: &Arc<Runtime>,
+    gateway: &Gateway,
+    policy: &Policy,
+    route: Route,
+    service: Arc<Service>,
+    mut req: Request<IncomingBody>,
+    local: SocketAddr,
+) -> Response<ResponseBody> {
     let id = InvocationId::new();
     let trace =
         TraceContext::child_of(req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()));
@@ -82,6 +121,19 @@ pub async fn handle(
     span.record("route", tracing::field::display(&route));
     span.record("method", tracing::field::display(req.method()));
     span.record("path", req.uri().path());
+    let client = req
+        .extensions()
+        .get::<Peer>()
+        .map_or(local.ip(), |peer| peer.addr.ip());
+    let path = req.uri().path().to_owned();
+    let edge = gateway.admit(policy, service.name(), &path, req.headers_mut(), client);
+    let (denied, standing) = match edge {
+        Ok(admitted) => (None, admitted.standing),
+        Err(refused) => {
+            service.metrics.edge_refusal(refused.reason);
+            (Some(refused), None)
+        }
+    };
     let start = Start {
         trigger: Trigger::Http,
         id,
@@ -92,7 +144,10 @@ pub async fn handle(
         default_status: Some(CLIENT_CLOSED),
         bytes_in: 0,
     };
-    let mut response = invoke_http(runtime, service, start, req, Some(local)).await;
+    let mut response = invoke_http(runtime, service, start, req, Some(local), denied).await;
+    if let Some((standing, config)) = standing {
+        standing.write(response.headers_mut(), &config);
+    }
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(INVOCATION_HEADER, value);
     }
@@ -107,12 +162,14 @@ pub(super) async fn invoke_http<B>(
     start: Start,
     req: Request<B>,
     local: Option<SocketAddr>,
+    denied: Option<Box<Refused>>,
 ) -> Response<ResponseBody>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let (call, answer) = HttpCall::new(req, local, service.limits().request_body);
+    let (mut call, answer) = HttpCall::new(req, local, service.limits().request_body);
+    call.denied = denied;
     // The pipeline runs in the invocation's span; so does the answer.
     let span = start.span.clone();
     match pipeline::invoke(runtime, service.clone(), start, call).await {
@@ -221,6 +278,9 @@ fn no_response(ended: Option<HttpEnd>, record: &RecordDraft) -> Response<Respons
 /// An HTTP request as the pipeline runs it.
 pub(super) struct HttpCall<B> {
     request: Option<Request<B>>,
+    /// The edge's refusal, decided before the pipeline: its check step
+    /// refuses with it.
+    denied: Option<Box<Refused>>,
     local: Option<SocketAddr>,
     body_limit: ByteSize,
     response: Option<oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>>,
@@ -241,6 +301,7 @@ impl<B> HttpCall<B> {
         let end = Arc::new(BodyEnd::default());
         let call = HttpCall {
             request: Some(request),
+            denied: None,
             local,
             body_limit,
             response: Some(tx),
@@ -266,7 +327,10 @@ where
     type Returned = ();
     type Output = HttpEnd;
 
-    fn check(&self, limits: &Limits) -> Result<(), Refusal> {
+    fn check(&mut self, limits: &Limits) -> Result<(), Refusal> {
+        if let Some(refused) = &self.denied {
+            return Err(Refusal::Denied(refused.detail.clone()));
+        }
         let declared = self.request.as_ref().and_then(declared_length);
         if declared.is_some_and(|len| len > limits.request_body.bytes()) {
             return Err(Refusal::TooLarge {
@@ -294,19 +358,30 @@ where
         else {
             return Err(Refusal::Input("the request was already handed over".into()));
         };
-        // A request without a Host header (HTTP/1.0) still has an authority.
-        if !req.headers().contains_key(HOST)
-            && let Some(local) = self.local
-            && let Ok(host) = HeaderValue::from_str(&local.to_string())
-        {
-            req.headers_mut().insert(HOST, host);
+        // A guest sees the same request over HTTP/1.1 and HTTP/2: the
+        // authority in a Host header (HTTP/2 sends `:authority`, HTTP/1.0
+        // none: then the listener's address).
+        if !req.headers().contains_key(HOST) {
+            let authority = match req.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => self
+                    .local
+                    .and_then(|local| HeaderValue::from_str(&local.to_string()).ok()),
+            };
+            if let Some(host) = authority {
+                req.headers_mut().insert(HOST, host);
+            }
         }
+        let scheme = match req.extensions().get::<Peer>() {
+            Some(peer) if peer.tls => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let limit = self.body_limit.bytes();
         let (exceeded, read) = (self.exceeded.clone(), record.bytes_in.clone());
         let req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
         let mut http = store.data_mut().http();
         let request = http
-            .new_incoming_request(Scheme::Http, req)
+            .new_incoming_request(scheme, req)
             .map_err(|e| Refusal::Input(e.to_string()))?;
         let out = http
             .new_response_outparam(response)
@@ -347,8 +422,12 @@ where
         HttpEnd::Ran(ran.outcome)
     }
 
-    fn refused(self, refusal: &Refusal, record: &RecordDraft) -> HttpEnd {
+    fn refused(mut self, refusal: &Refusal, record: &RecordDraft) -> HttpEnd {
         let response = match refusal {
+            Refusal::Denied(_) => match self.denied.take() {
+                Some(refused) => edge_refusal(*refused),
+                None => plain(StatusCode::FORBIDDEN, "refused\n"),
+            },
             Refusal::TooLarge { limit } => {
                 tracing::info!(limit = %limit, "request body over the limit");
                 too_large(*limit)
@@ -370,6 +449,18 @@ where
         record.status(response.status().as_u16());
         HttpEnd::Refused(response)
     }
+}
+
+/// The answer to a request refused at the edge.
+fn edge_refusal(refused: Refused) -> Response<ResponseBody> {
+    let text = match refused.status {
+        StatusCode::UNAUTHORIZED => "authentication required\n",
+        StatusCode::TOO_MANY_REQUESTS => "too many requests; retry later\n",
+        _ => "not allowed\n",
+    };
+    let mut response = plain(refused.status, text);
+    response.headers_mut().extend(refused.headers);
+    response
 }
 
 fn unavailable(text: &str) -> Response<ResponseBody> {

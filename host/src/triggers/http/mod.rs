@@ -3,47 +3,89 @@
 //! The public listener serves [`handler::handle`]; the admin API reuses
 //! the same loop. [`call`] runs service-to-service calls through the same
 //! trigger.
+//!
+//! A listener ([`Listener`]) speaks HTTP/1.1 and HTTP/2 (h2c with prior
+//! knowledge on plain sockets, ALPN on TLS); [`conn`] serves one
+//! connection, [`tls`] terminates TLS, [`limits`] bounds what clients may
+//! do.
 
 pub mod body;
 pub mod call;
+pub mod conn;
+pub mod gateway;
 pub mod handler;
+pub mod limits;
+pub mod tls;
 
 use crate::runtime::Runtime;
-use crate::triggers::http::body::ResponseBody;
+use crate::triggers::http::body::{IncomingBody, ResponseBody};
 use http::{Request, Response};
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
+use limits::ListenerLimits;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tls::Tls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Extra time granted on shutdown beyond the longest service deadline.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// A bound socket and how it serves: TLS or not, and its limits.
+pub struct Listener {
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// Its TLS, if it terminates TLS.
+    pub tls: Option<Tls>,
+    /// What it allows its clients.
+    pub limits: ListenerLimits,
+}
+
+impl Listener {
+    /// `http` or `https`, for the address it is announced at.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
 
 /// Accepts connections on `listener` and serves their requests with
 /// `handler` until `stop` is cancelled. Returns the connections still open,
 /// to be drained.
 pub async fn accept<H, F>(
-    listener: TcpListener,
+    listener: Listener,
     handler: H,
     stop: CancellationToken,
 ) -> GracefulShutdown
 where
-    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<IncomingBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let Listener {
+        socket,
+        tls,
+        limits,
+    } = listener;
+    let server = Arc::new(conn::server(&limits));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(stop.clone()));
+    }
     loop {
+        // At the connection limit, stop accepting: new clients wait in the
+        // kernel's queue rather than costing descriptors.
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off a
@@ -54,22 +96,16 @@ where
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let response = handler(req);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection closed with an error");
-            }
-        });
+        tokio::spawn(conn::serve(
+            stream,
+            peer,
+            tls.clone(),
+            server.clone(),
+            limits.clone(),
+            handler.clone(),
+            graceful.watcher(),
+            permit,
+        ));
     }
     graceful
 }
@@ -77,17 +113,18 @@ where
 /// The public listener's handler: requests to `runtime`'s services.
 pub fn public_handler(
     runtime: Arc<Runtime>,
+    gateway: Arc<gateway::Gateway>,
     local: std::net::SocketAddr,
 ) -> impl Fn(
-    Request<hyper::body::Incoming>,
+    Request<IncomingBody>,
 ) -> std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
 + Clone
 + Send
 + Sync
 + 'static {
     move |req| {
-        let runtime = runtime.clone();
-        Box::pin(async move { handler::handle(&runtime, req, local).await })
+        let (runtime, gateway) = (runtime.clone(), gateway.clone());
+        Box::pin(async move { handler::handle(&runtime, &gateway, req, local).await })
     }
 }
 
