@@ -1027,3 +1027,62 @@ async fn a_creds_file_joins_an_operator_mode_cluster_and_is_required() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_api_key_made_on_one_node_opens_every_node_and_a_revoke_on_another_closes_them_all() {
+    let nats = Nats::cluster(3);
+    let a = node(&nats, "a", &[]);
+    let b = node(&nats, "b", &[]);
+    let manifest = format!(
+        "{}[service.api.auth]\napi_keys = true\n",
+        service("api", programs::HELLO, "/hello", "")
+    );
+    a.deploy_manifest(&manifest);
+    let key = a
+        .cli_ok(&["keys", "create", "ci", "--service", "api"])
+        .trim()
+        .to_owned();
+    // A second key of the same name is refused, through either node.
+    let again = b.cli(&["keys", "create", "ci", "--service", "api"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    let with_key = |host: &Host| {
+        let addr = host.berth.addr;
+        let key = key.clone();
+        async move {
+            let req = http::Request::get("/hello")
+                .header("host", addr.to_string())
+                .header("x-api-key", key)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send(addr, req).await.status
+        }
+    };
+    for host in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while with_key(host).await != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the key never opened {}",
+                host.admin_url()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(get(&host.berth, "/hello").await.status, 401);
+    }
+    b.cli_ok(&["keys", "revoke", "ci"]);
+    for host in [&b, &a] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while with_key(host).await != 401 {
+            assert!(
+                Instant::now() < deadline,
+                "the revoke never reached {}",
+                host.admin_url()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let listed: Value = json(&a, &["keys", "ls"]);
+    assert_eq!(listed[0]["state"], "revoked");
+    assert!(!listed.to_string().contains(&key));
+}

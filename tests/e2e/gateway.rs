@@ -1054,3 +1054,47 @@ async fn cors_preflights_are_answered_by_berth_and_headers_added() {
     assert_eq!(stranger.status, 200);
     assert!(stranger.header("access-control-allow-origin").is_none());
 }
+
+#[test]
+fn the_admin_api_over_tls_is_used_by_the_cli_with_its_ca() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let pki = Pki::new(dir.path());
+    let (cert, key, _) = pki.issue("localhost", "admin");
+    let mut cmd = std::process::Command::new(berth_bin());
+    cmd.args(["serve", "--state"])
+        .arg(dir.path().join("state"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-tls-cert", &cert, "--admin-tls-key", &key])
+        .env("BERTH_TOKEN", TOKEN);
+    let berth = Berth::start(cmd, Duration::from_secs(120), None, true);
+    assert!(berth.logs().contains("admin API on https://"));
+    let url = format!("https://localhost:{}", berth.admin.unwrap().port());
+    let cli = |args: &[&str], ca: Option<&str>| {
+        let mut cmd = std::process::Command::new(berth_bin());
+        cmd.args(args)
+            .env("BERTH_HOST", &url)
+            .env("BERTH_TOKEN", TOKEN);
+        if let Some(ca) = ca {
+            cmd.env("BERTH_CA", ca);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = cli(&["nodes"], Some(&pki.ca));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Without the CA, the host's certificate is not trusted.
+    let refused = cli(&["nodes"], None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot reach the admin API at https://")
+    );
+    let health = cli(&["health", &format!("{url}/readyz"), "--ca", &pki.ca], None);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+}

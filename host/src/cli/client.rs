@@ -1,5 +1,7 @@
-//! A client of the admin API, for the CLI: plain HTTP/1.1, bearer token,
-//! JSON in and out, and an upload that reports its progress.
+//! A client of the admin API, for the CLI: HTTP/1.1 (over TLS for an
+//! `https://` address, verified against `--ca` or the system's roots),
+//! bearer token, JSON in and out, and an upload that reports its
+//! progress.
 
 use crate::control::admin::api::{ArtifactView, ErrorBody};
 use bytes::Bytes;
@@ -52,10 +54,14 @@ impl ClientError {
 }
 
 /// A connection target: the admin API of one host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     authority: String,
     token: Option<String>,
+    /// For an `https://` address: how to verify the host.
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// `http` or `https`, for messages.
+    scheme: &'static str,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -70,22 +76,43 @@ pub struct InvalidUrl {
     pub why: String,
 }
 
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &format!("{}://{}", self.scheme, self.authority))
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 impl Client {
-    /// A client for the admin API at `url` (`http://HOST:PORT`).
+    /// A client for the admin API at `url` (`http://HOST:PORT`, or
+    /// `https://HOST:PORT` verified against the system's roots).
     pub fn new(url: &str, token: Option<String>) -> Result<Client, InvalidUrl> {
+        Client::with_ca(url, token, None)
+    }
+
+    /// A client for the admin API at `url`; an `https://` host is verified
+    /// against the CA certificates (PEM) in `ca`, or the system's roots.
+    pub fn with_ca(
+        url: &str,
+        token: Option<String>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Client, InvalidUrl> {
         let bad = |why: String| InvalidUrl {
             url: url.to_owned(),
             why,
         };
         let uri: Uri = url.parse().map_err(|e| bad(format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("http") | None => {}
+        let (scheme, tls) = match uri.scheme_str() {
+            Some("http") | None => ("http", None),
+            Some("https") => ("https", Some(connector(ca).map_err(bad)?)),
             Some(other) => {
                 return Err(bad(format!(
-                    "scheme {other} is not supported (use http://; put TLS in front of a non-local admin API)"
+                    "scheme {other} is not supported (use http:// or https://)"
                 )));
             }
-        }
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| bad("no host".into()))?
@@ -93,6 +120,8 @@ impl Client {
         Ok(Client {
             authority,
             token: token.filter(|t| !t.is_empty()),
+            tls,
+            scheme,
         })
     }
 
@@ -132,18 +161,35 @@ impl Client {
         content_type: &str,
         headers: &[(String, String)],
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ClientError::Connect(format!(
+                "cannot reach the admin API at {}://{}: {e}",
+                self.scheme, self.authority
+            ))
+        };
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| {
-                ClientError::Connect(format!(
-                    "cannot reach the admin API at http://{}: {e}",
-                    self.authority
-                ))
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        tokio::spawn(connection);
+            .map_err(|e| unreachable(&e))?;
+        let mut sender = match &self.tls {
+            None => handshake(TokioIo::new(stream)).await?,
+            Some(tls) => {
+                let host = self
+                    .authority
+                    .rsplit_once(':')
+                    .map_or(self.authority.as_str(), |(h, _)| h);
+                let name = rustls_pki_types::ServerName::try_from(
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                )
+                .map_err(|e| unreachable(&e))?;
+                let stream = tls
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                handshake(TokioIo::new(stream)).await?
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -160,8 +206,8 @@ impl Client {
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let response = sender.send_request(req).await.map_err(|e| {
             ClientError::Connect(format!(
-                "the admin API at http://{} closed the connection: {e}",
-                self.authority
+                "the admin API at {}://{} closed the connection: {e}",
+                self.scheme, self.authority
             ))
         })?;
         let status = response.status();
@@ -291,6 +337,54 @@ impl Client {
             serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok((view, status == StatusCode::CREATED))
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream.
+async fn handshake<I>(io: I) -> Result<hyper::client::conn::http1::SendRequest<Body>, ClientError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// A TLS connector trusting the CA certificates in `ca`, or the system's.
+fn connector(ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no PEM certificate", path.display()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// A request body fed by a channel, of a known length (so it is sent with

@@ -7,9 +7,15 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// What to ask: a host's `/healthz` or `/readyz`.
+    /// What to ask: a host's `/healthz` or `/readyz` (`https://` for a
+    /// listener with TLS).
     #[arg(default_value = "http://127.0.0.1:3000/healthz")]
     url: String,
+
+    /// A CA certificate (PEM) to verify an `https://` host with (default:
+    /// the system's roots).
+    #[arg(long, env = "BERTH_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
@@ -22,7 +28,8 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
         .authority()
         .map(|a| a.to_string())
         .ok_or_else(|| anyhow::anyhow!("invalid URL {:?}: no host", args.url))?;
-    let client = Client::new(&format!("http://{authority}"), None)?;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let client = Client::with_ca(&format!("{scheme}://{authority}"), None, args.ca.as_deref())?;
     let answer = tokio::time::timeout(std::time::Duration::from_secs(5), client.get_text(path))
         .await
         .map_err(|_| anyhow::anyhow!("{} did not answer within 5 s", args.url))?

@@ -120,6 +120,11 @@ pub struct ClientArgs {
     )]
     token_file: Option<std::path::PathBuf>,
 
+    /// A CA certificate (PEM) to verify an `https://` host with (default:
+    /// the system's roots).
+    #[arg(long, env = "BERTH_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -137,7 +142,7 @@ impl ClientArgs {
             }
             (None, None) => None,
         };
-        let mut client = Client::new(&self.host, token)?;
+        let mut client = Client::with_ca(&self.host, token, self.ca.as_deref())?;
         if !client.has_token()
             && let Some(token) = admin_token::find(client.authority())
         {
