@@ -104,6 +104,26 @@ fn tls_with_sni_speaks_http1_and_h2_and_refuses_old_versions_and_plain_http() {
             "{version}: {text}"
         );
     }
+    // curl asking for TLS 1.1 at most (its own floor lowered) is refused too.
+    let r = resolve("a.test");
+    let u = url("a.test");
+    let old = run(
+        "curl",
+        &[
+            "-sS",
+            "--tlsv1.1",
+            "--tls-max",
+            "1.1",
+            "--ciphers",
+            "DEFAULT@SECLEVEL=0",
+            "--cacert",
+            &pki.ca,
+            "--resolve",
+            &r,
+            &u,
+        ],
+    );
+    assert!(!old.status.success(), "curl --tlsv1.1 got through");
     // TLS 1.2 and 1.3 are served.
     for version in ["--tlsv1.2 --tls-max 1.2", "--tlsv1.3"] {
         let mut args: Vec<&str> = version.split(' ').collect();

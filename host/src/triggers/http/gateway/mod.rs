@@ -24,7 +24,7 @@ use http::{HeaderMap, Method, StatusCode};
 use rate::{Limiter, Standing};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
 
 /// The caller's name: an API key's name or a JWT's subject.
@@ -38,7 +38,8 @@ pub const CLAIMS_HEADER: &str = "berth-claims";
 pub struct Gateway {
     keys: KeyTable,
     secrets: Secrets,
-    policies: Mutex<HashMap<ServiceName, Arc<Policy>>>,
+    /// Read on every request; written on a revision's first.
+    policies: RwLock<HashMap<ServiceName, Arc<Policy>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -86,7 +87,7 @@ impl Gateway {
         Gateway {
             keys: KeyTable::default(),
             secrets,
-            policies: Mutex::new(HashMap::new()),
+            policies: RwLock::new(HashMap::new()),
         }
     }
 
@@ -100,12 +101,19 @@ impl Gateway {
     /// keeping the rate limit's buckets across revisions whose limit is
     /// the same.
     pub fn policy(&self, service: &Arc<Service>) -> Arc<Policy> {
-        let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
         let name = service.name();
-        if let Some(policy) = policies.get(name)
-            && Weak::ptr_eq(&policy.service, &Arc::downgrade(service))
-        {
-            return policy.clone();
+        let current = |policies: &HashMap<ServiceName, Arc<Policy>>| {
+            policies
+                .get(name)
+                .filter(|p| std::ptr::eq(p.service.as_ptr(), Arc::as_ptr(service)))
+                .cloned()
+        };
+        if let Some(policy) = current(&self.policies.read().unwrap_or_else(|e| e.into_inner())) {
+            return policy;
+        }
+        let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(policy) = current(&policies) {
+            return policy;
         }
         let config = &service.spec().config;
         let limiter = config.rate_limit.as_ref().map(|limit| {
@@ -183,19 +191,9 @@ impl Gateway {
 }
 
 impl Policy {
-    /// Whether anything is checked or added at the edge.
-    pub fn is_open(&self) -> bool {
-        self.auth.is_none() && self.limiter.is_none() && self.cors.is_none()
-    }
-
     /// The service's CORS layer, if it has one.
     pub fn cors(&self) -> Option<&CorsLayer> {
         self.cors.as_ref()
-    }
-
-    /// Whether the edge checks credentials or a rate limit.
-    pub fn checks(&self) -> bool {
-        self.auth.is_some() || self.limiter.is_some()
     }
 }
 
