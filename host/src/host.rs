@@ -210,7 +210,14 @@ impl Host {
             ledger: ledger.clone(),
             gateway: gateway.clone(),
         }));
-        control.load_keys().await.context("loading the API keys")?;
+        if cluster.is_some() {
+            crate::control::cluster::at_start("loading the API keys", || async {
+                control.load_keys().await.map_err(anyhow::Error::from)
+            })
+            .await?;
+        } else {
+            control.load_keys().await.context("loading the API keys")?;
+        }
         let cluster = match (cluster, cluster_catalog) {
             (Some(cluster), Some(catalog)) => {
                 Some(join(cluster, catalog, &control, gateway.clone(), usage).await)

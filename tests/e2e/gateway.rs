@@ -50,7 +50,7 @@ fn tls_with_sni_speaks_http1_and_h2_and_refuses_old_versions_and_plain_http() {
             &b_key,
         ],
     );
-    assert!(berth.logs().contains("on https://"), "{}", berth.logs());
+    berth.wait_for_logs(&["on https://"]);
     let port = berth.addr.port();
     let resolve = |name: &str| format!("{name}:{port}:127.0.0.1");
     let url = |name: &str| format!("https://{name}:{port}/info/x?y=1");
@@ -214,7 +214,7 @@ fn certificates_are_reloaded_when_replaced_and_a_bad_one_is_kept_out() {
     wait_until("the third certificate is served", || {
         served_serial(port, "a.test").contains(&third)
     });
-    assert!(berth.logs().contains("TLS certificates reloaded"));
+    berth.wait_for_logs(&["TLS certificates reloaded"]);
     let status = berth.terminate();
     assert!(status.success());
 }
@@ -661,8 +661,8 @@ out = {
     "hs256_with_public_key": confused,
     "tampered": tampered,
     "no_scope": jwt.encode(claims(scope="orders:write"), rsa, algorithm="RS256", headers={"kid": "r1"}),
-    "hs256": jwt.encode(claims(iss="billing"), "hs-secret", algorithm="HS256"),
-    "hs256_wrong": jwt.encode(claims(iss="billing"), "not-the-secret", algorithm="HS256"),
+    "hs256": jwt.encode(claims(iss="billing"), "hs-secret-of-thirty-two-bytes-or-more", algorithm="HS256"),
+    "hs256_wrong": jwt.encode(claims(iss="billing"), "not-the-secret-but-as-long-as-it-is", algorithm="HS256"),
 }
 print(json.dumps(out))
 "#;
@@ -717,7 +717,7 @@ async fn api_keys_and_jwts_let_in_exactly_who_they_should() {
 [service.api.auth]
 api_keys = true
 jwt = {{ issuer = "https://id.test", audience = "api", jwks = "jwks.json", claims = ["email"], scopes = ["orders:read"] }}
-public_routes = ["/api/health"]
+public_routes = ["/api/health", "/api/public/..."]
 
 {}
 [service.billing.auth]
@@ -733,7 +733,7 @@ api_keys = true
     );
     let mdir = manifest_dir(&manifest);
     std::fs::write(mdir.path().join("jwks.json"), tokens["jwks"].to_string()).unwrap();
-    let secrets = secrets_dir(&[("jwt-key", "hs-secret")]);
+    let secrets = secrets_dir(&[("jwt-key", "hs-secret-of-thirty-two-bytes-or-more")]);
     let berth = Berth::up_admin_in(mdir, &["--secrets-dir", secrets.path().to_str().unwrap()]);
     let ci = keys(&berth, &["create", "ci", "--service", "api"])
         .trim()
@@ -772,6 +772,18 @@ api_keys = true
         "a client's principal header got through: {}",
         reply.text()
     );
+    // A public prefix is no way around the check.
+    assert_eq!(get_with(&berth, "/api/public/x", &[]).await.status, 200);
+    for sneaky in [
+        "/api/public/../orders",
+        "/api/public/%2e%2e/orders",
+        "/api/public/..%2forders",
+        "/api//orders",
+    ] {
+        let reply = get_with(&berth, sneaky, &[]).await;
+        assert_eq!(reply.status, 400, "{sneaky}: {}", reply.text());
+        assert!(!guest_ran(&reply), "{sneaky}");
+    }
 
     // A key, as a bearer token or in X-API-Key; a forged principal header
     // is replaced.
@@ -1002,6 +1014,17 @@ async fn a_burst_over_the_rate_limit_from_one_key_leaves_another_key_alone() {
         metrics.contains("berth_edge_rejections_total{service=\"api\",reason=\"rate_limited\"} 1"),
         "{metrics}"
     );
+    // Bad keys count against the client's address: a flood of them is
+    // limited too.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            get_with(&berth, "/api/x", &[("x-api-key", "berth_forged")])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
 }
 
 #[tokio::test]
@@ -1087,7 +1110,7 @@ fn the_admin_api_over_tls_is_used_by_the_cli_with_its_ca() {
         .args(["--admin-tls-cert", &cert, "--admin-tls-key", &key])
         .env("BERTH_TOKEN", TOKEN);
     let berth = Berth::start(cmd, Duration::from_secs(120), None, true);
-    assert!(berth.logs().contains("admin API on https://"));
+    berth.wait_for_logs(&["admin API on https://"]);
     let url = format!("https://localhost:{}", berth.admin.unwrap().port());
     let cli = |args: &[&str], ca: Option<&str>| {
         let mut cmd = std::process::Command::new(berth_bin());

@@ -9,7 +9,10 @@
 //! (`$XDG_STATE_HOME/berth/hosts/ADDR`, by default
 //! `~/.local/state/berth/hosts/ADDR`), so that `berth ls` and the other
 //! client commands of the same user find the token by the admin address
-//! alone. The note holds the path, never the token.
+//! alone. The note holds the path (and the host's process id), never the
+//! token; the CLI trusts it only while that process is alive and only if
+//! the note and the token file are the user's own, so a note left by a
+//! host that died cannot send the token to whoever took its port.
 
 use anyhow::Context;
 use base64::Engine;
@@ -34,14 +37,14 @@ pub fn ensure(state: &Path) -> anyhow::Result<(String, PathBuf)> {
                 "the admin token file {} is empty; remove it to have a new one made",
                 path.display()
             );
-            if let Ok(meta) = std::fs::metadata(&path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                tracing::warn!(
-                    file = %path.display(),
-                    "the admin token file is readable by group or others; make it 0600"
-                );
-            }
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            anyhow::ensure!(
+                mode & 0o077 == 0,
+                "the admin token file {} is open to group or others (mode {mode:03o}): make it 0600 (chmod 600), or remove it to have a new one made",
+                path.display()
+            );
             Ok((token, path))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -91,7 +94,15 @@ pub fn note(addr: SocketAddr, file: &Path) -> Option<Note> {
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     let path = dir.join(note_name(&addr.to_string()));
     let file = std::path::absolute(file).ok()?;
-    std::fs::write(&path, format!("{}\n", file.display())).ok()?;
+    let _ = std::fs::remove_file(&path);
+    let mut note = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    note.write_all(format!("{}\n{}\n", file.display(), std::process::id()).as_bytes())
+        .ok()?;
     Some(Note(path))
 }
 
@@ -103,9 +114,35 @@ pub fn find(authority: &str) -> Option<String> {
         Some(port) => format!("127.0.0.1:{port}"),
         None => authority.to_owned(),
     };
-    let file = std::fs::read_to_string(dir.join(note_name(&authority))).ok()?;
-    let token = first_line(&std::fs::read_to_string(first_line(&file)).ok()?);
+    let note_path = dir.join(note_name(&authority));
+    if !private_and_mine(&note_path) {
+        return None;
+    }
+    let note = std::fs::read_to_string(&note_path).ok()?;
+    let mut lines = note.lines();
+    let file = PathBuf::from(lines.next()?.trim());
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists and
+    // may be signalled by this user.
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return None;
+    }
+    if !private_and_mine(&file) {
+        return None;
+    }
+    let token = first_line(&std::fs::read_to_string(file).ok()?);
     (!token.is_empty()).then_some(token)
+}
+
+/// Whether `path` is a file of this user that no one else may write.
+fn private_and_mine(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    meta.is_file() && meta.uid() == me && meta.mode() & 0o022 == 0
 }
 
 fn note_name(authority: &str) -> String {

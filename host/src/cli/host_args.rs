@@ -1,7 +1,7 @@
 //! The flags `up` and `serve` share: the host's settings, how its
 //! listeners speak to clients, and who may use its admin API.
 
-use crate::control::admin::Auth;
+use crate::control::admin::{Auth, TokenRequired};
 use crate::host::HostOptions;
 use crate::triggers::http::Listener;
 use crate::triggers::http::limits::ListenerLimits;
@@ -160,9 +160,7 @@ impl TokenArgs {
                 let (token, file) = super::admin_token::ensure(state)?;
                 Ok((Auth::token(token), Some(file)))
             }
-            None => Err(Auth::for_listener(addr, None)
-                .err()
-                .map_or_else(|| anyhow::anyhow!("no admin token"), anyhow::Error::new)),
+            None => Err(TokenRequired(addr).into()),
         }
     }
 }
@@ -206,7 +204,8 @@ pub struct ListenArgs {
     #[arg(long, default_value_t = ListenerLimits::default().max_connections)]
     max_connections: usize,
 
-    /// The largest request head (request line and headers).
+    /// The largest request head (request line and headers); at least
+    /// 8KiB.
     #[arg(long, default_value = "64KiB")]
     max_header_size: ByteSize,
 

@@ -84,10 +84,15 @@ impl Drop for TempState {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let (public_tls, admin_tls) = args.edge.tls()?;
     if let Some(addr) = args.admin_listen {
         args.token.check(addr)?;
+    } else {
+        anyhow::ensure!(
+            admin_tls.is_none(),
+            "--admin-tls-cert is given but there is no admin API: add --admin-listen"
+        );
     }
-    let (public_tls, admin_tls) = args.edge.tls()?;
     let manifest = Manifest::load(&args.manifest)?;
     if args.build {
         build(&manifest)?;

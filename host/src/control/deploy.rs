@@ -503,12 +503,21 @@ impl ControlPlane {
             if let Some(secret) = auth.jwt.as_ref().and_then(|jwt| jwt.secret.as_deref()) {
                 let name = crate::values::capabilities::SecretName::parse(secret)
                     .map_err(|e| ControlError::BadRequest(format!("auth.jwt.secret: {e}")))?;
-                self.parts
+                let key = self
+                    .parts
                     .runtime
                     .ports()
                     .secrets
                     .read(&name)
                     .map_err(|e| ControlError::MissingSecret(format!("auth.jwt.secret: {e}")))?;
+                if key.len() < crate::triggers::http::gateway::auth::MIN_HS256_KEY {
+                    return Err(ControlError::BadRequest(format!(
+                        "auth.jwt.secret: the secret {} is {} bytes; an HS256 key must be at least {} (RFC 7518)",
+                        name.as_str(),
+                        key.len(),
+                        crate::triggers::http::gateway::auth::MIN_HS256_KEY
+                    )));
+                }
             }
         }
         Ok(())

@@ -435,6 +435,15 @@ impl CorsConfig {
                 ));
             }
         }
+        let wildcard = self
+            .methods
+            .iter()
+            .chain(&self.headers)
+            .chain(&self.expose_headers)
+            .any(|v| v == "*");
+        if self.credentials && wildcard {
+            return Err("`credentials = true` needs methods and headers listed, not \"*\"".into());
+        }
         for method in &self.methods {
             method
                 .parse::<http::Method>()
@@ -520,6 +529,13 @@ mod tests {
         assert!(parse("origins = [\"https://a.example/\"]").is_err());
         assert!(parse("origins = []").is_err());
         assert!(parse("origins = [\"*\"]\nmethods = [\"G T\"]").is_err());
+        assert!(
+            parse("origins = [\"https://a.test\"]\ncredentials = true\nmethods = [\"*\"]").is_err()
+        );
+        assert!(
+            parse("origins = [\"https://a.test\"]\ncredentials = true\nexpose_headers = [\"*\"]")
+                .is_err()
+        );
         let cors: CorsConfig = toml::from_str("origins = [\"*\"]\nmax_age = \"10m\"").unwrap();
         assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
         assert!(toml::from_str::<CorsConfig>("origins = [\"*\"]\nmax_age = \"2d\"").is_err());

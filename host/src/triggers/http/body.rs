@@ -47,30 +47,29 @@ pub struct TimedBody<B> {
     inner: B,
     grace: Duration,
     min_rate: u64,
-    start: tokio::time::Instant,
+    /// From the first read: time the request spent waiting for admission
+    /// or a cold start is not the client's.
+    clock: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
     received: u64,
-    timer: Pin<Box<tokio::time::Sleep>>,
     failed: bool,
 }
 
 impl<B> TimedBody<B> {
-    /// Times `inner` from now.
+    /// Times `inner` from its first read.
     pub fn new(inner: B, grace: Duration, min_rate: u64) -> Self {
-        let start = tokio::time::Instant::now();
         TimedBody {
             inner,
             grace,
             min_rate: min_rate.max(1),
-            start,
+            clock: None,
             received: 0,
-            timer: Box::pin(tokio::time::sleep_until(start + grace)),
             failed: false,
         }
     }
 
-    fn deadline(&self) -> tokio::time::Instant {
+    fn deadline(&self, start: tokio::time::Instant) -> tokio::time::Instant {
         let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
-        self.start + self.grace + earned
+        start + self.grace + earned
     }
 }
 
@@ -119,11 +118,18 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let deadline = this.deadline();
-                if this.timer.deadline() != deadline {
-                    this.timer.as_mut().reset(deadline);
+                let start = match &this.clock {
+                    Some((start, _)) => *start,
+                    None => tokio::time::Instant::now(),
+                };
+                let deadline = this.deadline(start);
+                let (_, timer) = this
+                    .clock
+                    .get_or_insert_with(|| (start, Box::pin(tokio::time::sleep_until(deadline))));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
                 }
-                match this.timer.as_mut().poll(cx) {
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.failed = true;
                         tracing::info!(

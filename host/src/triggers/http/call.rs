@@ -48,7 +48,7 @@ impl ServiceCalls for Calls {
 async fn call_service(
     runtime: &Arc<Runtime>,
     name: String,
-    req: Request<WasiBody>,
+    mut req: Request<WasiBody>,
     caller: Caller,
 ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
     use http_body_util::BodyExt;
@@ -66,6 +66,9 @@ async fn call_service(
         );
         return Err(wasmtime_wasi_http::Error::LoopDetected);
     }
+    // A calling guest is no client of the edge: it cannot claim to be
+    // anyone (the principal headers are Berth's, on every path).
+    crate::triggers::http::gateway::strip_principal(req.headers_mut());
     let id = InvocationId::new();
     // The request carries the caller's `traceparent`: the guest's own if
     // it set one, else the calling invocation's (see the egress hooks).

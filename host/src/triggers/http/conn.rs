@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// Who sent a request, as its listener saw it: in every request's
@@ -75,13 +74,9 @@ pub async fn serve<H, F>(
     let _permit = permit;
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
-    let watched = Watched {
-        inner: stream,
-        activity: activity.clone(),
-    };
     match tls {
         None => {
-            let io = TokioIo::new(watched);
+            let io = TokioIo::new(stream);
             let info = Peer {
                 addr: peer,
                 tls: false,
@@ -89,7 +84,7 @@ pub async fn serve<H, F>(
             run(io, info, &server, &limits, handler, watcher, &activity).await;
         }
         Some(tls) => {
-            let handshake = tls.acceptor().accept(watched);
+            let handshake = tls.acceptor().accept(stream);
             let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -135,8 +130,9 @@ async fn run<I, H, F>(
                     Ok(future) => future.await,
                     Err(refused) => *refused,
                 };
-                drop(busy);
-                Ok::<_, Infallible>(response)
+                // The request is in flight until its body is sent (or
+                // dropped): a quiet stream is not an idle connection.
+                Ok::<_, Infallible>(response.map(|body| Held { body, _busy: busy }))
             }
         })
     };
@@ -182,11 +178,11 @@ where
     Ok(handler(req))
 }
 
-/// What a connection is doing: when bytes last moved, and how many of its
-/// requests are being answered.
+/// What a connection is doing: when a request last began or ended, and
+/// how many are being answered.
 struct Activity {
     born: Instant,
-    /// Milliseconds from `born` to the last read or write.
+    /// Milliseconds from `born` to the last request's start or end.
     last: AtomicU64,
     in_flight: AtomicUsize,
     /// Requests it has begun (the first one ends the header-timeout phase).
@@ -209,6 +205,7 @@ impl Activity {
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
+        self.touch();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
@@ -217,7 +214,9 @@ impl Activity {
     /// Resolves once the connection has been idle too long: before its
     /// first request, `header_read_timeout` from its start (a client that
     /// never sends a byte, or never finishes a TLS or HTTP/2 preface);
-    /// after it, `idle_timeout` with nothing in flight and nothing moving.
+    /// after it, `idle_timeout` with no request in flight since the last
+    /// one ended. Only requests count: HTTP/2 pings or window updates
+    /// alone do not keep a connection.
     async fn idle(&self, limits: &ListenerLimits) {
         loop {
             let first = self.begun.load(Ordering::Relaxed) == 0;
@@ -249,61 +248,29 @@ impl Drop for Busy {
     }
 }
 
-/// A socket that tells its [`Activity`] when bytes move.
-struct Watched<S> {
-    inner: S,
-    activity: Arc<Activity>,
+/// A response body that keeps its request in flight until it is sent or
+/// dropped.
+struct Held<B> {
+    body: B,
+    _busy: Busy,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
+impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -23,6 +23,10 @@ use std::sync::Arc;
 /// Seconds of clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// The shortest HS256 secret accepted, in bytes: the hash's size (RFC
+/// 7518, 3.2).
+pub const MIN_HS256_KEY: usize = 32;
+
 /// The header a key may also come in.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -258,6 +262,13 @@ impl JwtVerifier {
                     tracing::error!(error = %e, "the JWT secret cannot be read");
                     invalid("the service's token secret is missing".into())
                 })?;
+                if secret.len() < MIN_HS256_KEY {
+                    tracing::error!(
+                        secret = name.as_str(),
+                        "the JWT secret is shorter than {MIN_HS256_KEY} bytes; refusing its tokens"
+                    );
+                    return Err(invalid("the service's token secret is too short".into()));
+                }
                 let key = DecodingKey::from_secret(secret.as_bytes())
                     .map_err(|e| invalid(format!("the token secret cannot be used: {e}")))?;
                 decode(token, &key, &validation)?
@@ -375,7 +386,7 @@ mod tests {
     fn secrets() -> (tempfile::TempDir, Secrets) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwt-key");
-        std::fs::write(&path, "s3cret").unwrap();
+        std::fs::write(&path, "s3cret-s3cret-s3cret-s3cret-s3cret").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let secrets = Secrets::new(Some(dir.path().to_path_buf()), "BERTH_TEST_NONE_");
@@ -406,7 +417,7 @@ mod tests {
         let now = jsonwebtoken::get_current_timestamp();
         let good = serde_json::json!({"sub": "ada", "iss": "iss", "aud": "api", "exp": now + 60, "email": "a@x", "scope": "read write"});
         let check = |t: &str| auth.check(&bearer(t), &service, &keys, &secrets);
-        match check(&token(good.clone(), b"s3cret")).unwrap() {
+        match check(&token(good.clone(), b"s3cret-s3cret-s3cret-s3cret-s3cret")).unwrap() {
             Principal::Jwt { subject, claims } => {
                 assert_eq!(subject, "ada");
                 assert_eq!(claims.get("email").unwrap(), "a@x");
@@ -417,7 +428,7 @@ mod tests {
         let with = |k: &str, v: serde_json::Value| {
             let mut c = good.clone();
             c[k] = v;
-            token(c, b"s3cret")
+            token(c, b"s3cret-s3cret-s3cret-s3cret-s3cret")
         };
         for bad in [
             token(good.clone(), b"wrong"),

@@ -153,30 +153,35 @@ impl Gateway {
         client: IpAddr,
     ) -> Result<Admitted, Box<Refused>> {
         let principal = match &policy.auth {
+            Some(_) if !plain_path(path) => {
+                // A public route must not open a way around the check
+                // through `..` or encoded separators a guest may decode.
+                return Err(Box::new(Refused {
+                    reason: EdgeRefusal::Unauthenticated,
+                    detail: format!("ambiguous path {path:?}"),
+                    status: StatusCode::BAD_REQUEST,
+                    headers: HeaderMap::new(),
+                }));
+            }
             Some(auth) if !auth.is_public(path) => {
                 match auth.check(headers, service, &self.keys, &self.secrets) {
                     Ok(principal) => Some(principal),
-                    Err(denied) => return Err(Box::new(refused_auth(denied))),
+                    Err(denied) => {
+                        // Bad credentials count against the client's
+                        // address: a flood of them is limited too.
+                        if let Some(limiter) = &policy.limiter {
+                            rate_check(limiter, &format!("ip:{client}"))?;
+                        }
+                        return Err(Box::new(refused_auth(denied)));
+                    }
                 }
             }
             _ => None,
         };
         let standing = match &policy.limiter {
             Some(limiter) => {
-                let config = limiter.config().clone();
-                let caller = bucket_key(config.by, principal.as_ref(), client);
-                let standing = limiter.check(&caller);
-                if standing.retry_after.is_some() {
-                    let mut headers = HeaderMap::new();
-                    standing.write(&mut headers, &config);
-                    return Err(Box::new(Refused {
-                        reason: EdgeRefusal::RateLimited,
-                        detail: format!("over the rate limit of {} for {caller}", config.rate),
-                        status: StatusCode::TOO_MANY_REQUESTS,
-                        headers,
-                    }));
-                }
-                Some((standing, config))
+                let caller = bucket_key(limiter.config().by, principal.as_ref(), client);
+                Some((rate_check(limiter, &caller)?, limiter.config().clone()))
             }
             None => None,
         };
@@ -197,10 +202,53 @@ impl Policy {
     }
 }
 
-/// Removes what a client sent in the principal headers: only Berth sets
-/// them.
+/// Takes a token from `caller`'s bucket, or refuses with 429.
+fn rate_check(limiter: &Limiter, caller: &str) -> Result<Standing, Box<Refused>> {
+    let standing = limiter.check(caller);
+    if standing.retry_after.is_none() {
+        return Ok(standing);
+    }
+    let config = limiter.config();
+    let mut headers = HeaderMap::new();
+    standing.write(&mut headers, config);
+    Err(Box::new(Refused {
+        reason: EdgeRefusal::RateLimited,
+        detail: format!("over the rate limit of {} for {caller}", config.rate),
+        status: StatusCode::TOO_MANY_REQUESTS,
+        headers,
+    }))
+}
+
+/// Whether a path means what it says: no `.` or `..` segment, no empty
+/// segment, no percent-encoded dot, slash or backslash, no backslash.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !(lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\'))
+        && path.split('/').skip(1).enumerate().all(|(i, segment)| {
+            segment != "."
+                && segment != ".."
+                && (!segment.is_empty() || i == 0 || path.ends_with('/'))
+        })
+        && !path.contains("//")
+}
+
+/// Removes what a client sent in the principal headers — under any
+/// spelling a guest's framework might read as theirs (`_` for `-`): only
+/// Berth sets them.
 pub fn strip_principal(headers: &mut HeaderMap) {
-    for name in [PRINCIPAL_HEADER, PRINCIPAL_KIND_HEADER, CLAIMS_HEADER] {
+    let ours = [PRINCIPAL_HEADER, PRINCIPAL_KIND_HEADER, CLAIMS_HEADER];
+    let forged: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str().replace('_', "-");
+            ours.contains(&name.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in forged {
         headers.remove(name);
     }
 }
@@ -210,13 +258,14 @@ fn set_principal(headers: &mut HeaderMap, principal: &Principal) {
         Principal::Key(_) => ("key", None),
         Principal::Jwt { claims, .. } => ("jwt", Some(claims)),
     };
-    if let Ok(name) = HeaderValue::from_str(principal.name()) {
+    // UTF-8 as it is (a subject like "josé" is passed on, not dropped).
+    if let Ok(name) = HeaderValue::from_bytes(principal.name().as_bytes()) {
         headers.insert(PRINCIPAL_HEADER, name);
     }
     headers.insert(PRINCIPAL_KIND_HEADER, HeaderValue::from_static(kind));
     if let Some(claims) = claims
         && let Ok(json) = serde_json::to_string(claims)
-        && let Ok(value) = HeaderValue::from_str(&json)
+        && let Ok(value) = HeaderValue::from_bytes(json.as_bytes())
     {
         headers.insert(CLAIMS_HEADER, value);
     }
@@ -299,4 +348,43 @@ fn cors_layer(config: &CorsConfig) -> CorsLayer {
         layer = layer.max_age(age);
     }
     layer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_paths_pass_an_authenticated_service() {
+        for ok in ["/", "/api/health", "/api/x/", "/a.b/c..d", "/api/%20x"] {
+            assert!(plain_path(ok), "{ok}");
+        }
+        for bad in [
+            "/api/health/../orders",
+            "/api/./x",
+            "/api/%2e%2e/x",
+            "/api/%2E/x",
+            "/api%2fx",
+            "/api/%5cx",
+            "/api\\x",
+            "//api",
+            "/api//x",
+            "/..",
+        ] {
+            assert!(!plain_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forged_principal_headers_go_under_every_spelling() {
+        let mut headers = HeaderMap::new();
+        headers.insert("berth-principal", HeaderValue::from_static("root"));
+        headers.insert("berth_principal", HeaderValue::from_static("root"));
+        headers.insert("Berth-Claims", HeaderValue::from_static("{}"));
+        headers.insert("berth-principal-kind", HeaderValue::from_static("key"));
+        headers.insert("x-other", HeaderValue::from_static("kept"));
+        strip_principal(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-other"));
+    }
 }

@@ -1,39 +1,53 @@
-//! Rate limits: a token bucket per caller (GCRA, `governor`'s keyed
-//! limiter), and the `RateLimit-*` headers that tell a caller where it
-//! stands (the IETF draft's convention).
+//! Rate limits: a token bucket per caller, kept as GCRA (one "theoretical
+//! arrival time" per caller), and the `RateLimit-*` headers that tell a
+//! caller where it stands (the IETF draft's convention).
 //!
-//! The bucket table is bounded: every so often, and whenever it holds
-//! [`MAX_BUCKETS`], buckets that have filled up again (idle callers) are
-//! dropped; if it is still full, new callers share one overflow bucket
-//! until room is made.
+//! Kept rather than `governor`'s keyed limiter: the edge must bound its
+//! table without ever moving a known caller out of its own bucket, and
+//! governor's store can neither tell a known caller from a new one nor
+//! evict by age.
+//!
+//! The table is split in [`SHARDS`] shards of at most
+//! [`MAX_BUCKETS`]` / SHARDS` callers each. A shard that is full drops the
+//! buckets that have filled up again (idle callers: they would start full
+//! anyway) — at most once a second — and, if none has, the eighth closest
+//! to full. A known caller is never moved into another's bucket; a flood
+//! of new callers costs the busiest callers nothing, and the evicted ones
+//! (nearly full already) a bucket that starts over.
 
 use crate::values::gateway::RateLimit;
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
 use http::HeaderValue;
 use http::header::{HeaderMap, RETRY_AFTER};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The most callers one service's limit tracks at once.
 pub const MAX_BUCKETS: usize = 100_000;
 
-/// Checks between two sweeps of idle buckets.
-const SWEEP_EVERY: u64 = 4096;
-
-/// The key shared by callers beyond [`MAX_BUCKETS`].
-const OVERFLOW: &str = "\u{0}overflow";
+/// Shards of the table (callers are spread over them by hash).
+const SHARDS: usize = 16;
 
 /// One service's rate limit.
 pub struct Limiter {
     config: RateLimit,
-    buckets:
-        RateLimiter<String, DashMapStateStore<String>, DefaultClock, StateInformationMiddleware>,
-    clock: DefaultClock,
-    checks: AtomicU64,
+    /// Time one request's token takes to come back.
+    interval: Duration,
+    /// How far ahead of now a caller's arrival time may run: a full
+    /// bucket's worth minus one.
+    tolerance: Duration,
+    epoch: Instant,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Vec<Mutex<Shard>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Caller → its theoretical arrival time (since `epoch`).
+    tats: HashMap<String, Duration>,
+    /// When idle buckets were last dropped.
+    swept: Option<Instant>,
 }
 
 /// Where a caller stands, for the `RateLimit-*` headers.
@@ -53,18 +67,14 @@ pub struct Standing {
 impl Limiter {
     /// A limiter for `config`.
     pub fn new(config: &RateLimit) -> Limiter {
-        let burst = NonZeroU32::new(config.burst()).unwrap_or(NonZeroU32::MIN);
-        let period = config.rate.interval().max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
-        let clock = DefaultClock::default();
+        let interval = config.rate.interval().max(Duration::from_nanos(1));
         Limiter {
             config: config.clone(),
-            buckets: RateLimiter::dashmap_with_clock(quota, clock.clone())
-                .with_middleware::<StateInformationMiddleware>(),
-            clock,
-            checks: AtomicU64::new(0),
+            interval,
+            tolerance: interval * (config.burst() - 1),
+            epoch: Instant::now(),
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
@@ -75,61 +85,95 @@ impl Limiter {
 
     /// Takes a token from `caller`'s bucket, if there is one.
     pub fn check(&self, caller: &str) -> Standing {
-        let caller = self.bucket_for(caller);
+        self.check_at(caller, Instant::now())
+    }
+
+    fn check_at(&self, caller: &str, at: Instant) -> Standing {
+        let now = at.saturating_duration_since(self.epoch);
         let limit = self.config.burst();
-        let interval = self.config.rate.interval();
-        match self.buckets.check_key(&caller) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let empty = limit.saturating_sub(remaining);
-                Standing {
-                    limit,
-                    remaining,
-                    reset: ceil_secs(interval * empty),
-                    retry_after: None,
-                }
+        let mut shard = self.shard(caller).lock().unwrap_or_else(|e| e.into_inner());
+        let tat = match shard.tats.get(caller) {
+            Some(tat) => (*tat).max(now),
+            None => {
+                self.make_room(&mut shard, now, at);
+                now
             }
-            Err(not_until) => {
-                let wait = ceil_secs(not_until.wait_time_from(self.clock.now())).max(1);
-                Standing {
-                    limit,
-                    remaining: 0,
-                    reset: wait,
-                    retry_after: Some(wait),
-                }
-            }
+        };
+        let ahead = tat - now;
+        if ahead > self.tolerance {
+            // Refused: the caller's bucket is empty until its arrival time
+            // falls back within the tolerance.
+            shard.tats.entry(caller.to_owned()).or_insert(tat);
+            let wait = ceil_secs(ahead - self.tolerance).max(1);
+            return Standing {
+                limit,
+                remaining: 0,
+                reset: wait,
+                retry_after: Some(wait),
+            };
+        }
+        let new_tat = tat + self.interval;
+        shard.tats.insert(caller.to_owned(), new_tat);
+        let used = (new_tat - now)
+            .as_nanos()
+            .div_ceil(self.interval.as_nanos().max(1));
+        Standing {
+            limit,
+            remaining: limit.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
+            reset: ceil_secs(new_tat - now),
+            retry_after: None,
         }
     }
 
-    /// The bucket `caller` uses: its own, unless the table is full.
-    fn bucket_for(&self, caller: &str) -> String {
-        let n = self.checks.fetch_add(1, Ordering::Relaxed);
-        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.sweep();
-        }
-        if self.buckets.len() >= MAX_BUCKETS {
-            self.sweep();
-            if self.buckets.len() >= MAX_BUCKETS {
-                return OVERFLOW.to_owned();
-            }
-        }
-        caller.to_owned()
+    fn shard(&self, caller: &str) -> &Mutex<Shard> {
+        &self.shards[self.hasher.hash_one(caller) as usize % SHARDS]
     }
 
-    /// Drops the buckets that are full again.
-    fn sweep(&self) {
-        self.buckets.retain_recent();
-        self.buckets.shrink_to_fit();
+    /// Makes room in a full shard for a new caller: drops the buckets that
+    /// are full again (at most once a second), else the one closest to
+    /// full.
+    fn make_room(&self, shard: &mut Shard, now: Duration, at: Instant) {
+        let capacity = MAX_BUCKETS / SHARDS;
+        if shard.tats.len() < capacity {
+            return;
+        }
+        if shard
+            .swept
+            .is_none_or(|last| at.saturating_duration_since(last) >= Duration::from_secs(1))
+        {
+            shard.swept = Some(at);
+            shard.tats.retain(|_, tat| *tat > now);
+            if shard.tats.len() < capacity {
+                shard.tats.shrink_to(capacity);
+                return;
+            }
+        }
+        // Still full: drop the eighth of the buckets closest to full, so
+        // the next newcomers find room at once (one scan per eighth of a
+        // shard, not per newcomer).
+        let mut tats: Vec<Duration> = shard.tats.values().copied().collect();
+        let cut = tats.len() / 8;
+        let (_, cutoff, _) = tats.select_nth_unstable(cut);
+        let cutoff = *cutoff;
+        let mut dropped = 0;
+        shard.tats.retain(|_, tat| {
+            let drop = *tat <= cutoff && dropped <= cut;
+            dropped += usize::from(drop);
+            !drop
+        });
     }
 
     /// Buckets held now.
     pub fn len(&self) -> usize {
-        self.buckets.len()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).tats.len())
+            .sum()
     }
 
     /// Whether no bucket is held.
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.len() == 0
     }
 }
 
@@ -179,18 +223,60 @@ mod tests {
         let refused = limiter.check("a");
         assert_eq!(refused.remaining, 0);
         let wait = refused.retry_after.unwrap();
-        assert!((1..=60).contains(&wait), "{wait}");
+        assert!((59..=60).contains(&wait), "{wait}");
         // Another caller has a bucket of its own.
         assert_eq!(limiter.check("b").remaining, 2);
         assert_eq!(limiter.len(), 2);
     }
 
     #[test]
-    fn full_buckets_are_swept() {
+    fn buckets_refill_at_the_rate() {
+        let limiter = limit("10/s", 2);
+        let t0 = Instant::now();
+        assert!(limiter.check_at("a", t0).retry_after.is_none());
+        assert!(limiter.check_at("a", t0).retry_after.is_none());
+        assert!(limiter.check_at("a", t0).retry_after.is_some());
+        // One token back after 100 ms.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(limiter.check_at("a", t1).retry_after, None);
+        assert!(limiter.check_at("a", t1).retry_after.is_some());
+        // Full again after 200 ms idle.
+        let t2 = t1 + Duration::from_millis(300);
+        assert_eq!(limiter.check_at("a", t2).remaining, 1);
+    }
+
+    #[test]
+    fn a_flood_of_new_callers_never_moves_a_known_one() {
+        let limiter = limit("1/h", 2);
+        let t0 = Instant::now();
+        assert_eq!(limiter.check_at("known", t0).remaining, 1);
+        assert_eq!(limiter.check_at("known", t0).remaining, 0);
+        // Each flooding caller spends one token: their buckets are closer
+        // to full than the known caller's, which is never the one evicted.
+        for i in 0..(MAX_BUCKETS * 2) {
+            limiter.check_at(&format!("flood-{i}"), t0);
+        }
+        assert!(limiter.len() <= MAX_BUCKETS);
+        // Still its own, empty bucket: refused (a fresh one would not be).
+        assert!(limiter.check_at("known", t0).retry_after.is_some());
+    }
+
+    #[test]
+    fn full_buckets_are_swept_when_room_is_needed() {
         let limiter = limit("1000/s", 1);
-        limiter.check("a");
-        std::thread::sleep(Duration::from_millis(20));
-        limiter.sweep();
-        assert!(limiter.is_empty());
+        let t0 = Instant::now();
+        for i in 0..(MAX_BUCKETS * 2) {
+            limiter.check_at(&format!("c{i}"), t0);
+        }
+        let full = limiter.len();
+        assert!(full <= MAX_BUCKETS && full > MAX_BUCKETS * 3 / 4, "{full}");
+        // Newcomers fill each shard again, and find it full of buckets that
+        // are full again: each shard is swept.
+        let later = t0 + Duration::from_secs(2);
+        for i in 0..(MAX_BUCKETS / 4) {
+            limiter.check_at(&format!("new{i}"), later);
+        }
+        let swept = limiter.len();
+        assert!(swept < full / 2, "{full} → {swept}");
     }
 }
