@@ -299,6 +299,35 @@ fn tls(certs: &[PathBuf], keys: &[PathBuf], flag: &str) -> anyhow::Result<Option
     })?))
 }
 
+/// Says where the host serves `services` services, its admin API and its
+/// admin token (the stable start-up lines tests and scripts read), and
+/// notes the token for the CLI: the note lives as long as the value
+/// returned.
+pub fn announce(
+    services: usize,
+    public: &Listener,
+    admin: Option<&Listener>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<Option<super::admin_token::Note>> {
+    super::telemetry::flush();
+    eprintln!(
+        "berth: serving {services} service{} on {}://{}",
+        if services == 1 { "" } else { "s" },
+        public.scheme(),
+        public.socket.local_addr()?
+    );
+    let Some(admin) = admin else {
+        return Ok(None);
+    };
+    let addr = admin.socket.local_addr()?;
+    eprintln!("berth: admin API on {}://{addr}", admin.scheme());
+    let Some(file) = token_file else {
+        return Ok(None);
+    };
+    eprintln!("berth: admin token in {}", file.display());
+    Ok(super::admin_token::note(addr, file))
+}
+
 /// Reloads the certificates of `listeners` on every SIGHUP, for as long as
 /// the process runs.
 pub fn reload_on_hangup(listeners: Vec<Tls>) {

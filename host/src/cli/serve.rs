@@ -121,24 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .edge
         .listeners((public, public_tls), Some((admin, admin_tls)));
     let admin = admin.expect("serve always has an admin listener");
-    let _note = token_file
-        .as_deref()
-        .and_then(|file| super::admin_token::note(admin.socket.local_addr().ok()?, file));
-    super::telemetry::flush();
-    eprintln!(
-        "berth: serving {restored} service{} on {}://{}",
-        if restored == 1 { "" } else { "s" },
-        public.scheme(),
-        public.socket.local_addr()?
-    );
-    eprintln!(
-        "berth: admin API on {}://{}",
-        admin.scheme(),
-        admin.socket.local_addr()?
-    );
-    if let Some(file) = &token_file {
-        eprintln!("berth: admin token in {}", file.display());
-    }
+    let _note = super::host_args::announce(restored, &public, Some(&admin), token_file.as_deref())?;
     if let Some(urls) = clustered {
         eprintln!(
             "berth: node {} of the cluster at {urls}",

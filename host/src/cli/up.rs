@@ -132,26 +132,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let (public, admin) = args.edge.listeners((public, public_tls), admin);
     let admin = admin.zip(auth);
-    super::telemetry::flush();
-    let count = manifest.services.len();
-    eprintln!(
-        "berth: serving {count} service{} on {}://{}",
-        if count == 1 { "" } else { "s" },
-        public.scheme(),
-        public.socket.local_addr()?
-    );
-    let mut _note = None;
-    if let Some((admin, _)) = &admin {
-        eprintln!(
-            "berth: admin API on {}://{}",
-            admin.scheme(),
-            admin.socket.local_addr()?
-        );
-        if let Some(file) = &token_file {
-            eprintln!("berth: admin token in {}", file.display());
-            _note = super::admin_token::note(admin.socket.local_addr()?, file);
-        }
-    }
+    let _note = super::host_args::announce(
+        manifest.services.len(),
+        &public,
+        admin.as_ref().map(|(admin, _)| admin),
+        token_file.as_deref(),
+    )?;
     host.serve(Listeners { public, admin }, super::shutdown::signal())
         .await
 }
