@@ -7,8 +7,8 @@
 //! governor's store can neither tell a known caller from a new one nor
 //! evict by age.
 //!
-//! The table is split in [`SHARDS`] shards of at most
-//! [`MAX_BUCKETS`]` / SHARDS` callers each. A shard that is full drops the
+//! The table is split in 16 shards of at most
+//! [`MAX_BUCKETS`]` / 16` callers each. A shard that is full drops the
 //! buckets that have filled up again (idle callers: they would start full
 //! anyway) — at most once a second — and, if none has, the eighth closest
 //! to full. A known caller is never moved into another's bucket; a flood
