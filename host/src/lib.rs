@@ -26,12 +26,15 @@
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> anyhow::Result<()> {
 //! use berth::host::{Host, HostOptions, Listeners};
+//! use berth::triggers::http::Listener;
 //!
 //! let state = tempfile::tempdir()?;
 //! // State, artifacts, code cache, ledger, bus and runtime, restored.
 //! let host = Host::open(HostOptions::new(state.path())).await?;
 //! // (Deploy services here: `host.control().upload(…)`, `.deploy(…)`.)
-//! let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! // Plain HTTP/1.1 and h2c under the default limits (see `Listener` for
+//! // TLS).
+//! let public = Listener::plain(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
 //! let listeners = Listeners { public, admin: None };
 //! // Serves until the shutdown future resolves (here at once), then
 //! // drains in-flight invocations and closes the ledger.

@@ -43,6 +43,15 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// A plain (no TLS) listener on `socket` with the default limits.
+    pub fn plain(socket: TcpListener) -> Listener {
+        Listener {
+            socket,
+            tls: None,
+            limits: ListenerLimits::default(),
+        }
+    }
+
     /// `http` or `https`, for the address it is announced at.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
