@@ -110,6 +110,7 @@ daemon off;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    map_hash_bucket_size 128;
     limit_req_zone $binary_remote_addr zone=api:10m rate=1000000r/s;
     map $http_x_api_key $unknown_key {{ default 1; "{api_key}" 0; }}
     upstream wasm {{ server {upstream}; keepalive 32; }}
@@ -119,8 +120,7 @@ http {{
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
     server {{
-        listen 127.0.0.1:{port} ssl;
-        http2 on;
+        listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -159,6 +159,7 @@ def main():
     ap.add_argument("--connections", type=int, default=int(os.environ.get("CONNECTIONS", 16)))
     ap.add_argument("--warmup", type=int, default=int(os.environ.get("WARMUP", 2)))
     ap.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
+    ap.add_argument("--only", help="comma-separated prefixes of set-up names, for a quick check")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="berth-gateway-bench-"))
@@ -204,6 +205,9 @@ def main():
         ("wasmtime serve, HTTP/1.1 (no edge)", "wasmtime", "http", wrk, []),
         ("nginx (TLS, key check, limit_req) → wasmtime serve", "nginx", "https", wrk, key_header),
     ]
+    if args.only:
+        prefixes = args.only.split(",")
+        setups = [s for s in setups if any(s[0].startswith(p) for p in prefixes)]
     results = {name: [] for name, *_ in setups}
     for round_ in range(args.rounds):
         for name, how, scheme, client, headers in setups:
@@ -216,7 +220,7 @@ def main():
                     port = free_port()
                     conf = nginx_conf(work, port, waddr, cert, key, api_key)
                     n = subprocess.Popen([args.nginx, "-c", str(conf), "-p", str(work)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         stdout=subprocess.DEVNULL, stderr=open(work / "nginx.out", "w"))
                     procs.append(n)
                     wait_port(port)
                     addr = f"127.0.0.1:{port}"
@@ -236,6 +240,10 @@ def main():
         values = [r[i] for r in results[name] if r[i] is not None]
         return statistics.median(values) if values else None
 
+    if args.only:
+        for name, *_ in setups:
+            print(f"{name}: {med(name, 0):,.0f} req/s")
+        return
     base = med("berth, HTTP/1.1", 0)
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; the bench hello component, "
