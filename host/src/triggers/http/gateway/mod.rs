@@ -243,14 +243,24 @@ pub fn strip_principal(headers: &mut HeaderMap) {
     let forged: Vec<http::HeaderName> = headers
         .keys()
         .filter(|name| {
-            let name = name.as_str().replace('_', "-");
-            ours.contains(&name.as_str())
+            ours.iter()
+                .any(|ours| same_but_underscores(name.as_str(), ours))
         })
         .cloned()
         .collect();
     for name in forged {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is `ours` with any `-` spelt `_` (no allocation: this
+/// runs for every header of every request).
+fn same_but_underscores(name: &str, ours: &str) -> bool {
+    name.len() == ours.len()
+        && name
+            .bytes()
+            .zip(ours.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
 }
 
 fn set_principal(headers: &mut HeaderMap, principal: &Principal) {
