@@ -18,3 +18,4 @@ mod serving;
 mod startup;
 mod support;
 mod tools;
+mod wasi03;

@@ -4,6 +4,10 @@
 //! The guests form their own cargo workspace, built by a nested `cargo` with
 //! its own target directory under `OUT_DIR`, so their build neither sees the
 //! host's flags nor fights over its target directory.
+//!
+//! The Python guests in `python/` are built by componentize-py (pinned,
+//! installed from PyPI if missing), against the WIT of the
+//! `wasmtime-wasi-http` Berth links, so they import what Berth provides.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,7 +84,123 @@ fn main() {
             path.display().to_string()
         ));
     }
+    let python = manifest_dir.join("python");
+    println!("cargo:rerun-if-changed={}", python.display());
+    for (name, world) in PYTHON_GUESTS {
+        let wasm = build_python(&manifest_dir, &python.join(name), world, &out_dir);
+        let ident = format!("PY_{}", name.replace('-', "_").to_uppercase());
+        consts.push_str(&format!(
+            "/// Path of the `{name}` Python guest component.\npub const {ident}: &str = {:?};\n",
+            wasm.display().to_string()
+        ));
+    }
     std::fs::write(out_dir.join("programs.rs"), consts).expect("write programs.rs");
+}
+
+/// The Python guests: their folder under `python/` and the world they
+/// target.
+const PYTHON_GUESTS: &[(&str, &str)] = &[("service-p3", "wasi:http/service@0.3.0")];
+
+/// The componentize-py the Python guests are built with.
+const COMPONENTIZE_PY: &str = "0.25.0";
+
+/// Builds the Python app in `app` (its `app.py`) into a component.
+fn build_python(manifest_dir: &Path, app: &Path, world: &str, out_dir: &Path) -> PathBuf {
+    let tool = componentize_py();
+    let wit = wasi_http_wit(manifest_dir);
+    let name = app.file_name().unwrap().to_string_lossy().into_owned();
+    let wasm = out_dir.join(format!("py-{name}.wasm"));
+    let output = Command::new(&tool)
+        .env_remove("RUST_BACKTRACE")
+        .arg("-q")
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", world, "componentize", "-p"])
+        .arg(app)
+        .arg("app")
+        .arg("-o")
+        .arg(&wasm)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+    assert!(
+        output.status.success(),
+        "componentize-py could not build {}:\n{}",
+        app.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wasm
+}
+
+/// componentize-py at the pinned version: on the PATH, or installed from
+/// PyPI into a folder of this build's own.
+fn componentize_py() -> PathBuf {
+    let version_of = |tool: &Path| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let wanted = format!("componentize-py {COMPONENTIZE_PY}");
+    let on_path = PathBuf::from("componentize-py");
+    if version_of(&on_path).as_deref() == Some(wanted.as_str()) {
+        return on_path;
+    }
+    let home = PathBuf::from(env("OUT_DIR")).join("componentize-py");
+    let tool = home.join("bin/componentize-py");
+    if version_of(&tool).as_deref() != Some(wanted.as_str()) {
+        println!("cargo:warning=installing componentize-py {COMPONENTIZE_PY} from PyPI");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--prefix"])
+            .arg(&home)
+            .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
+            .status()
+            .unwrap_or_else(|e| panic!("running pip to install componentize-py: {e}"));
+        assert!(
+            status.success(),
+            "installing componentize-py {COMPONENTIZE_PY} failed"
+        );
+    }
+    tool
+}
+
+/// The WIT of WASI 0.3 HTTP, from the source of the `wasmtime-wasi-http`
+/// crate this workspace locks (cargo has it on disk by now).
+fn wasi_http_wit(manifest_dir: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(&cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(manifest_dir.join("../../host/Cargo.toml"))
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo metadata: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata's JSON");
+    let manifest = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["name"] == "wasmtime-wasi-http")
+        .and_then(|p| p["manifest_path"].as_str())
+        .expect("wasmtime-wasi-http in cargo metadata");
+    let manifest = PathBuf::from(manifest);
+    let wit = manifest
+        .parent()
+        .expect("the crate's folder")
+        .join("src/p3/wit");
+    assert!(wit.is_dir(), "no WIT at {}", wit.display());
+    wit
 }
 
 fn env(name: &str) -> String {

@@ -6,8 +6,10 @@
 //! 3. Every import must be something Berth provides (the linker resolves
 //!    them all into an `InstancePre`).
 //! 4. The component must export a trigger Berth knows:
-//!    `wasi:http/incoming-handler@0.2.x` (HTTP), `berth:events/handler`
-//!    (events and schedules), or both; [`Handlers::check`] then checks that
+//!    `wasi:http/incoming-handler@0.2.x` (HTTP, WASI 0.2),
+//!    `wasi:http/handler@0.3.x` (HTTP, WASI 0.3: the `wasi:http/service`
+//!    world), `berth:events/handler` (events and schedules), or an HTTP
+//!    handler and the events handler; [`Handlers::check`] then checks that
 //!    a service's triggers have the exports they need.
 
 use crate::values::digest::Digest;
@@ -21,9 +23,25 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-/// The export an HTTP service must have (any 0.2.x version).
+/// The export an HTTP service must have: any 0.2.x version of ...
 pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
+
+/// ... or any 0.3.x version of the WASI 0.3 handler.
+pub const HTTP_HANDLER_EXPORT_P3: &str = "wasi:http/handler@0.3";
+
+/// How a component serves HTTP: the WASI 0.2 handler (one request per
+/// call, the response through an out-parameter) or the WASI 0.3 one (an
+/// async function returning the response; its body and any tasks it spawns
+/// go on after it returns).
+#[derive(Clone)]
+pub enum HttpHandler {
+    /// `wasi:http/incoming-handler@0.2.x`.
+    P2(ProxyPre<InstanceState>),
+    /// `wasi:http/handler@0.3.x`.
+    P3(ServicePre<InstanceState>),
+}
 
 /// The export an event-driven service must have (any 0.1.x version).
 pub const EVENTS_HANDLER_EXPORT: &str = "berth:events/handler@0.1";
@@ -34,8 +52,8 @@ pub const EVENTS_HANDLER_EXPORT: &str = "berth:events/handler@0.1";
 pub struct Handlers {
     /// The artifact digest.
     pub digest: Digest,
-    /// For HTTP requests, if it exports `wasi:http/incoming-handler`.
-    pub http: Option<ProxyPre<InstanceState>>,
+    /// For HTTP requests, if it exports an HTTP handler.
+    pub http: Option<HttpHandler>,
     /// For events, if it exports `berth:events/handler`.
     pub events: Option<EventsHostPre<InstanceState>>,
 }
@@ -45,7 +63,9 @@ impl Handlers {
     pub fn check(&self, config: &ServiceConfig) -> Result<(), LoadError> {
         if !config.routes.is_empty() && self.http.is_none() {
             return Err(LoadError::MissingExport {
-                wanted: format!("{HTTP_HANDLER_EXPORT}.x` (the service has routes)"),
+                wanted: format!(
+                    "{HTTP_HANDLER_EXPORT}.x` or `{HTTP_HANDLER_EXPORT_P3}.x` (the service has routes)"
+                ),
                 found: self.exports(),
             });
         }
@@ -62,7 +82,10 @@ impl Handlers {
 
     fn exports(&self) -> String {
         let names: Vec<&str> = [
-            self.http.as_ref().map(|_| "`wasi:http/incoming-handler`"),
+            self.http.as_ref().map(|http| match http {
+                HttpHandler::P2(_) => "`wasi:http/incoming-handler`",
+                HttpHandler::P3(_) => "`wasi:http/handler`",
+            }),
             self.events.as_ref().map(|_| "`berth:events/handler`"),
         ]
         .into_iter()
@@ -182,11 +205,17 @@ fn handlers(
         .map_err(|e| LoadError::UnknownImport(describe_import_error(&e)))?;
     let exports = exports(engine, component);
     let exported = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
-    let http = if exported(HTTP_HANDLER_EXPORT) {
-        Some(
+    // A component exporting both HTTP handlers is served by the newer one.
+    let http = if exported(HTTP_HANDLER_EXPORT_P3) {
+        Some(HttpHandler::P3(
+            ServicePre::new(instance_pre.clone())
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+        ))
+    } else if exported(HTTP_HANDLER_EXPORT) {
+        Some(HttpHandler::P2(
             ProxyPre::new(instance_pre.clone())
                 .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
-        )
+        ))
     } else {
         None
     };
@@ -198,7 +227,7 @@ fn handlers(
     if http.is_none() && events.is_none() {
         return Err(LoadError::MissingExport {
             wanted: format!(
-                "{HTTP_HANDLER_EXPORT}.x` or `{EVENTS_HANDLER_EXPORT}.x`, so it has no trigger"
+                "{HTTP_HANDLER_EXPORT}.x`, `{HTTP_HANDLER_EXPORT_P3}.x` or `{EVENTS_HANDLER_EXPORT}.x`, so it has no trigger"
             ),
             found: if exports.is_empty() {
                 "none".into()

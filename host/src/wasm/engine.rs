@@ -2,7 +2,8 @@
 //! epoch ticker that drives deadlines and fair yields for every instance.
 //!
 //! Settings (see `docs/benchmarks.md` for the measurements behind them):
-//! - async support, fuel metering and epoch interruption on;
+//! - async support, the component model's async ABI (WASI 0.3), fuel
+//!   metering and epoch interruption on;
 //! - the pooling instance allocator, sized by [`EngineOptions::max_instances`],
 //!   with pages of each slot kept resident between instances; where the
 //!   address-space reservation fails (small devices, tight `ulimit -v`) it
@@ -82,6 +83,8 @@ fn base_config(options: &EngineOptions) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
+        // WASI 0.3 components: async functions, streams and futures.
+        .wasm_component_model_async(true)
         .consume_fuel(true)
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed)

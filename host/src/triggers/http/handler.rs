@@ -1,5 +1,9 @@
 //! The HTTP trigger: one request → route → the pipeline → the guest's
-//! `wasi:http/incoming-handler` → the response.
+//! HTTP handler → the response. A WASI 0.2 guest
+//! (`wasi:http/incoming-handler`) sets its response through an
+//! out-parameter; a WASI 0.3 guest (`wasi:http/handler`) returns it, and
+//! its body and any tasks it spawned go on after that, in the same
+//! invocation, until they finish or its deadline passes.
 //!
 //! Status codes the host chooses (the guest chooses all others):
 //!
@@ -36,7 +40,7 @@ use crate::values::route::Route;
 use crate::values::trace::{TRACEPARENT, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
-use crate::wasm::component::{HTTP_HANDLER_EXPORT, Handlers};
+use crate::wasm::component::{HTTP_HANDLER_EXPORT, Handlers, HttpHandler};
 use crate::wasm::instance::{CallChain, InstanceState};
 use crate::wasm::outcome::Outcome;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
@@ -44,6 +48,7 @@ use http::{Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
@@ -52,10 +57,9 @@ use wasmtime::Store;
 use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{
-    ErrorCode, IncomingRequest, ResponseOutparam, Scheme,
-};
+use wasmtime_wasi_http::p2::bindings::http::types::{IncomingRequest, ResponseOutparam, Scheme};
 use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// The response header carrying the invocation id.
 pub const INVOCATION_HEADER: &str = "berth-invocation-id";
@@ -202,9 +206,12 @@ pub(super) enum HttpEnd {
     Refused(Response<ResponseBody>),
 }
 
+/// The guest's response, or the error code it answered with instead.
+type GuestResponse = Result<Response<HyperOutgoingBody>, String>;
+
 /// The guest's answer, as the handler waits for it.
 struct Answer {
-    response: oneshot::Receiver<Result<Response<HyperOutgoingBody>, ErrorCode>>,
+    response: oneshot::Receiver<GuestResponse>,
     /// Set when the request body grew past the service's limit.
     exceeded: Arc<AtomicBool>,
     /// Set when the run ends: whether the guest finished its body.
@@ -238,7 +245,7 @@ impl Answer {
             }
             Ok(_) if exceeded() => too_large(limits.request_body),
             Ok(Err(code)) => {
-                tracing::warn!(error_code = ?code, "the guest answered with an error instead of a response");
+                tracing::warn!(error_code = %code, "the guest answered with an error instead of a response");
                 record.refine(OutcomeKind::Error);
                 plain(
                     StatusCode::BAD_GATEWAY,
@@ -291,15 +298,34 @@ pub(super) struct HttpCall<B> {
     denied: Option<Box<Refused>>,
     local: Option<SocketAddr>,
     body_limit: ByteSize,
-    response: Option<oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>>,
+    response: Option<oneshot::Sender<GuestResponse>>,
     exceeded: Arc<AtomicBool>,
     end: Arc<BodyEnd>,
-    pre: Option<ProxyPre<InstanceState>>,
-    guest: Option<(
-        ProxyPre<InstanceState>,
-        Resource<IncomingRequest>,
-        Resource<ResponseOutparam>,
-    )>,
+    pre: Option<HttpHandler>,
+    guest: Option<Prepared>,
+    /// WASI 0.3: set when the guest's handler and every task it left
+    /// running have finished (its body is then complete).
+    finished: Option<Arc<AtomicBool>>,
+}
+
+/// The request handed to the fresh instance, ready for the call.
+enum Prepared {
+    /// WASI 0.2: the request and the response out-parameter, in the
+    /// instance's table.
+    P2 {
+        pre: ProxyPre<InstanceState>,
+        request: Resource<IncomingRequest>,
+        out: Resource<ResponseOutparam>,
+    },
+    /// WASI 0.3: the request, the future reporting errors reading its body
+    /// to the guest, and where its response goes.
+    P3 {
+        pre: ServicePre<InstanceState>,
+        request: wasmtime_wasi_http::p3::Request,
+        io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+        response: oneshot::Sender<GuestResponse>,
+        finished: Arc<AtomicBool>,
+    },
 }
 
 impl<B> HttpCall<B> {
@@ -317,6 +343,7 @@ impl<B> HttpCall<B> {
             end: end.clone(),
             pre: None,
             guest: None,
+            finished: None,
         };
         let answer = Answer {
             response: rx,
@@ -386,15 +413,39 @@ where
         };
         let limit = self.body_limit.bytes();
         let (exceeded, read) = (self.exceeded.clone(), record.bytes_in.clone());
-        let req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
+        let mut req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
         let mut http = store.data_mut().http();
-        let request = http
-            .new_incoming_request(scheme, req)
-            .map_err(|e| Refusal::Input(e.to_string()))?;
-        let out = http
-            .new_response_outparam(response)
-            .map_err(|e| Refusal::Input(e.to_string()))?;
-        self.guest = Some((pre, request, out));
+        let prepared = match pre {
+            HttpHandler::P2(pre) => {
+                let request = http
+                    .new_incoming_request(scheme, req)
+                    .map_err(|e| Refusal::Input(e.to_string()))?;
+                let out = http
+                    .new_response_outparam_from_callback(move |result| {
+                        let _ = response.send(result.map_err(|code| format!("{code:?}")));
+                    })
+                    .map_err(|e| Refusal::Input(e.to_string()))?;
+                Prepared::P2 { pre, request, out }
+            }
+            HttpHandler::P3(pre) => {
+                // A 0.3 request carries its scheme and authority in its
+                // URI, as the Host header and the connection say.
+                let uri = absolute_uri(req.uri(), req.headers().get(HOST), scheme)
+                    .map_err(Refusal::Input)?;
+                *req.uri_mut() = uri;
+                let (request, io) = wasmtime_wasi_http::p3::Request::from_http(http.hooks, req);
+                let finished = Arc::new(AtomicBool::new(false));
+                self.finished = Some(finished.clone());
+                Prepared::P3 {
+                    pre,
+                    request,
+                    io: Box::pin(io),
+                    response,
+                    finished,
+                }
+            }
+        };
+        self.guest = Some(prepared);
         Ok(())
     }
 
@@ -404,20 +455,56 @@ where
     ) -> impl Future<Output = wasmtime::Result<()>> + Send + 'a {
         let guest = self.guest.take();
         async move {
-            let (pre, request, out) =
-                guest.ok_or_else(|| wasmtime::format_err!("the request was not prepared"))?;
-            let proxy = pre.instantiate_async(&mut *store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut *store, request, out)
-                .await
+            match guest.ok_or_else(|| wasmtime::format_err!("the request was not prepared"))? {
+                Prepared::P2 { pre, request, out } => {
+                    let proxy = pre.instantiate_async(&mut *store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut *store, request, out)
+                        .await
+                }
+                Prepared::P3 {
+                    pre,
+                    request,
+                    io,
+                    response,
+                    finished,
+                } => {
+                    let service = pre.instantiate_async(&mut *store).await?;
+                    store
+                        .run_concurrent(async move |accessor| {
+                            match service.handle(accessor, request).await? {
+                                Ok(answer) => {
+                                    let answer = accessor
+                                        .with(|mut access| answer.into_http(&mut access, io))?;
+                                    let _ = response.send(Ok(answer));
+                                }
+                                Err(code) => {
+                                    let _ = response.send(Err(format!("{code:?}")));
+                                }
+                            }
+                            // The body, and whatever else the guest spawned,
+                            // go on in this instance until they are done.
+                            std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+                            finished.store(true, Ordering::Release);
+                            Ok::<(), wasmtime::Error>(())
+                        })
+                        .await?
+                }
+            }
         }
     }
 
     fn after(&mut self, store: &mut Store<InstanceState>) {
         // Say whether the response body was finished before the instance
-        // is dropped, which ends the body's stream either way.
-        self.end.set(!has_unfinished_body(store));
+        // is dropped, which ends the body's stream either way: a 0.2 guest
+        // finishes its `outgoing-body`; a 0.3 guest's body is done when
+        // all its tasks are.
+        let complete = match &self.finished {
+            Some(finished) => finished.load(Ordering::Acquire),
+            None => !has_unfinished_body(store),
+        };
+        self.end.set(complete);
     }
 
     fn on_abort(&self) -> Option<Box<dyn FnOnce() + Send>> {
@@ -487,6 +574,33 @@ fn has_unfinished_body(store: &mut Store<InstanceState>) -> bool {
         .table()
         .iter_mut()
         .any(|entry| entry.is::<HostOutgoingBody>())
+}
+
+/// The absolute form of a request's URI: `scheme`, the authority of the
+/// URI or else of the Host header, the path (`/` if none).
+fn absolute_uri(
+    uri: &http::Uri,
+    host: Option<&HeaderValue>,
+    scheme: Scheme,
+) -> Result<http::Uri, String> {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(match scheme {
+        Scheme::Https => http::uri::Scheme::HTTPS,
+        _ => http::uri::Scheme::HTTP,
+    });
+    if parts.authority.is_none() {
+        let host = host
+            .and_then(|h| h.to_str().ok())
+            .ok_or("the request names no host")?;
+        parts.authority = Some(
+            host.parse()
+                .map_err(|_| format!("bad Host header: {host}"))?,
+        );
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    http::Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

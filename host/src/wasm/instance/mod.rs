@@ -89,13 +89,16 @@ impl InstanceState {
 
 /// Adds every interface Berth provides to guests: all of WASI 0.2
 /// (`wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`,
-/// `wasi:sockets`), `wasi:http`, and `berth:events/publisher`. What a guest
+/// `wasi:sockets`) and `wasi:http` 0.2, the same of WASI 0.3 (a component
+/// may import both, as componentize-py's do), and `berth:events/publisher`. What a guest
 /// may actually do through them is decided per instance by [`new_store`],
 /// and by default it is nothing beyond clocks, randomness and its own
 /// stdout/stderr.
 pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
     crate::wasm::bindings::EventsHost::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
         linker,
         |state| state,
