@@ -31,6 +31,9 @@ pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
 /// ... or any 0.3.x version of the WASI 0.3 handler.
 pub const HTTP_HANDLER_EXPORT_P3: &str = "wasi:http/handler@0.3";
 
+/// Either HTTP handler, as a refusal names them.
+pub const HTTP_HANDLERS: &str = "wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x";
+
 /// How a component serves HTTP: the WASI 0.2 handler (one request per
 /// call, the response through an out-parameter) or the WASI 0.3 one (an
 /// async function returning the response; its body and any tasks it spawns
@@ -204,7 +207,13 @@ fn handlers(
         .instantiate_pre(component)
         .map_err(|e| LoadError::UnknownImport(describe_import_error(&e)))?;
     let exports = exports(engine, component);
-    let exported = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
+    // `PREFIX.x`: `@0.3` matches `@0.3.0` and `@0.3.2`, never `@0.30.0`.
+    let exported = |prefix: &str| {
+        exports.iter().any(|name| {
+            name.strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+    };
     // A component exporting both HTTP handlers is served by the newer one.
     let http = if exported(HTTP_HANDLER_EXPORT_P3) {
         Some(HttpHandler::P3(

@@ -246,6 +246,92 @@ impl BodyEnd {
     }
 }
 
+/// How a WASI 0.3 guest's response body went, as the client's side saw
+/// it: whether it reached its natural end while the invocation was alive.
+/// (A 0.3 body may be the guest's stream, or a host body it passes on —
+/// its request's or an upstream response's; either way the invocation
+/// lasts until the body is done.)
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    state: AtomicU8,
+    settled: tokio::sync::Notify,
+}
+
+const STREAMING: u8 = 0;
+const ENDED: u8 = 1;
+const STOPPED: u8 = 2;
+
+impl BodyWatch {
+    fn settle(&self, to: u8) {
+        if self
+            .state
+            .compare_exchange(STREAMING, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // One waiter, the invocation: the permit is kept if it is not
+            // waiting yet.
+            self.settled.notify_one();
+        }
+    }
+
+    /// Waits until the body ended, failed or was dropped.
+    pub async fn settled(&self) {
+        while self.state.load(Ordering::Acquire) == STREAMING {
+            self.settled.notified().await;
+        }
+    }
+
+    /// Whether the body reached its natural end.
+    pub fn ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENDED
+    }
+}
+
+/// A WASI 0.3 response body that tells its [`BodyWatch`] how it went.
+pub struct WatchedBody {
+    inner: HyperOutgoingBody,
+    watch: Arc<BodyWatch>,
+}
+
+impl WatchedBody {
+    /// Watches `inner` through `watch`.
+    pub fn new(inner: HyperOutgoingBody, watch: Arc<BodyWatch>) -> Self {
+        WatchedBody { inner, watch }
+    }
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.watch.settle(ENDED),
+            Poll::Ready(Some(Err(_))) => self.watch.settle(STOPPED),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        self.watch.settle(STOPPED);
+    }
+}
+
 /// The error a cut-off response body ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("response body cut off: the invocation ended before the guest finished it")]
@@ -293,6 +379,12 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Boxed(inner) => Pin::new(inner).poll_frame(cx),
+            // Once the invocation has ended without finishing the body,
+            // nothing more of it goes out: not what is buffered, nor what a
+            // host body passed on by a 0.3 guest would still stream.
+            ResponseBody::Guest { end, .. } if end.is_incomplete() => {
+                Poll::Ready(Some(Err(CutOff.into())))
+            }
             ResponseBody::Guest { inner, end, hold } => match Pin::new(inner).poll_frame(cx) {
                 // The guest's stream also ends "cleanly" when its instance is
                 // dropped mid-body; only the invocation knows which it was.

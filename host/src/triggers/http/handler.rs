@@ -31,7 +31,9 @@ use crate::runtime::Runtime;
 use crate::runtime::pipeline::{self, GuestCall, Ran, Refusal, Running, Start, Started};
 use crate::runtime::record::{self, RecordDraft};
 use crate::runtime::registry::Service;
-use crate::triggers::http::body::{BodyEnd, IncomingBody, LimitedBody, ResponseBody};
+use crate::triggers::http::body::{
+    BodyEnd, BodyWatch, IncomingBody, LimitedBody, ResponseBody, WatchedBody,
+};
 use crate::triggers::http::conn::Peer;
 use crate::triggers::http::gateway::{self, Gateway, Policy, Refused};
 use crate::values::id::InvocationId;
@@ -40,11 +42,12 @@ use crate::values::route::Route;
 use crate::values::trace::{TRACEPARENT, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
-use crate::wasm::component::{HTTP_HANDLER_EXPORT, Handlers, HttpHandler};
+use crate::wasm::component::{HTTP_HANDLERS, Handlers, HttpHandler};
 use crate::wasm::instance::{CallChain, InstanceState};
 use crate::wasm::outcome::Outcome;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -303,9 +306,8 @@ pub(super) struct HttpCall<B> {
     end: Arc<BodyEnd>,
     pre: Option<HttpHandler>,
     guest: Option<Prepared>,
-    /// WASI 0.3: set when the guest's handler and every task it left
-    /// running have finished (its body is then complete).
-    finished: Option<Arc<AtomicBool>>,
+    /// WASI 0.3: how the response body went.
+    watch: Option<Arc<BodyWatch>>,
 }
 
 /// The request handed to the fresh instance, ready for the call.
@@ -318,13 +320,13 @@ enum Prepared {
         out: Resource<ResponseOutparam>,
     },
     /// WASI 0.3: the request, the future reporting errors reading its body
-    /// to the guest, and where its response goes.
+    /// to the guest, where its response goes, and how its body went.
     P3 {
         pre: ServicePre<InstanceState>,
         request: wasmtime_wasi_http::p3::Request,
         io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
         response: oneshot::Sender<GuestResponse>,
-        finished: Arc<AtomicBool>,
+        watch: Arc<BodyWatch>,
     },
 }
 
@@ -343,7 +345,7 @@ impl<B> HttpCall<B> {
             end: end.clone(),
             pre: None,
             guest: None,
-            finished: None,
+            watch: None,
         };
         let answer = Answer {
             response: rx,
@@ -378,7 +380,7 @@ where
     fn select(&mut self, handlers: &Handlers) -> Result<(), Refusal> {
         // Routes are only accepted for components that export the handler.
         self.pre = Some(handlers.http.clone().ok_or(Refusal::NoHandler {
-            export: HTTP_HANDLER_EXPORT,
+            export: HTTP_HANDLERS,
         })?);
         Ok(())
     }
@@ -413,7 +415,7 @@ where
         };
         let limit = self.body_limit.bytes();
         let (exceeded, read) = (self.exceeded.clone(), record.bytes_in.clone());
-        let mut req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
+        let req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
         let mut http = store.data_mut().http();
         let prepared = match pre {
             HttpHandler::P2(pre) => {
@@ -428,20 +430,43 @@ where
                 Prepared::P2 { pre, request, out }
             }
             HttpHandler::P3(pre) => {
-                // A 0.3 request carries its scheme and authority in its
-                // URI, as the Host header and the connection say.
-                let uri = absolute_uri(req.uri(), req.headers().get(HOST), scheme)
-                    .map_err(Refusal::Input)?;
-                *req.uri_mut() = uri;
-                let (request, io) = wasmtime_wasi_http::p3::Request::from_http(http.hooks, req);
-                let finished = Arc::new(AtomicBool::new(false));
-                self.finished = Some(finished.clone());
+                // A 0.3 request carries its scheme and authority: the
+                // connection's, and the URI's or else the Host header's
+                // (none if it is not a valid authority: 0.2 would pass any
+                // Host header on, and no request is refused for it).
+                let (parts, body) = req.into_parts();
+                let authority = parts.uri.authority().cloned().or_else(|| {
+                    let host = parts.headers.get(HOST)?.to_str().ok()?;
+                    host.parse().ok()
+                });
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                let scheme = match scheme {
+                    Scheme::Https => http::uri::Scheme::HTTPS,
+                    _ => http::uri::Scheme::HTTP,
+                };
+                let headers =
+                    wasmtime_wasi_http::FieldMap::new_immutable(http.hooks, parts.headers);
+                let (request, io) = wasmtime_wasi_http::p3::Request::new(
+                    parts.method,
+                    Some(scheme),
+                    authority,
+                    Some(path),
+                    headers,
+                    None,
+                    body,
+                );
+                let watch = Arc::new(BodyWatch::default());
+                self.watch = Some(watch.clone());
                 Prepared::P3 {
                     pre,
                     request,
                     io: Box::pin(io),
                     response,
-                    finished,
+                    watch,
                 }
             }
         };
@@ -468,7 +493,7 @@ where
                     request,
                     io,
                     response,
-                    finished,
+                    watch,
                 } => {
                     let service = pre.instantiate_async(&mut *store).await?;
                     store
@@ -476,17 +501,25 @@ where
                             match service.handle(accessor, request).await? {
                                 Ok(answer) => {
                                     let answer = accessor
-                                        .with(|mut access| answer.into_http(&mut access, io))?;
+                                        .with(|mut access| answer.into_http(&mut access, io))?
+                                        .map(|body| {
+                                            WatchedBody::new(body, watch.clone()).boxed_unsync()
+                                        });
+                                    // A client gone drops the body with the
+                                    // answer, which settles the watch.
                                     let _ = response.send(Ok(answer));
+                                    // The body — the guest's stream, or a host
+                                    // body it passed on — is sent within the
+                                    // invocation, its deadline and its slot.
+                                    watch.settled().await;
                                 }
                                 Err(code) => {
                                     let _ = response.send(Err(format!("{code:?}")));
                                 }
                             }
-                            // The body, and whatever else the guest spawned,
-                            // go on in this instance until they are done.
+                            // Whatever else the guest spawned goes on in this
+                            // instance until it is done.
                             std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
-                            finished.store(true, Ordering::Release);
                             Ok::<(), wasmtime::Error>(())
                         })
                         .await?
@@ -498,10 +531,10 @@ where
     fn after(&mut self, store: &mut Store<InstanceState>) {
         // Say whether the response body was finished before the instance
         // is dropped, which ends the body's stream either way: a 0.2 guest
-        // finishes its `outgoing-body`; a 0.3 guest's body is done when
-        // all its tasks are.
-        let complete = match &self.finished {
-            Some(finished) => finished.load(Ordering::Acquire),
+        // finishes its `outgoing-body`; a 0.3 guest's body is done once
+        // the client's side has seen its end.
+        let complete = match &self.watch {
+            Some(watch) => watch.ended(),
             None => !has_unfinished_body(store),
         };
         self.end.set(complete);
@@ -574,33 +607,6 @@ fn has_unfinished_body(store: &mut Store<InstanceState>) -> bool {
         .table()
         .iter_mut()
         .any(|entry| entry.is::<HostOutgoingBody>())
-}
-
-/// The absolute form of a request's URI: `scheme`, the authority of the
-/// URI or else of the Host header, the path (`/` if none).
-fn absolute_uri(
-    uri: &http::Uri,
-    host: Option<&HeaderValue>,
-    scheme: Scheme,
-) -> Result<http::Uri, String> {
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(match scheme {
-        Scheme::Https => http::uri::Scheme::HTTPS,
-        _ => http::uri::Scheme::HTTP,
-    });
-    if parts.authority.is_none() {
-        let host = host
-            .and_then(|h| h.to_str().ok())
-            .ok_or("the request names no host")?;
-        parts.authority = Some(
-            host.parse()
-                .map_err(|_| format!("bad Host header: {host}"))?,
-        );
-    }
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    http::Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

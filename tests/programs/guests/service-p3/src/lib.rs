@@ -4,6 +4,8 @@
 //!
 //! - `/` — a greeting, its body written by a spawned task;
 //! - `POST /echo` — the request body streamed back as it arrives;
+//! - `POST /length` — reads the whole request body, then answers with its
+//!   length;
 //! - `/info` — the request as the guest sees it (method, scheme,
 //!   authority, path, headers), as the 0.2 `request-info` fixture;
 //! - `/sleep?ms=N` — answers after N ms on the host's clock;
@@ -11,6 +13,12 @@
 //! - `/never` — a response that never comes (it waits on a future
 //!   nobody writes);
 //! - `/half` — declares 1 MiB, sends 64 KiB, then drops its body stream;
+//! - `/stall` — sends 64 KiB without a length, then keeps its body stream
+//!   open with no task left to write it;
+//! - `/trap-body` — sends 64 KiB, then its writing task panics;
+//! - `/error` — answers with an error code instead of a response;
+//! - `/proxy?url=U` — answers with U's response itself, its body passed on
+//!   unread;
 //! - `/late?ms=N` — answers at once, leaves a task running for N ms;
 //! - `/alloc?mib=N` — holds N MiB for 200 ms, then answers;
 //! - `/call?url=U` — sends a GET to U through `wasi:http/client` and
@@ -41,6 +49,19 @@ impl wasip3::exports::http::handler::Guest for Service {
                 let (body, trailers) = Request::consume_body(request, done);
                 let (response, _) = Response::new(Fields::new(), Some(body), trailers);
                 Ok(response)
+            }
+            "length" => {
+                let (_, done) = wit_future::new(|| Ok(()));
+                let (mut body, _) = Request::consume_body(request, done);
+                let mut read = 0;
+                loop {
+                    let (result, chunk) = body.read(Vec::with_capacity(64 * 1024)).await;
+                    read += chunk.len();
+                    if !matches!(result, wit_bindgen::StreamResult::Complete(_)) {
+                        break;
+                    }
+                }
+                Ok(text(200, format!("read {read} bytes\n")))
             }
             "info" => Ok(text(200, info(&request))),
             "sleep" => {
@@ -73,6 +94,35 @@ impl wasip3::exports::http::handler::Guest for Service {
                     drop(tx);
                 });
                 Ok(response)
+            }
+            "stall" => {
+                let (mut tx, rx) = wit_stream::new();
+                let (_, trailers) = wit_future::new(|| Ok(None));
+                let (response, _) = Response::new(Fields::new(), Some(rx), trailers);
+                wit_bindgen::spawn_local(async move {
+                    tx.write_all(vec![b's'; 64 * 1024]).await;
+                    std::mem::forget(tx);
+                });
+                Ok(response)
+            }
+            "trap-body" => {
+                let (mut tx, rx) = wit_stream::new();
+                let (_, trailers) = wit_future::new(|| Ok(None));
+                let (response, _) = Response::new(Fields::new(), Some(rx), trailers);
+                wit_bindgen::spawn_local(async move {
+                    tx.write_all(vec![b't'; 64 * 1024]).await;
+                    panic!("the service-p3 fixture panicked mid-body on purpose");
+                });
+                Ok(response)
+            }
+            "error" => Err(ErrorCode::InternalError(Some("the guest gave up".into()))),
+            "proxy" => {
+                let url = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("url="))
+                    .unwrap_or_default()
+                    .to_owned();
+                client::send(outgoing(&url)).await
             }
             "late" => {
                 let ms = number("ms", 3_600_000);
@@ -163,8 +213,8 @@ fn info(request: &Request) -> String {
     body
 }
 
-/// Sends a GET to `url` and answers with what came back.
-async fn call(url: &str) -> Response {
+/// A GET request for `url`.
+fn outgoing(url: &str) -> Request {
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", rest)) => (Scheme::Https, rest),
         Some((_, rest)) => (Scheme::Http, rest),
@@ -179,7 +229,12 @@ async fn call(url: &str) -> Response {
     let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
-    match client::send(request).await {
+    request
+}
+
+/// Sends a GET to `url` and answers with what came back.
+async fn call(url: &str) -> Response {
+    match client::send(outgoing(url)).await {
         Ok(response) => {
             let status = response.get_status_code();
             let (_, done) = wit_future::new(|| Ok(()));
