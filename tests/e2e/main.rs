@@ -13,6 +13,7 @@ mod host;
 mod limits;
 mod nats;
 mod pipeline;
+mod reuse;
 mod scale;
 mod serving;
 mod startup;

@@ -50,8 +50,8 @@ const EXPIRY_PERIOD: Duration = Duration::from_secs(3600);
 
 /// The schema's version (SQLite `user_version`). Version 1 (no version
 /// set) had no `queue_us` and `load_us` columns and did not check its
-/// `trigger` and `outcome` values.
-const SCHEMA_VERSION: i64 = 2;
+/// `trigger` and `outcome` values; version 2 had no `instance` column.
+const SCHEMA_VERSION: i64 = 3;
 
 /// The `usage` table. Clustered by time: records arrive in about that
 /// order (appends), and time ranges, the common query, are ranges of the
@@ -76,6 +76,7 @@ fn table(name: &str) -> String {
             outcome TEXT NOT NULL CHECK ({outcomes}),
             status INTEGER,
             cold INTEGER NOT NULL CHECK (cold IN (0, 1)),
+            instance TEXT,
             PRIMARY KEY (started_ms, invocation)
         ) STRICT, WITHOUT ROWID;",
         triggers = one_of("trigger", Trigger::ALL.iter().map(|t| t.as_str())),
@@ -108,6 +109,11 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         return Ok(());
     }
     let tx = conn.transaction()?;
+    if version == 2 {
+        tx.execute_batch("ALTER TABLE usage ADD COLUMN instance TEXT;")?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        return tx.commit();
+    }
     let has_v1: bool = tx.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'usage'",
         [],
@@ -250,7 +256,8 @@ impl Ledger {
         self.read(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT invocation, service, revision, trigger, started_ms, wall_us, queue_us, load_us,
-                        cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold
+                        cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold,
+                        instance
                  FROM usage
                  WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR started_ms >= ?2) AND (?3 IS NULL OR started_ms < ?3)
                  ORDER BY started_ms, invocation LIMIT ?4",
@@ -357,6 +364,7 @@ fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         outcome: r.get::<_, Named<OutcomeKind>>(13)?.0,
         status: r.get::<_, Option<u16>>(14)?,
         cold: r.get::<_, i64>(15)? != 0,
+        instance: r.get(16)?,
     })
 }
 
@@ -515,8 +523,8 @@ fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO usage (invocation, service, revision, trigger, started_ms, wall_us,
                                           queue_us, load_us, cpu_us, fuel, peak_memory, bytes_in,
-                                          bytes_out, outcome, status, cold)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                                          bytes_out, outcome, status, cold, instance)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         for r in records {
             stmt.execute(params![
@@ -536,6 +544,7 @@ fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
                 r.outcome.as_str(),
                 r.status,
                 r.cold as i64,
+                r.instance,
             ])?;
         }
     }
@@ -564,6 +573,7 @@ mod tests {
             outcome: outcome.parse().unwrap(),
             status: Some(200),
             cold: false,
+            instance: None,
         }
     }
 
@@ -740,6 +750,30 @@ mod tests {
         ledger.close();
         let ledger = Ledger::open(&path, Duration::from_secs(86_400 * 365 * 100)).unwrap();
         assert_eq!(ledger.records(&Query::default(), 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_version_2_ledger_gains_the_instance_column_keeping_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "{}
+            INSERT INTO usage VALUES (5, 'old', 'x', 1, 'http', 100, 0, 0, 10, 7, 65536, 1, 2, 'ok', 200, 0);
+            PRAGMA user_version = 2;",
+            table("usage").replace("instance TEXT,", "")
+        ))
+        .unwrap();
+        drop(conn);
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400 * 365 * 100)).unwrap();
+        let mut shared = record("new", "x", 6, "ok");
+        shared.instance = Some("first".into());
+        ledger.record(shared);
+        ledger.close();
+        let ledger = Ledger::open(&path, Duration::from_secs(86_400 * 365 * 100)).unwrap();
+        let records = ledger.records(&Query::default(), 10).unwrap();
+        let instances: Vec<Option<&str>> = records.iter().map(|r| r.instance.as_deref()).collect();
+        assert_eq!(instances, [None, Some("first")]);
     }
 
     /// One test per outcome: the metric label, the ledger's value and the

@@ -12,14 +12,16 @@
 //! 5. **limits and deadline** — the deadline is `timeout` from here, or
 //!    the caller's deadline if that comes first; execution (`wall_us`)
 //!    starts here;
-//! 6. **instance** — a fresh store under the memory cap and fuel budget;
-//!    the trigger hands its input to it;
+//! 6. **instance** — a fresh store under the memory cap and fuel budget
+//!    (or, for a service that opted in to reuse, a warm one from its pool,
+//!    renewed for this invocation); the trigger hands its input to it;
 //! 7. **run** — the guest's export, until it returns or the deadline
 //!    passes, on the runtime's task tracker (so a drain waits for it);
 //! 8. **outcome** — what happened, named from the store (trap, fuel,
 //!    memory, deadline);
 //! 9. **metering** — fuel, peak memory, execution time, CPU time; the
-//!    record is complete once the trigger lets go of it.
+//!    record is complete once the trigger lets go of it. A reused store
+//!    whose run ended well goes back to its pool.
 //!
 //! A trigger supplies only a [`GuestCall`]: how to call the guest and how
 //! to map the outcome (or a refusal before the guest ran) to its own
@@ -36,6 +38,7 @@ use crate::values::trace::TraceContext;
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{Handlers, LoadError};
+use crate::wasm::instance::pool::{InstancePool, Warm};
 use crate::wasm::instance::{self, CallChain, InstanceState, StartError};
 use crate::wasm::outcome::{self, Deadline, Outcome};
 use std::future::Future;
@@ -132,6 +135,12 @@ pub trait GuestCall: Send + 'static {
 
     /// Runs after the call, before the instance is dropped.
     fn after(&mut self, _store: &mut Store<InstanceState>) {}
+
+    /// Whether the instance, after a run that ended well, may serve
+    /// another invocation (an HTTP response body left unfinished says no).
+    fn reusable(&self) -> bool {
+        true
+    }
 
     /// What to do if the run is lost half-way (its task panicked): the
     /// trigger's last word, such as marking a response body cut off.
@@ -290,7 +299,7 @@ pub async fn invoke<C: GuestCall>(
         runtime.tasks().spawn(
             async move {
                 let _permit = permit;
-                let output = run.run(call, &record).await;
+                let output = run.run(call, &record, service.pool.as_ref()).await;
                 drop(pipeline_hold);
                 let _ = done_tx.send(output);
             }
@@ -339,19 +348,59 @@ async fn prepare<C: GuestCall>(
         deadline,
         chain: start.chain,
     };
-    let mut store = instance::new_store(
-        runtime.engine(),
-        &service.sandbox,
-        runtime.ports(),
-        invocation,
-    )
-    .map_err(Refusal::Instance)?;
+    let id = invocation.id;
+    let warm = match &service.pool {
+        Some(pool) => match pool.take(&handlers.digest) {
+            Some(mut warm) => {
+                instance::renew(
+                    &mut warm.store,
+                    &service.sandbox,
+                    runtime.ports(),
+                    invocation.clone(),
+                )
+                .map_err(Refusal::Instance)?;
+                Some(warm)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let (mut store, kept) = match warm {
+        Some(warm) => {
+            record.instance(warm.made, warm.served);
+            let kept = Kept {
+                served: warm.served,
+                digest: warm.digest,
+                made: warm.made,
+            };
+            (warm.store, Some(kept))
+        }
+        None => {
+            let store = instance::new_store(
+                runtime.engine(),
+                &service.sandbox,
+                runtime.ports(),
+                invocation,
+            )
+            .map_err(Refusal::Instance)?;
+            let kept = service.pool.as_ref().map(|_| Kept {
+                served: 0,
+                digest: handlers.digest,
+                made: id,
+            });
+            if kept.is_some() {
+                record.instance(id, 0);
+            }
+            (store, kept)
+        }
+    };
     call.prepare(&mut store, record)?;
     let run = Run {
         store,
         fuel: limits.fuel,
         deadline,
         which,
+        kept,
     };
     Ok((run, permit))
 }
@@ -372,19 +421,34 @@ fn deadline(
     }
 }
 
-/// A guest's run in its fresh instance.
+/// A guest's run in its instance.
 struct Run {
     store: Store<InstanceState>,
     fuel: u64,
     deadline: tokio::time::Instant,
     which: Deadline,
+    /// For a service that reuses instances: what goes back to its pool
+    /// with the store.
+    kept: Option<Kept>,
+}
+
+/// A reusable store's history.
+struct Kept {
+    served: u32,
+    digest: crate::values::digest::Digest,
+    made: InvocationId,
 }
 
 impl Run {
     /// Calls the guest until it returns or the deadline passes, names the
     /// outcome, meters it, drops the instance, and maps it to the
     /// trigger's result.
-    async fn run<C: GuestCall>(mut self, mut call: C, record: &RecordDraft) -> C::Output {
+    async fn run<C: GuestCall>(
+        mut self,
+        mut call: C,
+        record: &RecordDraft,
+        pool: Option<&InstancePool>,
+    ) -> C::Output {
         let mut lost = Lost {
             record,
             on_abort: call.on_abort(),
@@ -399,7 +463,14 @@ impl Run {
         let fuel = outcome::fuel_used(&self.store, self.fuel);
         let peak = self.store.data().limiter().peak() as u64;
         log_outcome(&outcome, fuel, peak);
-        drop(self.store);
+        match (pool, self.kept) {
+            (Some(pool), Some(kept)) if outcome.is_ok() && call.reusable() => {
+                let mut warm = Warm::new(self.store, kept.digest, kept.made);
+                warm.served = kept.served + 1;
+                pool.put(warm);
+            }
+            _ => drop(self.store),
+        }
         record.ran(outcome.kind(), fuel, peak);
         lost.armed = false;
         call.finish(

@@ -44,7 +44,9 @@ impl Meter {
 /// The log span of one invocation. Its fields are known from the start
 /// (`service`, `revision`, `invocation`, `trigger`, `trace_id`), set by
 /// the trigger (`route`, `method`, `path`; `topic`, `event`, `attempt`;
-/// `caller`, the calling invocation, for a service call) or recorded when
+/// `caller`, the calling invocation, for a service call; `instance`, the
+/// invocation a reused instance was made for, and `reused`, how many it
+/// served before this one) or recorded when
 /// the invocation is metered (`status`, `outcome`, `fuel`, `duration_ms`,
 /// `queue_ms`, `load_ms`, `cpu_ms`, `memory`, `cold`); then one event,
 /// target `berth::invocation`, says it finished.
@@ -69,6 +71,8 @@ pub fn span(
         event = Empty,
         attempt = Empty,
         caller = Empty,
+        instance = Empty,
+        reused = Empty,
         status = Empty,
         outcome = Empty,
         fuel = Empty,
@@ -188,6 +192,7 @@ impl RecordDraft {
             outcome: OutcomeKind::Rejected,
             status: None,
             cold: false,
+            instance: None,
         };
         Self::with_record(meter, service.metrics.clone(), record, span, default_status)
     }
@@ -240,6 +245,15 @@ impl RecordDraft {
     /// Ends the phase being timed, counting its time.
     pub fn leave(&self) {
         self.state().leave();
+    }
+
+    /// Notes the reused instance the invocation runs in (named by the
+    /// invocation it was made for), and how many it served before.
+    pub fn instance(&self, made: InvocationId, served: u32) {
+        self.state().record.instance = Some(made.to_string());
+        let span = &self.span;
+        span.record("instance", tracing::field::display(&made));
+        span.record("reused", served);
     }
 
     /// Notes that the invocation had to load its component (a cold start).

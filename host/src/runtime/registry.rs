@@ -15,6 +15,7 @@ use crate::values::units::now_ms;
 use crate::wasm::component::{Handlers, LoadError, Source};
 use crate::wasm::engine::BerthEngine;
 use crate::wasm::instance::Sandbox;
+use crate::wasm::instance::pool::InstancePool;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -37,6 +38,8 @@ pub struct Service {
     pub source: Source,
     /// Its counters and histograms.
     pub metrics: Arc<ServiceMetrics>,
+    /// Its warm instances, if it opted in to reuse.
+    pub pool: Option<InstancePool>,
     handlers: ArcSwapOption<Handlers>,
     loading: tokio::sync::Mutex<()>,
     last_used_ms: AtomicI64,
@@ -66,7 +69,9 @@ impl Service {
     ) -> Self {
         let limits = &spec.config.limits;
         let admission = Admission::new(limits.concurrency, limits.queue, limits.queue_timeout);
+        let pool = spec.config.reuse.map(InstancePool::new);
         Service {
+            pool,
             sandbox: Sandbox::new(spec, cpu_turns),
             revision,
             admission,
@@ -160,6 +165,9 @@ impl Service {
     /// Drops the component from memory if the service has been idle (no
     /// invocation running or waiting) for its `idle_timeout`.
     pub fn unload_if_idle(&self, now_ms: i64) -> bool {
+        if let Some(pool) = &self.pool {
+            pool.sweep(std::time::Instant::now());
+        }
         let limits = self.limits();
         let idle_since = self.last_used_ms.load(Ordering::Relaxed);
         if !self.is_loaded()

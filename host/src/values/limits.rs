@@ -78,7 +78,7 @@ fn ser_size<S: Serializer>(v: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
 }
 
-fn ser_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_duration<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*v))
 }
 
@@ -127,7 +127,7 @@ impl Visitor<'_> for DurationVisitor {
     }
 }
 
-fn in_range<T: PartialOrd, E: de::Error>(
+pub(crate) fn in_range<T: PartialOrd, E: de::Error>(
     v: T,
     min: T,
     max: T,
@@ -154,7 +154,7 @@ fn de_size_in<'de, D: Deserializer<'de>>(
     in_range(v, min, max, ToString::to_string)
 }
 
-fn de_duration_in<'de, D: Deserializer<'de>>(
+pub(crate) fn de_duration_in<'de, D: Deserializer<'de>>(
     d: D,
     min: Duration,
     max: Duration,

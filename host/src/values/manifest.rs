@@ -36,6 +36,7 @@ use crate::values::capabilities::{
 use crate::values::event::Subscription;
 use crate::values::gateway::{AuthConfig, CorsConfig, RateLimit};
 use crate::values::limits::Limits;
+use crate::values::reuse::Reuse;
 use crate::values::route::{Route, RouteTable};
 use crate::values::schedule::Schedule;
 use crate::values::service::{
@@ -285,6 +286,7 @@ impl Source {
                     auth,
                     rate_limit,
                     cors,
+                    reuse: svc.reuse,
                 },
             },
             component: dir.join(svc.component.into_inner()),
@@ -454,6 +456,8 @@ struct RawService {
     rate_limit: Option<Spanned<RateLimit>>,
     #[serde(default)]
     cors: Option<Spanned<CorsConfig>>,
+    #[serde(default)]
+    reuse: Option<Reuse>,
     #[serde(default)]
     build: Option<BuildSpec>,
 }

@@ -15,6 +15,7 @@
 //!   [`key`] — API keys.
 //! - [`id`], [`digest`], [`trace`] — invocation ids, artifact digests, W3C
 //!   trace context.
+//! - [`reuse`] — a service's opt-in to instance reuse.
 //! - [`usage`] — usage records, triggers and outcomes.
 //! - [`manifest`] — the `berth.toml` format and its diagnostics.
 
@@ -29,6 +30,7 @@ pub mod key;
 pub mod limits;
 pub mod manifest;
 pub mod name;
+pub mod reuse;
 pub mod route;
 pub mod schedule;
 pub mod service;

@@ -8,6 +8,7 @@ use crate::values::gateway::{AuthConfig, CorsConfig, RateLimit};
 pub use crate::values::invalid::InvalidConfig;
 use crate::values::limits::Limits;
 pub use crate::values::name::ServiceName;
+use crate::values::reuse::Reuse;
 use crate::values::route::Route;
 use crate::values::schedule::Schedule;
 use crate::values::topic::TopicPattern;
@@ -60,6 +61,10 @@ pub struct ServiceConfig {
     /// default (no CORS headers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// Whether its instances serve several invocations (see
+    /// [`crate::values::reuse`]); by default each gets a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<Reuse>,
 }
 
 impl ServiceConfig {
@@ -77,6 +82,7 @@ impl ServiceConfig {
             auth: None,
             rate_limit: None,
             cors: None,
+            reuse: None,
         }
     }
 

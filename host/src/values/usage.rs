@@ -182,6 +182,11 @@ pub struct Record {
     pub status: Option<u16>,
     /// Whether the invocation had to load the component first.
     pub cold: bool,
+    /// For a service that reuses instances: the instance it ran in, named
+    /// by the invocation it was made for. Invocations that shared an
+    /// instance have the same; none for a fresh instance per invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A query of the ledger.

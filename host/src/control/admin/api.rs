@@ -10,6 +10,7 @@ use crate::values::event::Subscription;
 use crate::values::gateway::{AuthConfig, CorsConfig, RateLimit};
 use crate::values::key::ApiKey;
 use crate::values::limits::Limits;
+use crate::values::reuse::Reuse;
 use crate::values::route::Route;
 use crate::values::schedule::Schedule;
 use crate::values::service::ServiceConfig;
@@ -263,6 +264,9 @@ pub struct DeployRequest {
     /// Which web origins may call its routes from a browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// Whether its instances serve several invocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<Reuse>,
 }
 
 impl DeployRequest {
@@ -281,6 +285,7 @@ impl DeployRequest {
             auth: config.auth,
             rate_limit: config.rate_limit,
             cors: config.cors,
+            reuse: config.reuse,
         }
     }
 
@@ -298,6 +303,7 @@ impl DeployRequest {
             auth: self.auth,
             rate_limit: self.rate_limit,
             cors: self.cors,
+            reuse: self.reuse,
         }
     }
 }

@@ -299,7 +299,8 @@ impl GuestCall for EventCall {
         async move {
             let (pre, event) =
                 guest.ok_or_else(|| wasmtime::format_err!("the delivery was not prepared"))?;
-            let host = pre.instantiate_async(&mut *store).await?;
+            let instance = crate::wasm::instance::instance(store, pre.instance_pre()).await?;
+            let host = crate::wasm::bindings::EventsHost::new(&mut *store, &instance)?;
             host.berth_events_handler()
                 .call_handle(&mut *store, &event)
                 .await

@@ -43,7 +43,7 @@ use crate::values::trace::{TRACEPARENT, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{HTTP_HANDLERS, Handlers, HttpHandler};
-use crate::wasm::instance::{CallChain, InstanceState};
+use crate::wasm::instance::{self, CallChain, InstanceState};
 use crate::wasm::outcome::Outcome;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -482,7 +482,9 @@ where
         async move {
             match guest.ok_or_else(|| wasmtime::format_err!("the request was not prepared"))? {
                 Prepared::P2 { pre, request, out } => {
-                    let proxy = pre.instantiate_async(&mut *store).await?;
+                    let instance = instance::instance(store, pre.instance_pre()).await?;
+                    let proxy =
+                        wasmtime_wasi_http::p2::bindings::Proxy::new(&mut *store, &instance)?;
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut *store, request, out)
@@ -495,7 +497,9 @@ where
                     response,
                     watch,
                 } => {
-                    let service = pre.instantiate_async(&mut *store).await?;
+                    let instance = instance::instance(store, pre.instance_pre()).await?;
+                    let service =
+                        wasmtime_wasi_http::p3::bindings::Service::new(&mut *store, &instance)?;
                     store
                         .run_concurrent(async move |accessor| {
                             match service.handle(accessor, request).await? {
@@ -538,6 +542,11 @@ where
             None => !has_unfinished_body(store),
         };
         self.end.set(complete);
+    }
+
+    fn reusable(&self) -> bool {
+        // A store whose response body was left unfinished still holds it.
+        self.end.is_complete()
     }
 
     fn on_abort(&self) -> Option<Box<dyn FnOnce() + Send>> {

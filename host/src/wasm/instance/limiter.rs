@@ -33,6 +33,13 @@ impl MemoryLimiter {
         self.peak
     }
 
+    /// Starts a new invocation in the same instance: its peak starts at
+    /// the memory the instance holds now, and no denial is carried over.
+    pub(super) fn renew(&mut self) {
+        self.peak = self.total;
+        self.denied = None;
+    }
+
     /// The cap, in bytes.
     pub fn cap(&self) -> usize {
         self.cap

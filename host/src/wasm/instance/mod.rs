@@ -3,7 +3,10 @@
 //! the epoch deadline and the guest's log streams.
 //!
 //! An instance is made for one invocation and dropped after it; nothing a
-//! guest does survives it. This module knows no runtime and no trigger:
+//! guest does survives it — unless its service opted in to reuse (see
+//! [`pool`]): then the same store serves its next invocations, each
+//! [renewed](renew) with its own tag, deadline, fuel budget and memory
+//! peak. This module knows no runtime and no trigger:
 //! what an instance reaches beyond itself (secrets, the event bus, other
 //! services, the host's own addresses to stay away from) comes in through
 //! [`Ports`], supplied by the host.
@@ -17,6 +20,7 @@
 pub mod egress;
 pub mod limiter;
 pub mod output;
+pub mod pool;
 pub mod publish;
 pub mod turns;
 
@@ -49,6 +53,11 @@ pub struct InstanceState {
     limiter: MemoryLimiter,
     publisher: Option<Publisher>,
     turn: Arc<CpuTurn>,
+    /// The guest's stdout and stderr, to tag a reused instance's lines.
+    output: [GuestOutput; 2],
+    /// The component instance, once made: kept with the store so that a
+    /// reused store serves its next invocation without instantiating.
+    instance: Option<wasmtime::component::Instance>,
 }
 
 impl WasiView for InstanceState {
@@ -85,6 +94,20 @@ impl InstanceState {
     pub fn publisher(&self) -> Option<&Publisher> {
         self.publisher.as_ref()
     }
+}
+
+/// The component instance in `store`: the one made for an earlier
+/// invocation of a reused store, or one made now from `pre`.
+pub async fn instance(
+    store: &mut Store<InstanceState>,
+    pre: &wasmtime::component::InstancePre<InstanceState>,
+) -> wasmtime::Result<wasmtime::component::Instance> {
+    if let Some(instance) = store.data().instance {
+        return Ok(instance);
+    }
+    let instance = pre.instantiate_async(&mut *store).await?;
+    store.data_mut().instance = Some(instance);
+    Ok(instance)
 }
 
 /// Adds every interface Berth provides to guests: all of WASI 0.2
@@ -264,23 +287,13 @@ pub fn new_store(
         invocation: invocation.id,
     };
     let limits = sandbox.limits();
-    let wasi = wasi_context(sandbox, &ports.secrets, &tag)?;
-    let outbound = (!sandbox.outbound.is_empty()).then(|| Outbound {
-        rules: sandbox.outbound.clone(),
-        trace: invocation.trace,
-        deadline: invocation.deadline,
-        chain: invocation.chain.clone(),
-        listeners: ports.listeners.clone(),
-        calls: ports.calls.clone(),
-    });
-    let publisher = ports.events.as_ref().map(|events| Publisher {
-        service: tag.service.clone(),
-        invocation: invocation.id,
-        allowed: sandbox.publish.clone(),
-        sink: events.sink.clone(),
-        max_event_size: events.max_event_size,
-        trace: invocation.trace,
-    });
+    let output = [
+        GuestOutput::new(tag.clone(), "stdout"),
+        GuestOutput::new(tag.clone(), "stderr"),
+    ];
+    let wasi = wasi_context(sandbox, &ports.secrets, &output)?;
+    let outbound = outbound(sandbox, ports, &invocation);
+    let publisher = publisher(sandbox, ports, &invocation);
     let state = InstanceState {
         table: ResourceTable::new(),
         wasi,
@@ -289,16 +302,12 @@ pub fn new_store(
         limiter: MemoryLimiter::new(limits.memory.bytes()),
         turn: CpuTurn::new(sandbox.cpu_turns.clone()),
         publisher,
+        output,
+        instance: None,
     };
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);
-    store
-        .set_fuel(limits.fuel)
-        .map_err(|e| StartError::Fuel(e.to_string()))?;
-    // The first check comes after one to two ticks: a guest that answers
-    // within a tick (most do) never yields or queues for a turn; one
-    // still running after a whole tick is CPU-bound.
-    store.set_epoch_deadline(2);
+    budget(&mut store, limits)?;
     store.epoch_deadline_callback(|store| {
         let turn = store.data().turn.clone();
         Ok(UpdateDeadline::YieldCustom(1, Box::pin(turn.next_turn())))
@@ -312,13 +321,81 @@ pub fn new_store(
     Ok(store)
 }
 
+/// Gives a reused store to its next invocation: the invocation's tag,
+/// trace, deadline and call chain for what it logs, calls and publishes; a
+/// full fuel budget and a fresh epoch deadline; its memory peak counted
+/// from what the instance holds now. What the guest keeps in its own
+/// memory is not reset: that is what reuse is.
+pub fn renew(
+    store: &mut Store<InstanceState>,
+    sandbox: &Sandbox,
+    ports: &Ports,
+    invocation: Invocation,
+) -> Result<(), StartError> {
+    let tag = Tag {
+        service: sandbox.spec.name.clone(),
+        invocation: invocation.id,
+    };
+    let state = store.data_mut();
+    for output in &state.output {
+        output.retag(tag.clone());
+    }
+    state.hooks = Hooks {
+        tag,
+        outbound: outbound(sandbox, ports, &invocation),
+    };
+    state.publisher = publisher(sandbox, ports, &invocation);
+    state.limiter.renew();
+    budget(store, sandbox.limits())
+}
+
+/// An invocation's fuel budget and the first epoch check.
+fn budget(store: &mut Store<InstanceState>, limits: &Limits) -> Result<(), StartError> {
+    store
+        .set_fuel(limits.fuel)
+        .map_err(|e| StartError::Fuel(e.to_string()))?;
+    // The first check comes after one to two ticks: a guest that answers
+    // within a tick (most do) never yields or queues for a turn; one
+    // still running after a whole tick is CPU-bound.
+    store.set_epoch_deadline(2);
+    Ok(())
+}
+
+/// What an invocation may send out, if the service may send anything.
+fn outbound(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Option<Outbound> {
+    (!sandbox.outbound.is_empty()).then(|| Outbound {
+        rules: sandbox.outbound.clone(),
+        trace: invocation.trace,
+        deadline: invocation.deadline,
+        chain: invocation.chain.clone(),
+        listeners: ports.listeners.clone(),
+        calls: ports.calls.clone(),
+    })
+}
+
+/// What an invocation may publish, if the host has an event bus.
+fn publisher(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Option<Publisher> {
+    ports.events.as_ref().map(|events| Publisher {
+        service: sandbox.spec.name.clone(),
+        invocation: invocation.id,
+        allowed: sandbox.publish.clone(),
+        sink: events.sink.clone(),
+        max_event_size: events.max_event_size,
+        trace: invocation.trace,
+    })
+}
+
 /// The WASI context of one instance: output streams, sockets refused,
 /// the service's directories and environment.
-fn wasi_context(sandbox: &Sandbox, secrets: &Secrets, tag: &Tag) -> Result<WasiCtx, StartError> {
+fn wasi_context(
+    sandbox: &Sandbox,
+    secrets: &Secrets,
+    output: &[GuestOutput; 2],
+) -> Result<WasiCtx, StartError> {
     let config = &sandbox.spec.config;
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stdout(GuestOutput::new(tag.clone(), "stdout"))
-        .stderr(GuestOutput::new(tag.clone(), "stderr"))
+    wasi.stdout(output[0].clone())
+        .stderr(output[1].clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);

@@ -22,7 +22,7 @@ pub struct GuestOutput {
 }
 
 struct GuestOutputInner {
-    tag: Tag,
+    tag: Mutex<Tag>,
     stream: &'static str,
     pending: Mutex<Vec<u8>>,
 }
@@ -31,11 +31,24 @@ impl GuestOutput {
     pub(super) fn new(tag: Tag, stream: &'static str) -> Self {
         GuestOutput {
             inner: Arc::new(GuestOutputInner {
-                tag,
+                tag: Mutex::new(tag),
                 stream,
                 pending: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Tags what follows with `tag` (a reused instance's next
+    /// invocation), after logging a last line the previous one left
+    /// without a newline.
+    pub(super) fn retag(&self, tag: Tag) {
+        let inner = &self.inner;
+        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.is_empty() {
+            inner.emit(&pending);
+            pending.clear();
+        }
+        *inner.tag.lock().unwrap_or_else(|e| e.into_inner()) = tag;
     }
 
     fn write_bytes(&self, mut bytes: &[u8]) {
@@ -59,10 +72,11 @@ impl GuestOutputInner {
     fn emit(&self, line: &[u8]) {
         let line = String::from_utf8_lossy(line);
         let line = line.strip_suffix('\r').unwrap_or(&line);
+        let tag = self.tag.lock().unwrap_or_else(|e| e.into_inner());
         tracing::info!(
             target: "guest",
-            service = %self.tag.service,
-            invocation = %self.tag.invocation,
+            service = %tag.service,
+            invocation = %tag.invocation,
             stream = self.stream,
             "{line}"
         );

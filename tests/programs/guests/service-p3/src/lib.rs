@@ -6,6 +6,8 @@
 //! - `POST /echo` — the request body streamed back as it arrives;
 //! - `POST /length` — reads the whole request body, then answers with its
 //!   length;
+//! - `/count` — how many requests this instance has served (1 in a fresh
+//!   instance, more in a reused one);
 //! - `/info` — the request as the guest sees it (method, scheme,
 //!   authority, path, headers), as the 0.2 `request-info` fixture;
 //! - `/sleep?ms=N` — answers after N ms on the host's clock;
@@ -16,6 +18,7 @@
 //! - `/stall` — sends 64 KiB without a length, then keeps its body stream
 //!   open with no task left to write it;
 //! - `/trap-body` — sends 64 KiB, then its writing task panics;
+//! - `/panic` — panics before answering;
 //! - `/error` — answers with an error code instead of a response;
 //! - `/proxy?url=U` — answers with U's response itself, its body passed on
 //!   unread;
@@ -31,6 +34,9 @@ use wasip3::{wit_bindgen, wit_future, wit_stream};
 wasip3::http::service::export!(Service);
 
 struct Service;
+
+/// Requests this instance served through `/count`.
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl wasip3::exports::http::handler::Guest for Service {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
@@ -62,6 +68,10 @@ impl wasip3::exports::http::handler::Guest for Service {
                     }
                 }
                 Ok(text(200, format!("read {read} bytes\n")))
+            }
+            "count" => {
+                let count = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Ok(text(200, format!("count={count}\n")))
             }
             "info" => Ok(text(200, info(&request))),
             "sleep" => {
@@ -115,6 +125,7 @@ impl wasip3::exports::http::handler::Guest for Service {
                 });
                 Ok(response)
             }
+            "panic" => panic!("the service-p3 fixture panicked on purpose"),
             "error" => Err(ErrorCode::InternalError(Some("the guest gave up".into()))),
             "proxy" => {
                 let url = query

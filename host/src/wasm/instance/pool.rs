@@ -1,0 +1,132 @@
+//! Warm instances of a service that opted in to reuse
+//! ([`crate::values::reuse`]): a store whose invocation ended well goes
+//! back here, and the service's next invocation takes it instead of making
+//! a fresh one — until it has served `max_requests`, or waited unused for
+//! `idle`.
+//!
+//! Only an instance whose invocation ended well comes back (no trap, no
+//! fuel or memory exhaustion, no deadline, its response body finished):
+//! one that failed is dropped, so a guest's failure never reaches the
+//! next invocation through a broken instance.
+
+use super::InstanceState;
+use crate::values::digest::Digest;
+use crate::values::reuse::Reuse;
+use std::sync::Mutex;
+use std::time::Instant;
+use wasmtime::Store;
+
+/// A store kept for reuse, with its instance in it.
+pub struct Warm {
+    /// The store.
+    pub store: Store<InstanceState>,
+    /// The invocations it served.
+    pub served: u32,
+    /// The artifact its instance was made from.
+    pub digest: Digest,
+    /// When it was made: it names the instance in the invocations' logs.
+    pub made: InstanceTag,
+    /// When it was put back.
+    since: Instant,
+}
+
+/// Which instance served an invocation: the id of the invocation it was
+/// made for. Invocations that shared an instance share its tag.
+pub type InstanceTag = crate::values::id::InvocationId;
+
+/// A service's warm instances.
+pub struct InstancePool {
+    reuse: Reuse,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl std::fmt::Debug for InstancePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstancePool")
+            .field("reuse", &self.reuse)
+            .field("idle", &self.len())
+            .finish()
+    }
+}
+
+impl InstancePool {
+    /// An empty pool reusing instances as `reuse` says.
+    pub fn new(reuse: Reuse) -> Self {
+        InstancePool {
+            reuse,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How instances are reused.
+    pub fn reuse(&self) -> &Reuse {
+        &self.reuse
+    }
+
+    /// Warm instances waiting now.
+    pub fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no instance waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most recently used warm instance of `digest` that has not
+    /// waited past `idle` (its pages are the likeliest to be resident).
+    pub fn take(&self, digest: &Digest) -> Option<Warm> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        idle.retain(|warm| now.duration_since(warm.since) < self.reuse.idle);
+        let at = idle.iter().rposition(|warm| warm.digest == *digest)?;
+        Some(idle.swap_remove(at))
+    }
+
+    /// Puts `warm` back after an invocation that ended well, unless it has
+    /// served its `max_requests` (then it is dropped).
+    pub fn put(&self, mut warm: Warm) {
+        if warm.served >= self.reuse.max_requests {
+            return;
+        }
+        warm.since = Instant::now();
+        let dropped = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.push(warm);
+            // Bounded by the instances that ran at once; drop the oldest
+            // beyond the service's own concurrency if ever more come back.
+            (idle.len() > MAX_IDLE).then(|| idle.remove(0))
+        };
+        drop(dropped);
+    }
+
+    /// Drops the instances that waited past `idle`; how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let expired: Vec<Warm> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (keep, expired) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|warm| now.duration_since(warm.since) < self.reuse.idle);
+            *idle = keep;
+            expired
+        };
+        // Dropped outside the lock: a store's drop returns its slot.
+        expired.len()
+    }
+}
+
+/// The most warm instances one service keeps.
+const MAX_IDLE: usize = 1024;
+
+impl Warm {
+    /// A store just made, with no invocation served yet.
+    pub fn new(store: Store<InstanceState>, digest: Digest, made: InstanceTag) -> Self {
+        Warm {
+            store,
+            served: 0,
+            digest,
+            made,
+            since: Instant::now(),
+        }
+    }
+}
