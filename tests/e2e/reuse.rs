@@ -53,7 +53,7 @@ async fn reuse_keeps_an_instance_for_max_requests_and_only_where_asked() {
     assert_eq!(seen, ["count=1", "count=2", "count=1"]);
     // The log names the instance each invocation ran in.
     let logs = berth.wait_for_logs(&["reused=2"]);
-    assert!(logs.contains("service=reused"), "{logs}");
+    assert!(logs.contains("service=reused revision"), "{logs}");
     assert!(
         !logs
             .lines()
@@ -82,21 +82,25 @@ async fn reuse_keeps_an_instance_for_max_requests_and_only_where_asked() {
 
 #[tokio::test]
 async fn a_failed_or_idle_instance_is_never_reused() {
-    let manifest = format!(
-        "{}reuse = {{ max_requests = 100, idle = \"300ms\" }}\n[service.p3.limits]\ntimeout = \"1s\"\n",
-        "[service.p3]\ncomponent = \"P3\"\nroute = \"/p3/...\"\n"
-            .replace("P3", programs::SERVICE_P3)
-    );
-    let berth = Berth::up(&manifest);
-    assert_eq!(counted(&berth, "/p3/count").await, "count=1");
-    assert_eq!(counted(&berth, "/p3/count").await, "count=2");
+    let p3 = |name: &str, idle: &str| {
+        format!(
+            "[service.{name}]\ncomponent = {:?}\nroute = \"/{name}/...\"\n\
+             reuse = {{ max_requests = 100, idle = \"{idle}\" }}\n\
+             [service.{name}.limits]\ntimeout = \"1s\"\n",
+            programs::SERVICE_P3
+        )
+    };
+    let berth = Berth::up(&(p3("kept", "60s") + &p3("brief", "200ms")));
+    assert_eq!(counted(&berth, "/kept/count").await, "count=1");
+    assert_eq!(counted(&berth, "/kept/count").await, "count=2");
     // A trap, a deadline: each instance is dropped.
-    assert_eq!(get(&berth, "/p3/panic").await.status, 500);
-    assert_eq!(counted(&berth, "/p3/count").await, "count=1");
-    assert_eq!(get(&berth, "/p3/never").await.status, 504);
-    assert_eq!(counted(&berth, "/p3/count").await, "count=1");
-    assert_eq!(counted(&berth, "/p3/count").await, "count=2");
+    assert_eq!(get(&berth, "/kept/panic").await.status, 500);
+    assert_eq!(counted(&berth, "/kept/count").await, "count=1");
+    assert_eq!(get(&berth, "/kept/never").await.status, 504);
+    assert_eq!(counted(&berth, "/kept/count").await, "count=1");
+    assert_eq!(counted(&berth, "/kept/count").await, "count=2");
     // Past `idle`, the instance is gone.
+    assert_eq!(counted(&berth, "/brief/count").await, "count=1");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(counted(&berth, "/p3/count").await, "count=1");
+    assert_eq!(counted(&berth, "/brief/count").await, "count=1");
 }

@@ -38,7 +38,15 @@ pub enum Rejection {
 #[derive(Debug)]
 pub struct Permit {
     _service: OwnedSemaphorePermit,
-    _host: OwnedSemaphorePermit,
+    host: OwnedSemaphorePermit,
+}
+
+impl Permit {
+    /// Frees the service's slot, keeping the host's: what an idle reused
+    /// instance holds, since it still occupies a slot of the instance pool.
+    pub fn into_host_slot(self) -> OwnedSemaphorePermit {
+        self.host
+    }
 }
 
 /// Decrements the waiting count however the wait ends.
@@ -105,7 +113,7 @@ impl Admission {
         };
         Ok(Permit {
             _service: service,
-            _host: host,
+            host,
         })
     }
 }

@@ -298,8 +298,7 @@ pub async fn invoke<C: GuestCall>(
         let (done_tx, done) = tokio::sync::oneshot::channel();
         runtime.tasks().spawn(
             async move {
-                let _permit = permit;
-                let output = run.run(call, &record, service.pool.as_ref()).await;
+                let output = run.run(call, &record, service.pool.as_ref(), permit).await;
                 drop(pipeline_hold);
                 let _ = done_tx.send(output);
             }
@@ -448,6 +447,7 @@ impl Run {
         mut call: C,
         record: &RecordDraft,
         pool: Option<&InstancePool>,
+        permit: Permit,
     ) -> C::Output {
         let mut lost = Lost {
             record,
@@ -464,12 +464,21 @@ impl Run {
         let peak = self.store.data().limiter().peak() as u64;
         log_outcome(&outcome, fuel, peak);
         match (pool, self.kept) {
-            (Some(pool), Some(kept)) if outcome.is_ok() && call.reusable() => {
-                let mut warm = Warm::new(self.store, kept.digest, kept.made);
+            (Some(pool), Some(kept))
+                if outcome.is_ok() && call.reusable() && healthy(&mut self.store) =>
+            {
+                // It keeps its slot of the host's instance pool while it
+                // waits, but neither its service's slot nor a CPU turn.
+                self.store.data().release_turn();
+                let mut warm =
+                    Warm::new(self.store, kept.digest, kept.made, permit.into_host_slot());
                 warm.served = kept.served + 1;
                 pool.put(warm);
             }
-            _ => drop(self.store),
+            _ => {
+                drop(self.store);
+                drop(permit);
+            }
         }
         record.ran(outcome.kind(), fuel, peak);
         lost.armed = false;
@@ -481,6 +490,17 @@ impl Run {
             record,
         )
     }
+}
+
+/// Whether a store whose run ended well may serve again: its memory was
+/// never refused a growth (the next invocation would start short), and
+/// the guest left no pile of resources behind.
+fn healthy(store: &mut Store<InstanceState>) -> bool {
+    /// Resources a reused instance may hold between invocations (its
+    /// output streams and the like), beyond which it is not reused.
+    const MAX_RESOURCES: usize = 256;
+    store.data().limiter().denied().is_none()
+        && store.data_mut().table().iter_mut().count() <= MAX_RESOURCES
 }
 
 /// Completes the record of a run whose task panicked before it was

@@ -244,11 +244,6 @@ impl BodyEnd {
     fn is_incomplete(&self) -> bool {
         self.0.load(Ordering::Acquire) == INCOMPLETE
     }
-
-    /// Whether the invocation said the body was finished.
-    pub fn is_complete(&self) -> bool {
-        self.0.load(Ordering::Acquire) == COMPLETE
-    }
 }
 
 /// How a WASI 0.3 guest's response body went, as the client's side saw

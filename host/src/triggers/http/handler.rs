@@ -308,6 +308,8 @@ pub(super) struct HttpCall<B> {
     guest: Option<Prepared>,
     /// WASI 0.3: how the response body went.
     watch: Option<Arc<BodyWatch>>,
+    /// Whether the instance may serve another invocation (see `after`).
+    reusable: bool,
 }
 
 /// The request handed to the fresh instance, ready for the call.
@@ -346,6 +348,7 @@ impl<B> HttpCall<B> {
             pre: None,
             guest: None,
             watch: None,
+            reusable: false,
         };
         let answer = Answer {
             response: rx,
@@ -542,11 +545,15 @@ where
             None => !has_unfinished_body(store),
         };
         self.end.set(complete);
+        // A reused instance starts its next invocation with nothing of
+        // this one's HTTP exchange: no response out-parameter kept (its
+        // client would wait on it), no request, body or outgoing request
+        // left (one would go on running between invocations).
+        self.reusable = complete && !holds_http_resources(store);
     }
 
     fn reusable(&self) -> bool {
-        // A store whose response body was left unfinished still holds it.
-        self.end.is_complete()
+        self.reusable
     }
 
     fn on_abort(&self) -> Option<Box<dyn FnOnce() + Send>> {
@@ -616,6 +623,26 @@ fn has_unfinished_body(store: &mut Store<InstanceState>) -> bool {
         .table()
         .iter_mut()
         .any(|entry| entry.is::<HostOutgoingBody>())
+}
+
+/// Whether the guest kept any resource of a WASI 0.2 HTTP exchange.
+fn holds_http_resources(store: &mut Store<InstanceState>) -> bool {
+    use wasmtime_wasi_http::p2::body::{HostFutureTrailers, HostIncomingBody};
+    use wasmtime_wasi_http::p2::types::{
+        HostFutureIncomingResponse, HostIncomingRequest, HostIncomingResponse, HostOutgoingRequest,
+        HostOutgoingResponse, HostResponseOutparam,
+    };
+    store.data_mut().table().iter_mut().any(|entry| {
+        entry.is::<HostResponseOutparam>()
+            || entry.is::<HostIncomingRequest>()
+            || entry.is::<HostIncomingBody>()
+            || entry.is::<HostFutureTrailers>()
+            || entry.is::<HostOutgoingResponse>()
+            || entry.is::<HostOutgoingRequest>()
+            || entry.is::<HostFutureIncomingResponse>()
+            || entry.is::<HostIncomingResponse>()
+            || entry.is::<HostOutgoingBody>()
+    })
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

@@ -94,6 +94,12 @@ impl InstanceState {
     pub fn publisher(&self) -> Option<&Publisher> {
         self.publisher.as_ref()
     }
+
+    /// Gives back the CPU turn the instance holds, if any (a reused
+    /// instance going back to its pool must not keep one).
+    pub fn release_turn(&self) {
+        self.turn.release();
+    }
 }
 
 /// The component instance in `store`: the one made for an earlier
@@ -346,6 +352,7 @@ pub fn renew(
     };
     state.publisher = publisher(sandbox, ports, &invocation);
     state.limiter.renew();
+    state.turn.release();
     budget(store, sandbox.limits())
 }
 

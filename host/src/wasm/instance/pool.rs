@@ -28,6 +28,9 @@ pub struct Warm {
     pub made: InstanceTag,
     /// When it was put back.
     since: Instant,
+    /// Its slot of the host's instance pool, held while it waits (the
+    /// invocation that takes it holds one of its own).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Which instance served an invocation: the id of the invocation it was
@@ -76,11 +79,22 @@ impl InstancePool {
     /// The most recently used warm instance of `digest` that has not
     /// waited past `idle` (its pages are the likeliest to be resident).
     pub fn take(&self, digest: &Digest) -> Option<Warm> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        idle.retain(|warm| now.duration_since(warm.since) < self.reuse.idle);
-        let at = idle.iter().rposition(|warm| warm.digest == *digest)?;
-        Some(idle.swap_remove(at))
+        let (warm, expired) = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (keep, expired): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|warm| now.duration_since(warm.since) < self.reuse.idle);
+            *idle = keep;
+            let warm = idle
+                .iter()
+                .rposition(|warm| warm.digest == *digest)
+                .map(|at| idle.swap_remove(at));
+            (warm, expired)
+        };
+        // Dropped outside the lock: a store's drop returns its slot.
+        drop(expired);
+        warm
     }
 
     /// Puts `warm` back after an invocation that ended well, unless it has
@@ -93,8 +107,8 @@ impl InstancePool {
         let dropped = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push(warm);
-            // Bounded by the instances that ran at once; drop the oldest
-            // beyond the service's own concurrency if ever more come back.
+            // At most as many as ran at once (each holds a host slot);
+            // a fixed bound besides.
             (idle.len() > MAX_IDLE).then(|| idle.remove(0))
         };
         drop(dropped);
@@ -120,13 +134,19 @@ const MAX_IDLE: usize = 1024;
 
 impl Warm {
     /// A store just made, with no invocation served yet.
-    pub fn new(store: Store<InstanceState>, digest: Digest, made: InstanceTag) -> Self {
+    pub fn new(
+        store: Store<InstanceState>,
+        digest: Digest,
+        made: InstanceTag,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         Warm {
             store,
             served: 0,
             digest,
             made,
             since: Instant::now(),
+            _slot: slot,
         }
     }
 }
