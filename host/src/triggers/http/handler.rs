@@ -546,9 +546,9 @@ where
         };
         self.end.set(complete);
         // A reused instance starts its next invocation with nothing of
-        // this one's HTTP exchange: no response out-parameter kept (its
-        // client would wait on it), no request, body or outgoing request
-        // left (one would go on running between invocations).
+        // this one's HTTP exchange still going: no response out-parameter
+        // kept (its client would wait on it), no body or outgoing request
+        // left unfinished (one would go on between invocations).
         self.reusable = complete && !holds_http_resources(store);
     }
 
@@ -625,23 +625,23 @@ fn has_unfinished_body(store: &mut Store<InstanceState>) -> bool {
         .any(|entry| entry.is::<HostOutgoingBody>())
 }
 
-/// Whether the guest kept any resource of a WASI 0.2 HTTP exchange.
+/// Whether the guest kept a resource of a WASI 0.2 HTTP exchange that
+/// would outlive its invocation in a reused instance: a response
+/// out-parameter (its client would wait on it), a response or outgoing
+/// body it never finished, an outgoing request or one in flight. Handles
+/// of requests it was given and did not drop (a garbage-collected
+/// language drops them late) do not count: they are the service's own
+/// past requests, which reuse already lets it keep.
 fn holds_http_resources(store: &mut Store<InstanceState>) -> bool {
-    use wasmtime_wasi_http::p2::body::{HostFutureTrailers, HostIncomingBody};
     use wasmtime_wasi_http::p2::types::{
-        HostFutureIncomingResponse, HostIncomingRequest, HostIncomingResponse, HostOutgoingRequest,
-        HostOutgoingResponse, HostResponseOutparam,
+        HostFutureIncomingResponse, HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
     };
     store.data_mut().table().iter_mut().any(|entry| {
         entry.is::<HostResponseOutparam>()
-            || entry.is::<HostIncomingRequest>()
-            || entry.is::<HostIncomingBody>()
-            || entry.is::<HostFutureTrailers>()
             || entry.is::<HostOutgoingResponse>()
+            || entry.is::<HostOutgoingBody>()
             || entry.is::<HostOutgoingRequest>()
             || entry.is::<HostFutureIncomingResponse>()
-            || entry.is::<HostIncomingResponse>()
-            || entry.is::<HostOutgoingBody>()
     })
 }
 
