@@ -106,11 +106,10 @@ const COMPONENTIZE_PY: &str = "0.25.0";
 
 /// Builds the Python app in `app` (its `app.py`) into a component.
 fn build_python(manifest_dir: &Path, app: &Path, world: &str, out_dir: &Path) -> PathBuf {
-    let tool = componentize_py();
     let wit = wasi_http_wit(manifest_dir);
     let name = app.file_name().unwrap().to_string_lossy().into_owned();
     let wasm = out_dir.join(format!("py-{name}.wasm"));
-    let output = Command::new(&tool)
+    let output = componentize_py()
         .env_remove("RUST_BACKTRACE")
         .arg("-q")
         .arg("-d")
@@ -121,7 +120,7 @@ fn build_python(manifest_dir: &Path, app: &Path, world: &str, out_dir: &Path) ->
         .arg("-o")
         .arg(&wasm)
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+        .unwrap_or_else(|e| panic!("running componentize-py: {e}"));
     assert!(
         output.status.success(),
         "componentize-py could not build {}:\n{}",
@@ -131,28 +130,34 @@ fn build_python(manifest_dir: &Path, app: &Path, world: &str, out_dir: &Path) ->
     wasm
 }
 
-/// componentize-py at the pinned version: on the PATH, or installed from
-/// PyPI into a folder of this build's own.
-fn componentize_py() -> PathBuf {
-    let version_of = |tool: &Path| {
-        Command::new(tool)
-            .arg("--version")
+/// componentize-py at the pinned version: the one on the PATH, or one
+/// installed from PyPI into a folder of this build's own and run from it.
+fn componentize_py() -> Command {
+    let wanted = format!("componentize-py {COMPONENTIZE_PY}");
+    let version_of = |mut cmd: Command| {
+        cmd.arg("--version")
             .output()
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
-    let wanted = format!("componentize-py {COMPONENTIZE_PY}");
-    let on_path = PathBuf::from("componentize-py");
-    if version_of(&on_path).as_deref() == Some(wanted.as_str()) {
-        return on_path;
+    if version_of(Command::new("componentize-py")).as_deref() == Some(wanted.as_str()) {
+        return Command::new("componentize-py");
     }
     let home = PathBuf::from(env("OUT_DIR")).join("componentize-py");
-    let tool = home.join("bin/componentize-py");
-    if version_of(&tool).as_deref() != Some(wanted.as_str()) {
+    let installed = || {
+        let mut cmd = Command::new("python3");
+        cmd.env("PYTHONPATH", &home).args([
+            "-c",
+            "import sys; from componentize_py import script; \
+             sys.argv[0] = 'componentize-py'; sys.exit(script())",
+        ]);
+        cmd
+    };
+    if version_of(installed()).as_deref() != Some(wanted.as_str()) {
         println!("cargo:warning=installing componentize-py {COMPONENTIZE_PY} from PyPI");
         let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--prefix"])
+            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
             .arg(&home)
             .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
             .status()
@@ -162,7 +167,7 @@ fn componentize_py() -> PathBuf {
             "installing componentize-py {COMPONENTIZE_PY} failed"
         );
     }
-    tool
+    installed()
 }
 
 /// The WIT of WASI 0.3 HTTP, from the source of the `wasmtime-wasi-http`
