@@ -38,7 +38,7 @@ use crate::values::trace::TraceContext;
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{Handlers, LoadError};
-use crate::wasm::instance::pool::{InstancePool, Warm};
+use crate::wasm::instance::pool::{History, InstancePool, Warm};
 use crate::wasm::instance::{self, CallChain, InstanceState, StartError};
 use crate::wasm::outcome::{self, Deadline, Outcome};
 use std::future::Future;
@@ -348,31 +348,20 @@ async fn prepare<C: GuestCall>(
         chain: start.chain,
     };
     let id = invocation.id;
-    let warm = match &service.pool {
-        Some(pool) => match pool.take(&handlers.digest) {
-            Some(mut warm) => {
-                instance::renew(
-                    &mut warm.store,
-                    &service.sandbox,
-                    runtime.ports(),
-                    invocation.clone(),
-                )
-                .map_err(Refusal::Instance)?;
-                Some(warm)
-            }
-            None => None,
-        },
-        None => None,
-    };
+    let warm = service
+        .pool
+        .as_ref()
+        .and_then(|pool| pool.take(&handlers.digest));
     let (mut store, kept) = match warm {
-        Some(warm) => {
-            record.instance(warm.made, warm.served);
-            let kept = Kept {
-                served: warm.served,
-                digest: warm.digest,
-                made: warm.made,
-            };
-            (warm.store, Some(kept))
+        Some(mut warm) => {
+            instance::renew(
+                &mut warm.store,
+                &service.sandbox,
+                runtime.ports(),
+                invocation,
+            )
+            .map_err(Refusal::Instance)?;
+            (warm.store, Some(warm.history))
         }
         None => {
             let store = instance::new_store(
@@ -382,17 +371,17 @@ async fn prepare<C: GuestCall>(
                 invocation,
             )
             .map_err(Refusal::Instance)?;
-            let kept = service.pool.as_ref().map(|_| Kept {
+            let kept = service.pool.as_ref().map(|_| History {
                 served: 0,
                 digest: handlers.digest,
                 made: id,
             });
-            if kept.is_some() {
-                record.instance(id, 0);
-            }
             (store, kept)
         }
     };
+    if let Some(kept) = &kept {
+        record.instance(kept.made, kept.served);
+    }
     call.prepare(&mut store, record)?;
     let run = Run {
         store,
@@ -428,14 +417,7 @@ struct Run {
     which: Deadline,
     /// For a service that reuses instances: what goes back to its pool
     /// with the store.
-    kept: Option<Kept>,
-}
-
-/// A reusable store's history.
-struct Kept {
-    served: u32,
-    digest: crate::values::digest::Digest,
-    made: InvocationId,
+    kept: Option<History>,
 }
 
 impl Run {
@@ -470,10 +452,11 @@ impl Run {
                 // It keeps its slot of the host's instance pool while it
                 // waits, but neither its service's slot nor a CPU turn.
                 self.store.data().release_turn();
-                let mut warm =
-                    Warm::new(self.store, kept.digest, kept.made, permit.into_host_slot());
-                warm.served = kept.served + 1;
-                pool.put(warm);
+                let history = History {
+                    served: kept.served + 1,
+                    ..kept
+                };
+                pool.put(Warm::new(self.store, history, permit.into_host_slot()));
             }
             _ => {
                 drop(self.store);

@@ -20,17 +20,25 @@ use wasmtime::Store;
 pub struct Warm {
     /// The store.
     pub store: Store<InstanceState>,
-    /// The invocations it served.
-    pub served: u32,
-    /// The artifact its instance was made from.
-    pub digest: Digest,
-    /// When it was made: it names the instance in the invocations' logs.
-    pub made: InstanceTag,
+    /// Where its instance came from and what it served.
+    pub history: History,
     /// When it was put back.
     since: Instant,
     /// Its slot of the host's instance pool, held while it waits (the
     /// invocation that takes it holds one of its own).
     _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A reusable instance's history.
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    /// The invocations it served.
+    pub served: u32,
+    /// The artifact it was made from.
+    pub digest: Digest,
+    /// The invocation it was made for: it names the instance in the
+    /// invocations' logs and records.
+    pub made: InstanceTag,
 }
 
 /// Which instance served an invocation: the id of the invocation it was
@@ -61,19 +69,18 @@ impl InstancePool {
         }
     }
 
-    /// How instances are reused.
-    pub fn reuse(&self) -> &Reuse {
-        &self.reuse
-    }
-
     /// Warm instances waiting now.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Whether no instance waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Takes the instances of `idle` that waited past `idle` out of it.
+    fn expire(&self, idle: &mut Vec<Warm>, now: Instant) -> Vec<Warm> {
+        let (keep, expired) = std::mem::take(idle)
+            .into_iter()
+            .partition(|warm| now.duration_since(warm.since) < self.reuse.idle);
+        *idle = keep;
+        expired
     }
 
     /// The most recently used warm instance of `digest` that has not
@@ -82,13 +89,10 @@ impl InstancePool {
         let now = Instant::now();
         let (warm, expired) = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let (keep, expired): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|warm| now.duration_since(warm.since) < self.reuse.idle);
-            *idle = keep;
+            let expired = self.expire(&mut idle, now);
             let warm = idle
                 .iter()
-                .rposition(|warm| warm.digest == *digest)
+                .rposition(|warm| warm.history.digest == *digest)
                 .map(|at| idle.swap_remove(at));
             (warm, expired)
         };
@@ -100,7 +104,7 @@ impl InstancePool {
     /// Puts `warm` back after an invocation that ended well, unless it has
     /// served its `max_requests` (then it is dropped).
     pub fn put(&self, mut warm: Warm) {
-        if warm.served >= self.reuse.max_requests {
+        if warm.history.served >= self.reuse.max_requests {
             return;
         }
         warm.since = Instant::now();
@@ -116,13 +120,9 @@ impl InstancePool {
 
     /// Drops the instances that waited past `idle`; how many.
     pub fn sweep(&self, now: Instant) -> usize {
-        let expired: Vec<Warm> = {
+        let expired = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let (keep, expired) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|warm| now.duration_since(warm.since) < self.reuse.idle);
-            *idle = keep;
-            expired
+            self.expire(&mut idle, now)
         };
         // Dropped outside the lock: a store's drop returns its slot.
         expired.len()
@@ -133,18 +133,15 @@ impl InstancePool {
 const MAX_IDLE: usize = 1024;
 
 impl Warm {
-    /// A store just made, with no invocation served yet.
+    /// A store going back to its pool with its `history`, holding `slot`.
     pub fn new(
         store: Store<InstanceState>,
-        digest: Digest,
-        made: InstanceTag,
+        history: History,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {
         Warm {
             store,
-            served: 0,
-            digest,
-            made,
+            history,
             since: Instant::now(),
             _slot: slot,
         }
