@@ -29,6 +29,9 @@ COMPONENTS = {
 }
 
 REUSE = 'reuse = { max_requests = 1000000, idle = "10s" }\n'
+# WASI 0.3 instances may also serve requests concurrently (as
+# `wasmtime serve` does with them by default).
+REUSE_CONCURRENT = 'reuse = { max_requests = 1000000, max_concurrent = 16, idle = "10s" }\n'
 
 # Components whose guest cannot serve a second request in one instance:
 # ComponentizeJS 0.23's engine keeps its first FetchEvent ("respondWith
@@ -117,8 +120,11 @@ def main():
     servers = {}
     for name in names:
         component = (Path(args.components) / f"{name}.wasm").resolve()
-        for mode, extra in (("fresh", ""), ("reuse", REUSE)):
-            if mode == "reuse" and name in NOT_REUSABLE:
+        modes = [("fresh", ""), ("reuse", REUSE)]
+        if name.endswith("-p3"):
+            modes.append(("reuse, 16 at once", REUSE_CONCURRENT))
+        for mode, extra in modes:
+            if mode != "fresh" and name in NOT_REUSABLE:
                 continue
             manifest = work / f"{name}-{mode}.toml"
             manifest.write_text(
@@ -181,6 +187,9 @@ def main():
         if (name, "berth (reuse)") in results:
             reuse = med((name, "berth (reuse)"), 0)
             line += f", Berth with reuse / serve **{reuse / serve:.2f}×**"
+            if (name, "berth (reuse, 16 at once)") in results:
+                shared = med((name, "berth (reuse, 16 at once)"), 0)
+                line += f", 16 at once / serve **{shared / serve:.2f}×**"
         else:
             line += " (no reuse: its engine serves one request per instance)"
         if (name, "workerd") in results:

@@ -104,3 +104,141 @@ async fn a_failed_or_idle_instance_is_never_reused() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(counted(&berth, "/brief/count").await, "count=1");
 }
+
+/// The instance an invocation ran in, from its `finished` log line.
+fn instance_of(berth: &Berth, reply: &Reply) -> String {
+    let line = finished(berth, reply);
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("instance="))
+        .unwrap_or_else(|| panic!("no instance in {line}"))
+        .to_owned()
+}
+
+/// The `finished` log line of a reply's invocation (its id alone may
+/// name the instance of others').
+fn finished(berth: &Berth, reply: &Reply) -> String {
+    berth.log_line(&format!("invocation={}", reply.invocation()), "finished")
+}
+
+/// GETs every one of `paths` at once.
+async fn all_at_once(berth: &Berth, paths: &[&str]) -> Vec<Reply> {
+    futures_util::future::join_all(paths.iter().map(|path| get(berth, path))).await
+}
+
+/// A WASI 0.3 service whose instances take up to `concurrent`
+/// invocations at once.
+fn shared(name: &str, concurrent: u32, limits: &str) -> String {
+    format!(
+        "[service.{name}]\ncomponent = {:?}\nroute = \"/{name}/...\"\n\
+         reuse = {{ max_requests = 100, max_concurrent = {concurrent}, idle = \"60s\" }}\n\
+         [service.{name}.limits]\n{limits}",
+        programs::SERVICE_P3
+    )
+}
+
+#[tokio::test]
+async fn a_wasi03_instance_serves_concurrent_requests_up_to_max_concurrent() {
+    let berth = Berth::up_admin(&shared("many", 4, "timeout = \"10s\"\n"), &[]);
+    // Four requests at once: one instance serves them all.
+    let replies = all_at_once(&berth, &["/many/sleep?ms=400"; 4]).await;
+    let mut instances = Vec::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.text(), "slept 400 ms\n");
+        instances.push(instance_of(&berth, reply));
+    }
+    assert!(
+        instances.iter().all(|i| *i == instances[0]),
+        "{instances:?}"
+    );
+    // Its state survives between them (what reuse gives up).
+    assert_eq!(counted(&berth, "/many/count").await, "count=1");
+    assert_eq!(counted(&berth, "/many/count").await, "count=2");
+    // Seven at once: no instance takes more than four.
+    let replies = all_at_once(&berth, &["/many/sleep?ms=400"; 7]).await;
+    let mut per_instance = std::collections::HashMap::<String, usize>::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        *per_instance.entry(instance_of(&berth, reply)).or_default() += 1;
+    }
+    assert!(per_instance.len() >= 2, "{per_instance:?}");
+    assert!(per_instance.values().all(|n| *n <= 4), "{per_instance:?}");
+    // An 8 MiB body streams through a shared instance, both ways.
+    let body = vec![b'e'; 8 << 20];
+    let echoed = post(&berth, "/many/echo", body.clone()).await;
+    assert_eq!(echoed.status, 200);
+    let echoed = echoed.body.expect("the echo's body");
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body, "the echo differs");
+    // Each invocation has a record of its own, naming the instance.
+    let records = crate::scale::records(&berth, 14).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["outcome"] == "ok" && r["instance"].is_string()),
+        "{records:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_instance_contains_its_guests_failures() {
+    let limits = "timeout = \"1s\"\nmemory = \"24MiB\"\n";
+    let manifest = shared("shared", 4, limits)
+        + &service("bystander", programs::SERVICE_P3, "/bystander/...", "");
+    let berth = Berth::up(&manifest);
+    // A request that never answers passes its deadline (504) while the
+    // one beside it in the same instance answers; the instance takes no
+    // more requests after that, and the next one gets a fresh instance.
+    let replies = all_at_once(&berth, &["/shared/never", "/shared/sleep?ms=200"]).await;
+    assert_eq!(replies[0].status, 504, "{:?}", replies[0].body);
+    assert_eq!(replies[1].status, 200, "{:?}", replies[1].body);
+    assert!(finished(&berth, &replies[0]).contains("outcome=\"deadline\""));
+    assert_eq!(
+        instance_of(&berth, &replies[1]),
+        instance_of(&berth, &replies[0])
+    );
+    assert_eq!(counted(&berth, "/shared/count").await, "count=1");
+    // Concurrent requests that together exhaust the instance's memory:
+    // the instance fails, each request in it is answered 500 with the
+    // memory outcome, bystanders are served throughout, and the service
+    // serves again at once.
+    let (flood, bystander) = tokio::join!(
+        all_at_once(&berth, &["/shared/alloc?mib=8"; 4]),
+        get(&berth, "/bystander/"),
+    );
+    assert_eq!(bystander.status, 200);
+    let failed: Vec<&Reply> = flood.iter().filter(|r| r.status != 200).collect();
+    assert!(!failed.is_empty(), "4 × 8 MiB fit in 24 MiB?");
+    for reply in &failed {
+        assert_eq!(reply.status, 500, "{:?}", reply.body);
+        let line = finished(&berth, reply);
+        assert!(line.contains("outcome=\"memory\""), "{line}");
+    }
+    assert_eq!(counted(&berth, "/shared/count").await, "count=1");
+    // A guest that panics takes down the requests in flight beside it
+    // (they share its instance: documented), not the service.
+    let replies = all_at_once(&berth, &["/shared/panic", "/shared/sleep?ms=300"]).await;
+    assert_eq!(replies[0].status, 500);
+    assert!(
+        [200, 500].contains(&replies[1].status),
+        "{:?}",
+        replies[1].body
+    );
+    assert_eq!(counted(&berth, "/shared/count").await, "count=1");
+    // A body the guest stops writing is cut off at its deadline, never
+    // passed off as complete, and the instance serves on.
+    crate::wasi03::cut_short(&berth, "/shared/stall").await;
+    assert_eq!(get(&berth, "/bystander/").await.status, 200);
+    // A task spawned past its deadline is stopped with the instance at
+    // the latest deadline of its requests, and the instance dropped.
+    let reply = get(&berth, "/shared/late?ms=5000").await;
+    assert_eq!(reply.status, 200);
+    let instance = instance_of(&berth, &reply);
+    berth.wait_for_logs(&[&format!("instance={instance} outcome=\"deadline\"")]);
+    assert!(
+        !berth.logs().contains("the late task ran"),
+        "the late task outlived its instance"
+    );
+    assert_eq!(counted(&berth, "/shared/count").await, "count=1");
+    assert_eq!(get(&berth, "/bystander/").await.status, 200);
+}

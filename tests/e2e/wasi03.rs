@@ -164,7 +164,7 @@ async fn bodies_left_unfinished_are_cut_off_never_complete() {
 /// GETs `path` and checks the response did not come whole: its
 /// invocation id if a head came (then a 200 and a broken body), `None`
 /// if the connection broke before any head.
-async fn cut_short(berth: &Berth, path: &str) -> Option<String> {
+pub(crate) async fn cut_short(berth: &Berth, path: &str) -> Option<String> {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(berth.addr).await.unwrap();
     let (mut sender, conn) =

@@ -38,14 +38,21 @@ pub enum Rejection {
 #[derive(Debug)]
 pub struct Permit {
     _service: OwnedSemaphorePermit,
-    host: OwnedSemaphorePermit,
+    host: Option<OwnedSemaphorePermit>,
 }
 
 impl Permit {
     /// Frees the service's slot, keeping the host's: what an idle reused
     /// instance holds, since it still occupies a slot of the instance pool.
-    pub fn into_host_slot(self) -> OwnedSemaphorePermit {
+    pub fn into_host_slot(self) -> Option<OwnedSemaphorePermit> {
         self.host
+    }
+
+    /// Takes the host's slot out of the permit: a shared instance holds
+    /// one for all the invocations it serves (the one it was made for
+    /// gives it its own; the others give theirs back).
+    pub fn take_host_slot(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.host.take()
     }
 }
 
@@ -113,7 +120,7 @@ impl Admission {
         };
         Ok(Permit {
             _service: service,
-            host,
+            host: Some(host),
         })
     }
 }

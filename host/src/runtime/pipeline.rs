@@ -39,6 +39,7 @@ use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{Handlers, LoadError};
 use crate::wasm::instance::pool::{History, InstancePool, Warm};
+use crate::wasm::instance::shared::{Job, Making, Meter, Seat, Task};
 use crate::wasm::instance::{self, CallChain, InstanceState, StartError};
 use crate::wasm::outcome::{self, Deadline, Outcome};
 use std::future::Future;
@@ -133,8 +134,17 @@ pub trait GuestCall: Send + 'static {
         store: &'a mut Store<InstanceState>,
     ) -> impl Future<Output = wasmtime::Result<Self::Returned>> + Send + 'a;
 
-    /// Runs after the call, before the instance is dropped.
-    fn after(&mut self, _store: &mut Store<InstanceState>) {}
+    /// For a service whose instances serve several invocations at once:
+    /// the call as a task of a shared instance, and what to make one
+    /// from (`None`: the call needs an instance of its own, as a WASI 0.2
+    /// handler does). Called instead of [`prepare`](Self::prepare).
+    fn task(&mut self, _record: &Arc<RecordDraft>) -> Result<Option<SharedCall>, Refusal> {
+        Ok(None)
+    }
+
+    /// Runs after the call, before the instance is dropped (`None`: the
+    /// call ran in a shared instance, which goes on).
+    fn after(&mut self, _store: Option<&mut Store<InstanceState>>) {}
 
     /// Whether the instance, after a run that ended well, may serve
     /// another invocation (an HTTP response body left unfinished says no).
@@ -154,6 +164,14 @@ pub trait GuestCall: Send + 'static {
 
     /// Maps a refusal to the trigger's result.
     fn refused(self, refusal: &Refusal, record: &RecordDraft) -> Self::Output;
+}
+
+/// A call as a task of a shared instance (see [`GuestCall::task`]).
+pub struct SharedCall {
+    /// What a new shared instance is made from.
+    pub pre: wasmtime::component::InstancePre<InstanceState>,
+    /// The call.
+    pub task: Task,
 }
 
 /// How a trigger starts an invocation.
@@ -348,6 +366,49 @@ async fn prepare<C: GuestCall>(
         chain: start.chain,
     };
     let id = invocation.id;
+    let shared = service.pool.as_ref().and_then(|pool| pool.shared());
+    if let Some(shared) = shared
+        && let Some(SharedCall { pre, task }) = call.task(record)?
+    {
+        let mut permit = permit;
+        let joining = instance::joining(&service.sandbox, runtime.ports(), &invocation);
+        let seat = match shared.seat(&handlers.digest, &invocation.chain, id) {
+            Ok(seat) => {
+                // One slot of the host's pool for the whole instance.
+                drop(permit.take_host_slot());
+                seat
+            }
+            Err(reserved) => {
+                let store = instance::new_store(
+                    runtime.engine(),
+                    &service.sandbox,
+                    runtime.ports(),
+                    invocation.clone(),
+                )
+                .map_err(Refusal::Instance)?;
+                reserved.start(Making {
+                    store,
+                    pre,
+                    slot: permit.take_host_slot(),
+                    budget: limits.fuel,
+                    timeout: limits.timeout,
+                    deadline,
+                })
+            }
+        };
+        record.instance(seat.tag, seat.served);
+        let run = Run {
+            seat: Place::Shared {
+                seat,
+                task,
+                joining: Box::new(joining),
+            },
+            fuel: limits.fuel,
+            deadline,
+            which,
+        };
+        return Ok((run, permit));
+    }
     let warm = service
         .pool
         .as_ref()
@@ -384,11 +445,10 @@ async fn prepare<C: GuestCall>(
     }
     call.prepare(&mut store, record)?;
     let run = Run {
-        store,
+        seat: Place::Own { store, kept },
         fuel: limits.fuel,
         deadline,
         which,
-        kept,
     };
     Ok((run, permit))
 }
@@ -411,13 +471,27 @@ fn deadline(
 
 /// A guest's run in its instance.
 struct Run {
-    store: Store<InstanceState>,
+    seat: Place,
     fuel: u64,
     deadline: tokio::time::Instant,
     which: Deadline,
-    /// For a service that reuses instances: what goes back to its pool
-    /// with the store.
-    kept: Option<History>,
+}
+
+/// Where a guest runs.
+enum Place {
+    /// In an instance of its own (fresh, or warm from its pool).
+    Own {
+        store: Store<InstanceState>,
+        /// For a service that reuses instances: what goes back to its
+        /// pool with the store.
+        kept: Option<History>,
+    },
+    /// As a task of a shared instance.
+    Shared {
+        seat: Seat,
+        task: Task,
+        joining: Box<instance::Joining>,
+    },
 }
 
 impl Run {
@@ -425,7 +499,7 @@ impl Run {
     /// outcome, meters it, drops the instance, and maps it to the
     /// trigger's result.
     async fn run<C: GuestCall>(
-        mut self,
+        self,
         mut call: C,
         record: &RecordDraft,
         pool: Option<&InstancePool>,
@@ -436,42 +510,90 @@ impl Run {
             on_abort: call.on_abort(),
             armed: true,
         };
-        let result = {
-            let guest = OnCpu::new(call.call(&mut self.store), record.cpu_ns.clone());
-            outcome::run_until_deadline(self.deadline, guest).await
-        };
-        let outcome = outcome::outcome(&result, &self.store, self.fuel, self.which);
-        call.after(&mut self.store);
-        let fuel = outcome::fuel_used(&self.store, self.fuel);
-        let peak = self.store.data().limiter().peak() as u64;
-        log_outcome(&outcome, fuel, peak);
-        match (pool, self.kept) {
-            (Some(pool), Some(kept))
-                if outcome.is_ok() && call.reusable() && healthy(&mut self.store) =>
-            {
-                // It keeps its slot of the host's instance pool while it
-                // waits, but neither its service's slot nor a CPU turn.
-                self.store.data().release_turn();
-                let history = History {
-                    served: kept.served + 1,
-                    ..kept
+        let Run {
+            seat,
+            fuel: budget,
+            deadline,
+            which,
+        } = self;
+        let (returned, outcome, fuel, peak) = match seat {
+            Place::Own { mut store, kept } => {
+                let result = {
+                    let guest = OnCpu::new(call.call(&mut store), record.cpu_ns.clone());
+                    outcome::run_until_deadline(deadline, guest).await
                 };
-                pool.put(Warm::new(self.store, history, permit.into_host_slot()));
+                let outcome = outcome::outcome(&result, &store, budget, which);
+                call.after(Some(&mut store));
+                let fuel = outcome::fuel_used(&store, budget);
+                let peak = store.data().limiter().peak() as u64;
+                match (pool, kept) {
+                    (Some(pool), Some(kept))
+                        if outcome.is_ok() && call.reusable() && healthy(&mut store) =>
+                    {
+                        // It keeps its slot of the host's instance pool
+                        // while it waits, but neither its service's slot
+                        // nor a CPU turn.
+                        store.data().release_turn();
+                        let history = History {
+                            served: kept.served + 1,
+                            ..kept
+                        };
+                        pool.put(Warm::new(store, history, permit.into_host_slot()));
+                    }
+                    _ => {
+                        drop(store);
+                        drop(permit);
+                    }
+                }
+                (result.ok(), outcome, fuel, peak)
             }
-            _ => {
-                drop(self.store);
+            Place::Shared {
+                seat,
+                task,
+                joining,
+            } => {
+                let meter = Meter::new(record.cpu_ns.clone());
+                let (done, answer) = tokio::sync::oneshot::channel();
+                let (_waiting, gone) = tokio::sync::oneshot::channel();
+                let job = Job {
+                    task,
+                    joining: *joining,
+                    budget,
+                    deadline,
+                    meter: meter.clone(),
+                    done,
+                    gone,
+                };
+                let outcome = match seat.jobs.send(job) {
+                    Ok(()) => match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(_)) => shared_lost(),
+                        // `_waiting` goes with this: the instance drops
+                        // the task and takes nothing more.
+                        Err(_elapsed) => Outcome::Deadline(which),
+                    },
+                    Err(_) => shared_lost(),
+                };
+                call.after(None);
                 drop(permit);
+                let fuel = meter.fuel.load(Ordering::Relaxed);
+                let peak = meter.peak.load(Ordering::Relaxed);
+                (None, outcome, fuel, peak)
             }
-        }
+        };
+        log_outcome(&outcome, fuel, peak);
         record.ran(outcome.kind(), fuel, peak);
         lost.armed = false;
-        call.finish(
-            Ran {
-                returned: result.ok(),
-                outcome,
-            },
-            record,
-        )
+        call.finish(Ran { returned, outcome }, record)
+    }
+}
+
+/// The outcome of an invocation whose shared instance went away without
+/// a word (its worker was lost).
+fn shared_lost() -> Outcome {
+    Outcome::Trap {
+        trap: "the shared instance running the invocation was lost".into(),
+        backtrace: None,
     }
 }
 

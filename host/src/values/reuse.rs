@@ -19,9 +19,9 @@ pub struct Reuse {
     /// one.
     #[serde(deserialize_with = "de_max_requests")]
     pub max_requests: u32,
-    /// Invocations one instance may serve at once. Instances serve one at
-    /// a time for now (a WASI 0.2 instance always will; WASI 0.3 allows
-    /// several, and this is where a service asks for them).
+    /// Invocations one WASI 0.3 instance may serve at once (see
+    /// [`crate::wasm::instance::shared`]); a WASI 0.2 instance serves one
+    /// at a time whatever this says.
     #[serde(deserialize_with = "de_max_concurrent")]
     pub max_concurrent: u32,
     /// How long an instance may wait without an invocation before it is

@@ -226,7 +226,13 @@ where
 /// Whether the guest finished its response body, as told by the invocation
 /// when its instance is about to be dropped.
 #[derive(Debug, Default)]
-pub struct BodyEnd(AtomicU8); // 0 while the invocation runs
+pub struct BodyEnd {
+    /// 0 while the invocation runs.
+    state: AtomicU8,
+    /// The body's poller, woken when the end is set (a body waiting on a
+    /// guest that no longer writes is cut off at once).
+    waker: futures_util::task::AtomicWaker,
+}
 
 const COMPLETE: u8 = 1;
 const INCOMPLETE: u8 = 2;
@@ -235,14 +241,15 @@ impl BodyEnd {
     /// Records how the invocation left the body. Must be called before the
     /// instance (which owns the body's sending side) is dropped.
     pub fn set(&self, complete: bool) {
-        self.0.store(
+        self.state.store(
             if complete { COMPLETE } else { INCOMPLETE },
             Ordering::Release,
         );
+        self.waker.wake();
     }
 
     fn is_incomplete(&self) -> bool {
-        self.0.load(Ordering::Acquire) == INCOMPLETE
+        self.state.load(Ordering::Acquire) == INCOMPLETE
     }
 }
 
@@ -385,22 +392,30 @@ impl Body for ResponseBody {
             ResponseBody::Guest { end, .. } if end.is_incomplete() => {
                 Poll::Ready(Some(Err(CutOff.into())))
             }
-            ResponseBody::Guest { inner, end, hold } => match Pin::new(inner).poll_frame(cx) {
-                // The guest's stream also ends "cleanly" when its instance is
-                // dropped mid-body; only the invocation knows which it was.
-                Poll::Ready(None) if end.is_incomplete() => Poll::Ready(Some(Err(CutOff.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(data), Some(hold)) = (frame.data_ref(), hold.as_ref()) {
-                        hold.record()
-                            .bytes_out
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+            ResponseBody::Guest { inner, end, hold } => {
+                // Woken when the invocation ends, whatever the guest's
+                // stream does.
+                end.waker.register(cx.waker());
+                match Pin::new(inner).poll_frame(cx) {
+                    // The guest's stream also ends "cleanly" when its
+                    // instance is dropped mid-body; only the invocation
+                    // knows which it was.
+                    Poll::Ready(None) if end.is_incomplete() => {
+                        Poll::Ready(Some(Err(CutOff.into())))
                     }
-                    Poll::Ready(Some(Ok(frame)))
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(hold)) = (frame.data_ref(), hold.as_ref()) {
+                            hold.record()
+                                .bytes_out
+                                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 

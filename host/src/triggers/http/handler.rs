@@ -28,7 +28,9 @@
 //! services).
 
 use crate::runtime::Runtime;
-use crate::runtime::pipeline::{self, GuestCall, Ran, Refusal, Running, Start, Started};
+use crate::runtime::pipeline::{
+    self, GuestCall, Ran, Refusal, Running, SharedCall, Start, Started,
+};
 use crate::runtime::record::{self, RecordDraft};
 use crate::runtime::registry::Service;
 use crate::triggers::http::body::{
@@ -43,7 +45,7 @@ use crate::values::trace::{TRACEPARENT, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{HTTP_HANDLERS, Handlers, HttpHandler};
-use crate::wasm::instance::{self, CallChain, InstanceState};
+use crate::wasm::instance::{self, CallChain, InstanceState, shared};
 use crate::wasm::outcome::Outcome;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -235,7 +237,16 @@ impl Answer {
     {
         let record = running.record().clone();
         let exceeded = || self.exceeded.load(Ordering::Acquire);
-        let response = match self.response.await {
+        let mut waiting = self.response;
+        // The response, or the run's end without one (an instance of its
+        // own drops the response's sender as it ends; a shared instance
+        // may still hold it when the invocation passes its deadline).
+        let (guest, ended) = tokio::select! {
+            biased;
+            guest = &mut waiting => (guest.map_err(|_| ()), None),
+            ended = running.finished_holding() => (waiting.try_recv().map_err(|_| ()), Some(ended)),
+        };
+        let response = match guest {
             Ok(Ok(response)) if !exceeded() => {
                 record.status(response.status().as_u16());
                 // The record stays open until the body is sent.
@@ -257,8 +268,11 @@ impl Answer {
             }
             // The flag only ever goes up: seen down above, up here.
             Ok(Ok(_)) => too_large(limits.request_body),
-            Err(_) => {
-                let ended = running.finished_holding().await;
+            Err(()) => {
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None => running.finished_holding().await,
+                };
                 if exceeded() {
                     too_large(limits.request_body)
                 } else {
@@ -326,7 +340,7 @@ enum Prepared {
     P3 {
         pre: ServicePre<InstanceState>,
         request: wasmtime_wasi_http::p3::Request,
-        io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+        io: P3Io,
         response: oneshot::Sender<GuestResponse>,
         watch: Arc<BodyWatch>,
     },
@@ -357,6 +371,127 @@ impl<B> HttpCall<B> {
         };
         (call, answer)
     }
+}
+
+impl<B> HttpCall<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    /// Takes the request, the handler and the response's way back out of
+    /// the call, the request as the guest will see it: its Host header,
+    /// its scheme, and its body counted and limited.
+    fn incoming(
+        &mut self,
+        record: &RecordDraft,
+    ) -> Result<(HttpHandler, Incoming<B>, oneshot::Sender<GuestResponse>), Refusal> {
+        let (Some(pre), Some(mut req), Some(response)) =
+            (self.pre.take(), self.request.take(), self.response.take())
+        else {
+            return Err(Refusal::Input("the request was already handed over".into()));
+        };
+        // A guest sees the same request over HTTP/1.1 and HTTP/2: the
+        // authority in a Host header (HTTP/2 sends `:authority`, HTTP/1.0
+        // none: then the listener's address).
+        if !req.headers().contains_key(HOST) {
+            let authority = match req.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => self
+                    .local
+                    .and_then(|local| HeaderValue::from_str(&local.to_string()).ok()),
+            };
+            if let Some(host) = authority {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        let scheme = match req.extensions().get::<Peer>() {
+            Some(peer) if peer.tls => Scheme::Https,
+            _ => Scheme::Http,
+        };
+        let limit = self.body_limit.bytes();
+        let (exceeded, read) = (self.exceeded.clone(), record.bytes_in.clone());
+        let request = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
+        Ok((pre, Incoming { request, scheme }, response))
+    }
+}
+
+/// A request as the guest will see it.
+struct Incoming<B> {
+    request: Request<LimitedBody<B>>,
+    scheme: Scheme,
+}
+
+impl<B> Incoming<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    /// The request as a WASI 0.3 request, and the future reporting errors
+    /// reading its body to the guest. A 0.3 request carries its scheme
+    /// and authority: the connection's, and the URI's or else the Host
+    /// header's (none if it is not a valid authority: 0.2 would pass any
+    /// Host header on, and no request is refused for it).
+    fn into_p3(self, hooks: &mut dyn wasmtime_wasi_http::WasiHttpHooks) -> (P3Request, P3Io) {
+        let (parts, body) = self.request.into_parts();
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            let host = parts.headers.get(HOST)?.to_str().ok()?;
+            host.parse().ok()
+        });
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let scheme = match self.scheme {
+            Scheme::Https => http::uri::Scheme::HTTPS,
+            _ => http::uri::Scheme::HTTP,
+        };
+        let headers = wasmtime_wasi_http::FieldMap::new_immutable(hooks, parts.headers);
+        let (request, io) = wasmtime_wasi_http::p3::Request::new(
+            parts.method,
+            Some(scheme),
+            authority,
+            Some(path),
+            headers,
+            None,
+            body,
+        );
+        (request, Box::pin(io))
+    }
+}
+
+type P3Request = wasmtime_wasi_http::p3::Request;
+
+/// The future reporting errors reading a 0.3 request's body.
+type P3Io = Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>;
+
+/// Calls a WASI 0.3 guest's handler and sees its answer through: the
+/// response goes to the client as soon as the guest returns it; its body
+/// — the guest's stream, or a host body it passed on — is sent within the
+/// invocation, its deadline and its slot.
+async fn serve_p3(
+    accessor: &wasmtime::component::Accessor<InstanceState>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    request: P3Request,
+    io: P3Io,
+    response: oneshot::Sender<GuestResponse>,
+    watch: Arc<BodyWatch>,
+) -> wasmtime::Result<()> {
+    match service.handle(accessor, request).await? {
+        Ok(answer) => {
+            let answer = accessor
+                .with(|mut access| answer.into_http(&mut access, io))?
+                .map(|body| WatchedBody::new(body, watch.clone()).boxed_unsync());
+            // A client gone drops the body with the answer, which settles
+            // the watch.
+            let _ = response.send(Ok(answer));
+            watch.settled().await;
+        }
+        Err(code) => {
+            let _ = response.send(Err(format!("{code:?}")));
+        }
+    }
+    Ok(())
 }
 
 impl<B> GuestCall for HttpCall<B>
@@ -393,37 +528,12 @@ where
         store: &mut Store<InstanceState>,
         record: &Arc<RecordDraft>,
     ) -> Result<(), Refusal> {
-        let (Some(pre), Some(mut req), Some(response)) =
-            (self.pre.take(), self.request.take(), self.response.take())
-        else {
-            return Err(Refusal::Input("the request was already handed over".into()));
-        };
-        // A guest sees the same request over HTTP/1.1 and HTTP/2: the
-        // authority in a Host header (HTTP/2 sends `:authority`, HTTP/1.0
-        // none: then the listener's address).
-        if !req.headers().contains_key(HOST) {
-            let authority = match req.uri().authority() {
-                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-                None => self
-                    .local
-                    .and_then(|local| HeaderValue::from_str(&local.to_string()).ok()),
-            };
-            if let Some(host) = authority {
-                req.headers_mut().insert(HOST, host);
-            }
-        }
-        let scheme = match req.extensions().get::<Peer>() {
-            Some(peer) if peer.tls => Scheme::Https,
-            _ => Scheme::Http,
-        };
-        let limit = self.body_limit.bytes();
-        let (exceeded, read) = (self.exceeded.clone(), record.bytes_in.clone());
-        let req = req.map(|body| LimitedBody::new(body, limit, exceeded, read));
+        let (pre, incoming, response) = self.incoming(record)?;
         let mut http = store.data_mut().http();
         let prepared = match pre {
             HttpHandler::P2(pre) => {
                 let request = http
-                    .new_incoming_request(scheme, req)
+                    .new_incoming_request(incoming.scheme, incoming.request)
                     .map_err(|e| Refusal::Input(e.to_string()))?;
                 let out = http
                     .new_response_outparam_from_callback(move |result| {
@@ -433,41 +543,13 @@ where
                 Prepared::P2 { pre, request, out }
             }
             HttpHandler::P3(pre) => {
-                // A 0.3 request carries its scheme and authority: the
-                // connection's, and the URI's or else the Host header's
-                // (none if it is not a valid authority: 0.2 would pass any
-                // Host header on, and no request is refused for it).
-                let (parts, body) = req.into_parts();
-                let authority = parts.uri.authority().cloned().or_else(|| {
-                    let host = parts.headers.get(HOST)?.to_str().ok()?;
-                    host.parse().ok()
-                });
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-                let scheme = match scheme {
-                    Scheme::Https => http::uri::Scheme::HTTPS,
-                    _ => http::uri::Scheme::HTTP,
-                };
-                let headers =
-                    wasmtime_wasi_http::FieldMap::new_immutable(http.hooks, parts.headers);
-                let (request, io) = wasmtime_wasi_http::p3::Request::new(
-                    parts.method,
-                    Some(scheme),
-                    authority,
-                    Some(path),
-                    headers,
-                    None,
-                    body,
-                );
+                let (request, io) = incoming.into_p3(http.hooks);
                 let watch = Arc::new(BodyWatch::default());
                 self.watch = Some(watch.clone());
                 Prepared::P3 {
                     pre,
                     request,
-                    io: Box::pin(io),
+                    io,
                     response,
                     watch,
                 }
@@ -475,6 +557,32 @@ where
         };
         self.guest = Some(prepared);
         Ok(())
+    }
+
+    fn task(&mut self, record: &Arc<RecordDraft>) -> Result<Option<SharedCall>, Refusal> {
+        if !matches!(self.pre, Some(HttpHandler::P3(_))) {
+            return Ok(None);
+        }
+        let (HttpHandler::P3(pre), incoming, response) = self.incoming(record)? else {
+            return Ok(None);
+        };
+        let watch = Arc::new(BodyWatch::default());
+        self.watch = Some(watch.clone());
+        let task = shared::task(move |accessor, instance| {
+            Box::pin(async move {
+                let (service, request, io) = accessor.with(|mut access| {
+                    let service =
+                        wasmtime_wasi_http::p3::bindings::Service::new(&mut access, &instance)?;
+                    let (request, io) = incoming.into_p3(access.get().http().hooks);
+                    Ok::<_, wasmtime::Error>((service, request, io))
+                })?;
+                serve_p3(accessor, &service, request, io, response, watch).await
+            })
+        });
+        Ok(Some(SharedCall {
+            pre: pre.instance_pre().clone(),
+            task,
+        }))
     }
 
     fn call<'a>(
@@ -505,25 +613,7 @@ where
                         wasmtime_wasi_http::p3::bindings::Service::new(&mut *store, &instance)?;
                     store
                         .run_concurrent(async move |accessor| {
-                            match service.handle(accessor, request).await? {
-                                Ok(answer) => {
-                                    let answer = accessor
-                                        .with(|mut access| answer.into_http(&mut access, io))?
-                                        .map(|body| {
-                                            WatchedBody::new(body, watch.clone()).boxed_unsync()
-                                        });
-                                    // A client gone drops the body with the
-                                    // answer, which settles the watch.
-                                    let _ = response.send(Ok(answer));
-                                    // The body — the guest's stream, or a host
-                                    // body it passed on — is sent within the
-                                    // invocation, its deadline and its slot.
-                                    watch.settled().await;
-                                }
-                                Err(code) => {
-                                    let _ = response.send(Err(format!("{code:?}")));
-                                }
-                            }
+                            serve_p3(accessor, &service, request, io, response, watch).await?;
                             // Whatever else the guest spawned goes on in this
                             // instance until it is done.
                             std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
@@ -535,21 +625,22 @@ where
         }
     }
 
-    fn after(&mut self, store: &mut Store<InstanceState>) {
+    fn after(&mut self, mut store: Option<&mut Store<InstanceState>>) {
         // Say whether the response body was finished before the instance
         // is dropped, which ends the body's stream either way: a 0.2 guest
         // finishes its `outgoing-body`; a 0.3 guest's body is done once
         // the client's side has seen its end.
-        let complete = match &self.watch {
-            Some(watch) => watch.ended(),
-            None => !has_unfinished_body(store),
+        let complete = match (&self.watch, store.as_deref_mut()) {
+            (Some(watch), _) => watch.ended(),
+            (None, Some(store)) => !has_unfinished_body(store),
+            (None, None) => false,
         };
         self.end.set(complete);
         // A reused instance starts its next invocation with nothing of
         // this one's HTTP exchange still going: no response out-parameter
         // kept (its client would wait on it), no body or outgoing request
         // left unfinished (one would go on between invocations).
-        self.reusable = complete && !holds_http_resources(store);
+        self.reusable = complete && store.is_some_and(|store| !holds_http_resources(store));
     }
 
     fn reusable(&self) -> bool {

@@ -22,6 +22,7 @@ pub mod limiter;
 pub mod output;
 pub mod pool;
 pub mod publish;
+pub mod shared;
 pub mod turns;
 
 use crate::values::capabilities::{EnvValue, Mode, OutboundRule};
@@ -99,6 +100,34 @@ impl InstanceState {
     /// instance going back to its pool must not keep one).
     pub fn release_turn(&self) {
         self.turn.release();
+    }
+
+    /// A shared instance takes an invocation: what it calls and publishes
+    /// from now on carries that invocation's trace, deadline and chain.
+    pub fn join(&mut self, joining: Joining) {
+        self.hooks = joining.hooks;
+        self.publisher = joining.publisher;
+    }
+}
+
+/// What a shared instance (see [`shared`]) takes from each invocation it
+/// is given.
+pub struct Joining {
+    hooks: Hooks,
+    publisher: Option<Publisher>,
+}
+
+/// What `invocation` gives the shared instance it joins.
+pub fn joining(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Joining {
+    Joining {
+        hooks: Hooks {
+            tag: Tag {
+                service: sandbox.spec.name.clone(),
+                invocation: invocation.id,
+            },
+            outbound: outbound(sandbox, ports, invocation),
+        },
+        publisher: publisher(sandbox, ports, invocation),
     }
 }
 

@@ -10,9 +10,10 @@
 //! next invocation through a broken instance.
 
 use super::InstanceState;
+use super::shared::SharedInstances;
 use crate::values::digest::Digest;
 use crate::values::reuse::Reuse;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::Store;
 
@@ -26,7 +27,7 @@ pub struct Warm {
     since: Instant,
     /// Its slot of the host's instance pool, held while it waits (the
     /// invocation that takes it holds one of its own).
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A reusable instance's history.
@@ -49,6 +50,9 @@ pub type InstanceTag = crate::values::id::InvocationId;
 pub struct InstancePool {
     reuse: Reuse,
     idle: Mutex<Vec<Warm>>,
+    /// Its WASI 0.3 instances serving several invocations at once, if it
+    /// allows more than one (`max_concurrent`).
+    shared: Option<Arc<SharedInstances>>,
 }
 
 impl std::fmt::Debug for InstancePool {
@@ -66,7 +70,15 @@ impl InstancePool {
         InstancePool {
             reuse,
             idle: Mutex::new(Vec::new()),
+            shared: (reuse.max_concurrent > 1).then(|| SharedInstances::new(reuse)),
         }
+    }
+
+    /// Its shared instances, if its instances may serve several
+    /// invocations at once (a WASI 0.3 guest's; a 0.2 guest's serve one at
+    /// a time whatever `max_concurrent` says).
+    pub fn shared(&self) -> Option<&Arc<SharedInstances>> {
+        self.shared.as_ref()
     }
 
     /// Warm instances waiting now.
@@ -129,6 +141,16 @@ impl InstancePool {
     }
 }
 
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        // The service's revision is gone: its shared instances go once
+        // they are done.
+        if let Some(shared) = &self.shared {
+            shared.shut();
+        }
+    }
+}
+
 /// The most warm instances one service keeps.
 const MAX_IDLE: usize = 1024;
 
@@ -137,7 +159,7 @@ impl Warm {
     pub fn new(
         store: Store<InstanceState>,
         history: History,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         Warm {
             store,
