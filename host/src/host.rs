@@ -126,7 +126,7 @@ impl Host {
             .with_context(|| format!("opening {}", dir.join("artifacts").display()))?;
         let engine = BerthEngine::new(&options.engine)?;
         let cache_dir = options.cache.clone().unwrap_or_else(|| dir.join("code"));
-        let cache = CodeCache::new(&cache_dir, engine.engine())
+        let cache = CodeCache::new(&cache_dir)
             .with_context(|| format!("opening the code cache in {}", cache_dir.display()))?;
         let runtime = Runtime::new(engine, options.cpu_turns);
         runtime.start_reaper(Duration::from_millis(500));

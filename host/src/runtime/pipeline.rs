@@ -380,7 +380,7 @@ async fn prepare<C: GuestCall>(
             }
             Err(reserved) => {
                 let store = instance::new_store(
-                    runtime.engine(),
+                    &handlers.engine,
                     &service.sandbox,
                     runtime.ports(),
                     invocation.clone(),
@@ -426,7 +426,7 @@ async fn prepare<C: GuestCall>(
         }
         None => {
             let store = instance::new_store(
-                runtime.engine(),
+                &handlers.engine,
                 &service.sandbox,
                 runtime.ports(),
                 invocation,

@@ -30,7 +30,6 @@ use wasmtime::component::Component;
 #[derive(Debug, Clone)]
 pub struct CodeCache {
     dir: PathBuf,
-    engine_key: String,
 }
 
 /// How a component was obtained.
@@ -107,9 +106,10 @@ pub fn engine_key(engine: &Engine) -> String {
 }
 
 impl CodeCache {
-    /// A cache in `dir` (created if missing) for code compiled by `engine`.
-    /// Temporary files left by a crash mid-write are removed.
-    pub fn new(dir: impl Into<PathBuf>, engine: &Engine) -> std::io::Result<CodeCache> {
+    /// A cache in `dir` (created if missing), for code compiled by any
+    /// engine (each entry's name has its engine's key). Temporary files
+    /// left by a crash mid-write are removed.
+    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<CodeCache> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         for entry in std::fs::read_dir(&dir)?.flatten() {
@@ -117,10 +117,7 @@ impl CodeCache {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(CodeCache {
-            dir,
-            engine_key: engine_key(engine),
-        })
+        Ok(CodeCache { dir })
     }
 
     /// The directory holding the entries.
@@ -128,10 +125,10 @@ impl CodeCache {
         &self.dir
     }
 
-    /// Where the entry for `digest` lives.
-    pub fn entry_path(&self, digest: &Digest) -> PathBuf {
+    /// Where the entry for `digest` compiled by `engine` lives.
+    pub fn entry_path(&self, engine: &Engine, digest: &Digest) -> PathBuf {
         self.dir
-            .join(format!("{}-{}.cwasm", digest.hex(), self.engine_key))
+            .join(format!("{}-{}.cwasm", digest.hex(), engine_key(engine)))
     }
 
     fn sum_path(code: &Path) -> PathBuf {
@@ -148,7 +145,7 @@ impl CodeCache {
         digest: &Digest,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        let code = self.entry_path(digest);
+        let code = self.entry_path(engine, digest);
         let refused = match self.load(engine, &code) {
             Ok(Some(component)) => return Ok((component, CacheOutcome::Hit)),
             Ok(None) => None,
@@ -177,7 +174,7 @@ impl CodeCache {
         engine: &Engine,
         digest: &Digest,
     ) -> Result<Option<Component>, RefusedEntry> {
-        self.load(engine, &self.entry_path(digest))
+        self.load(engine, &self.entry_path(engine, digest))
     }
 
     /// `Ok(None)` when there is no entry; `Err` when there is one that
@@ -285,7 +282,7 @@ mod tests {
     fn miss_then_hit_then_corrupt_rebuilds() {
         let engine = engine();
         let dir = tempdir("cycle");
-        let cache = CodeCache::new(&dir, &engine).unwrap();
+        let cache = CodeCache::new(&dir).unwrap();
         let digest = Digest::of(EMPTY_COMPONENT);
 
         let (_, outcome) = cache
@@ -298,7 +295,7 @@ mod tests {
         assert_eq!(outcome, CacheOutcome::Hit);
 
         // Flip a byte in the middle of the entry.
-        let path = cache.entry_path(&digest);
+        let path = cache.entry_path(&engine, &digest);
         let mut bytes = std::fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;

@@ -17,7 +17,7 @@ use crate::values::service::ServiceConfig;
 use crate::wasm::artifact::{self, NotAComponent};
 use crate::wasm::bindings::EventsHostPre;
 use crate::wasm::cache::{CacheOutcome, CodeCache};
-use crate::wasm::engine::BerthEngine;
+use crate::wasm::engine::{BerthEngine, Flavour};
 use crate::wasm::instance::InstanceState;
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
@@ -55,6 +55,8 @@ pub const EVENTS_HANDLER_EXPORT: &str = "berth:events/handler@0.1";
 pub struct Handlers {
     /// The artifact digest.
     pub digest: Digest,
+    /// The engine it was compiled for: its stores are made by it.
+    pub engine: wasmtime::Engine,
     /// For HTTP requests, if it exports an HTTP handler.
     pub http: Option<HttpHandler>,
     /// For events, if it exports `berth:events/handler`.
@@ -135,13 +137,25 @@ pub fn load(
     cache: &CodeCache,
     bytes: &[u8],
 ) -> Result<(Handlers, LoadReport), LoadError> {
-    let started = Instant::now();
+        let started = Instant::now();
     artifact::check_component(bytes)?;
     let digest = Digest::of(bytes);
-    let (component, outcome) = cache
-        .load_or_compile(engine.engine(), &digest, bytes)
-        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-    let handlers = handlers(engine, digest, &component)?;
+    // The plain engine first: a component needing the async ABI or WASI
+    // 0.3 fails its validation or its imports there, at once, and runs on
+    // the concurrent one. What the last engine says is the error.
+    let mut result = Err(LoadError::Invalid("no engine".into()));
+    for flavour in engine.flavours() {
+        result = cache
+            .load_or_compile(flavour.engine(), &digest, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+            .and_then(|(component, outcome)| {
+                Ok((handlers(flavour, digest, &component)?, outcome))
+            });
+        if result.is_ok() {
+            break;
+        }
+    }
+    let (handlers, outcome) = result?;
     Ok((
         handlers,
         LoadReport {
@@ -172,9 +186,15 @@ impl Source {
         config: &ServiceConfig,
     ) -> Result<(Handlers, LoadReport), LoadError> {
         let started = Instant::now();
-        let handlers = match self.cache.load_cached(engine.engine(), &self.digest) {
-            Ok(Some(component)) => {
-                let handlers = handlers(engine, self.digest, &component)?;
+                        // The first engine with a cached entry that takes the component.
+        let cached = engine.flavours().into_iter().find_map(|flavour| {
+            match self.cache.load_cached(flavour.engine(), &self.digest) {
+                Ok(Some(component)) => handlers(flavour, self.digest, &component).ok(),
+                Ok(None) | Err(_) => None,
+            }
+        });
+        let handlers = match cached {
+            Some(handlers) => {
                 (
                     handlers,
                     LoadReport {
@@ -183,7 +203,7 @@ impl Source {
                     },
                 )
             }
-            Ok(None) | Err(_) => {
+                        None => {
                 let bytes = self
                     .artifacts
                     .read(&self.digest)
@@ -198,7 +218,7 @@ impl Source {
 
 /// Builds the pre-instantiated handlers of a compiled component.
 fn handlers(
-    engine: &BerthEngine,
+    engine: &Flavour,
     digest: Digest,
     component: &Component,
 ) -> Result<Handlers, LoadError> {
@@ -249,15 +269,16 @@ fn handlers(
             },
         });
     }
-    Ok(Handlers {
+        Ok(Handlers {
         digest,
+        engine: engine.engine().clone(),
         http,
         events,
     })
 }
 
 /// The names of the instances a component exports.
-fn exports(engine: &BerthEngine, component: &Component) -> Vec<String> {
+fn exports(engine: &Flavour, component: &Component) -> Vec<String> {
     component
         .component_type()
         .exports(engine.engine())

@@ -1,9 +1,15 @@
-//! The engine: one wasmtime `Engine` per process, its linker, and the one
-//! epoch ticker that drives deadlines and fair yields for every instance.
+//! The engine: two wasmtime `Engine`s per process, each with its linker,
+//! and the one epoch ticker that drives deadlines and fair yields for
+//! every instance. A component that needs the component model's async ABI
+//! and concurrency (WASI 0.3) runs on the concurrent engine; any other (WASI
+//! 0.2) on the plain one, whose stores and host calls skip the concurrency
+//! bookkeeping (about a fifth of a WASI 0.2 hello's CPU time when it was
+//! on; see `docs/benchmarks.md`).
 //!
 //! Settings (see `docs/benchmarks.md` for the measurements behind them):
-//! - async support, the component model's async ABI (WASI 0.3), fuel
-//!   metering and epoch interruption on;
+//! - async support, fuel metering and epoch interruption on; the
+//!   component model's async ABI and concurrency on the concurrent engine
+//!   only;
 //! - the pooling instance allocator, sized by [`EngineOptions::max_instances`],
 //!   with pages of each slot kept resident between instances; where the
 //!   address-space reservation fails (small devices, tight `ulimit -v`) it
@@ -61,13 +67,31 @@ impl Default for EngineOptions {
     }
 }
 
-/// The process's engine and what goes with it.
+/// The process's engines and what goes with them.
 pub struct BerthEngine {
-    engine: Engine,
-    linker: Linker<InstanceState>,
+    plain: Flavour,
+    concurrent: Flavour,
     pooled: bool,
     max_instances: u32,
     _ticker: EpochTicker,
+}
+
+/// One wasmtime engine and the linker holding what Berth provides on it.
+pub struct Flavour {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+}
+
+impl Flavour {
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker holding every interface Berth provides on this engine.
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
 }
 
 impl std::fmt::Debug for BerthEngine {
@@ -79,12 +103,13 @@ impl std::fmt::Debug for BerthEngine {
     }
 }
 
-fn base_config(options: &EngineOptions) -> Config {
+fn base_config(options: &EngineOptions, concurrent: bool) -> Config {
     let mut config = Config::new();
     config
+        .concurrency_support(concurrent)
         .wasm_component_model(true)
         // WASI 0.3 components: async functions, streams and futures.
-        .wasm_component_model_async(true)
+        .wasm_component_model_async(concurrent)
         .consume_fuel(true)
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed)
@@ -116,11 +141,27 @@ fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
 }
 
 impl BerthEngine {
-    /// Builds the engine, its linker and starts the epoch ticker.
+        /// Builds the engines, their linkers and starts the epoch ticker.
     pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+        let (plain, pooled) = Self::flavour(options, false)?;
+        let (concurrent, _) = Self::flavour(options, true)?;
+        let engines = [plain.engine.clone(), concurrent.engine.clone()];
+        let ticker = EpochTicker::start(engines, options.epoch_tick)
+            .map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
+        Ok(BerthEngine {
+            plain,
+            concurrent,
+            pooled,
+            max_instances: options.max_instances,
+            _ticker: ticker,
+        })
+    }
+
+    /// One engine and its linker; whether it pools its instances.
+    fn flavour(options: &EngineOptions, concurrent: bool) -> anyhow::Result<(Flavour, bool)> {
         let mut pooled = false;
         let engine = if options.pooling {
-            let mut config = base_config(options);
+            let mut config = base_config(options, concurrent);
             config
                 .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(options)));
             match Engine::new(&config) {
@@ -133,36 +174,29 @@ impl BerthEngine {
                         error = %e,
                         "the pooling allocator is unavailable here; falling back to on-demand allocation"
                     );
-                    Engine::new(&base_config(options))
+                    Engine::new(&base_config(options, concurrent))
                         .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
                 }
             }
         } else {
-            Engine::new(&base_config(options))
+            Engine::new(&base_config(options, concurrent))
                 .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
         };
-        let mut linker = Linker::new(&engine);
-        instance::add_to_linker(&mut linker)
+                let mut linker = Linker::new(&engine);
+        instance::add_to_linker(&mut linker, concurrent)
             .map_err(|e| anyhow::anyhow!("linking WASI into the engine: {e}"))?;
-        let ticker = EpochTicker::start(engine.clone(), options.epoch_tick)
-            .map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(BerthEngine {
-            engine,
-            linker,
-            pooled,
-            max_instances: options.max_instances,
-            _ticker: ticker,
-        })
+        Ok((Flavour { engine, linker }, pooled))
     }
 
-    /// The wasmtime engine.
+    /// The engines, the plain one first: a component runs on the first
+    /// that takes it.
+    pub fn flavours(&self) -> [&Flavour; 2] {
+        [&self.plain, &self.concurrent]
+    }
+
+    /// The plain engine (WASI 0.2).
     pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// The linker holding every interface Berth provides.
-    pub fn linker(&self) -> &Linker<InstanceState> {
-        &self.linker
+        &self.plain.engine
     }
 
     /// Whether the pooling allocator is in use.
@@ -185,7 +219,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        fn start(engines: [Engine; 2], tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("berth-epoch".into())
@@ -195,7 +229,9 @@ impl EpochTicker {
                     realtime_priority();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
-                        engine.increment_epoch();
+                                                for engine in &engines {
+                            engine.increment_epoch();
+                        }
                     }
                 }
             })?;

@@ -415,6 +415,23 @@ where
     }
 }
 
+/// Marks a shared instance's response body cut off if its task goes
+/// (its invocation's deadline passed, or the instance stopped) before the
+/// body reached its end: the stream closing as the instance goes must not
+/// pass for the body's end.
+struct CutIfUnfinished {
+    watch: Arc<BodyWatch>,
+    end: Arc<BodyEnd>,
+}
+
+impl Drop for CutIfUnfinished {
+    fn drop(&mut self) {
+        if !self.watch.ended() {
+            self.end.set(false);
+        }
+    }
+}
+
 /// A request as the guest will see it.
 struct Incoming<B> {
     request: Request<LimitedBody<B>>,
@@ -566,10 +583,17 @@ where
         let (HttpHandler::P3(pre), incoming, response) = self.incoming(record)? else {
             return Ok(None);
         };
-        let watch = Arc::new(BodyWatch::default());
+                let watch = Arc::new(BodyWatch::default());
         self.watch = Some(watch.clone());
+        let unfinished = CutIfUnfinished {
+            watch: watch.clone(),
+            end: self.end.clone(),
+        };
         let task = shared::task(move |accessor, instance| {
             Box::pin(async move {
+                // Dropped with the task, however it ends: before the
+                // instance (and the body's stream) goes.
+                let _unfinished = unfinished;
                 let (service, request, io) = accessor.with(|mut access| {
                     let service =
                         wasmtime_wasi_http::p3::bindings::Service::new(&mut access, &instance)?;

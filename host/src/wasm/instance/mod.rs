@@ -32,7 +32,7 @@ use crate::values::limits::Limits;
 use crate::values::service::{ServiceName, ServiceSpec};
 use crate::values::topic::TopicPattern;
 use crate::values::trace::TraceContext;
-use crate::wasm::engine::BerthEngine;
+
 use crate::wasm::secrets::{SecretError, Secrets};
 use egress::{Hooks, Listeners, Outbound, ServiceCalls};
 use limiter::MemoryLimiter;
@@ -147,16 +147,19 @@ pub async fn instance(
 
 /// Adds every interface Berth provides to guests: all of WASI 0.2
 /// (`wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`,
-/// `wasi:sockets`) and `wasi:http` 0.2, the same of WASI 0.3 (a component
-/// may import both, as componentize-py's do), and `berth:events/publisher`. What a guest
+/// `wasi:sockets`) and `wasi:http` 0.2, on the `concurrent` engine the same
+/// of WASI 0.3 (a component may import both, as componentize-py's do), and
+/// `berth:events/publisher`. What a guest
 /// may actually do through them is decided per instance by [`new_store`],
 /// and by default it is nothing beyond clocks, randomness and its own
 /// stdout/stderr.
-pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+pub fn add_to_linker(linker: &mut Linker<InstanceState>, concurrent: bool) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi::p3::add_to_linker(linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    if concurrent {
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
     crate::wasm::bindings::EventsHost::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
         linker,
         |state| state,
@@ -312,7 +315,7 @@ pub struct Invocation {
 /// drops the invocation's future when it passes.) A guest still running
 /// after a whole tick waits for a CPU turn (see [`turns`]).
 pub fn new_store(
-    engine: &BerthEngine,
+    engine: &wasmtime::Engine,
     sandbox: &Sandbox,
     ports: &Ports,
     invocation: Invocation,
@@ -340,7 +343,7 @@ pub fn new_store(
         output,
         instance: None,
     };
-    let mut store = Store::new(engine.engine(), state);
+        let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     budget(&mut store, limits)?;
     store.epoch_deadline_callback(|store| {
