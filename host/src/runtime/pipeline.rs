@@ -148,7 +148,8 @@ pub trait GuestCall: Send + 'static {
 
     /// Whether the instance, after a run that ended well, may serve
     /// another invocation (an HTTP response body left unfinished says no).
-    fn reusable(&self) -> bool {
+    /// Asked only of a service that reuses instances.
+    fn reusable(&mut self, _store: &mut Store<InstanceState>) -> bool {
         true
     }
 
@@ -528,7 +529,7 @@ impl Run {
                 let peak = store.data().limiter().peak() as u64;
                 match (pool, kept) {
                     (Some(pool), Some(kept))
-                        if outcome.is_ok() && call.reusable() && healthy(&mut store) =>
+                        if outcome.is_ok() && call.reusable(&mut store) && healthy(&mut store) =>
                     {
                         // It keeps its slot of the host's instance pool
                         // while it waits, but neither its service's slot

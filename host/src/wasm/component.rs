@@ -137,7 +137,7 @@ pub fn load(
     cache: &CodeCache,
     bytes: &[u8],
 ) -> Result<(Handlers, LoadReport), LoadError> {
-        let started = Instant::now();
+    let started = Instant::now();
     artifact::check_component(bytes)?;
     let digest = Digest::of(bytes);
     // The plain engine first: a component needing the async ABI or WASI
@@ -148,9 +148,7 @@ pub fn load(
         result = cache
             .load_or_compile(flavour.engine(), &digest, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))
-            .and_then(|(component, outcome)| {
-                Ok((handlers(flavour, digest, &component)?, outcome))
-            });
+            .and_then(|(component, outcome)| Ok((handlers(flavour, digest, &component)?, outcome)));
         if result.is_ok() {
             break;
         }
@@ -186,7 +184,7 @@ impl Source {
         config: &ServiceConfig,
     ) -> Result<(Handlers, LoadReport), LoadError> {
         let started = Instant::now();
-                        // The first engine with a cached entry that takes the component.
+        // The first engine with a cached entry that takes the component.
         let cached = engine.flavours().into_iter().find_map(|flavour| {
             match self.cache.load_cached(flavour.engine(), &self.digest) {
                 Ok(Some(component)) => handlers(flavour, self.digest, &component).ok(),
@@ -194,16 +192,14 @@ impl Source {
             }
         });
         let handlers = match cached {
-            Some(handlers) => {
-                (
-                    handlers,
-                    LoadReport {
-                        cache: CacheOutcome::Hit,
-                        elapsed: started.elapsed(),
-                    },
-                )
-            }
-                        None => {
+            Some(handlers) => (
+                handlers,
+                LoadReport {
+                    cache: CacheOutcome::Hit,
+                    elapsed: started.elapsed(),
+                },
+            ),
+            None => {
                 let bytes = self
                     .artifacts
                     .read(&self.digest)
@@ -269,7 +265,7 @@ fn handlers(
             },
         });
     }
-        Ok(Handlers {
+    Ok(Handlers {
         digest,
         engine: engine.engine().clone(),
         http,

@@ -141,7 +141,7 @@ fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
 }
 
 impl BerthEngine {
-        /// Builds the engines, their linkers and starts the epoch ticker.
+    /// Builds the engines, their linkers and starts the epoch ticker.
     pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
         let (plain, pooled) = Self::flavour(options, false)?;
         let (concurrent, _) = Self::flavour(options, true)?;
@@ -182,7 +182,7 @@ impl BerthEngine {
             Engine::new(&base_config(options, concurrent))
                 .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
         };
-                let mut linker = Linker::new(&engine);
+        let mut linker = Linker::new(&engine);
         instance::add_to_linker(&mut linker, concurrent)
             .map_err(|e| anyhow::anyhow!("linking WASI into the engine: {e}"))?;
         Ok((Flavour { engine, linker }, pooled))
@@ -219,7 +219,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-        fn start(engines: [Engine; 2], tick: Duration) -> std::io::Result<Self> {
+    fn start(engines: [Engine; 2], tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("berth-epoch".into())
@@ -229,7 +229,7 @@ impl EpochTicker {
                     realtime_priority();
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
-                                                for engine in &engines {
+                        for engine in &engines {
                             engine.increment_epoch();
                         }
                     }

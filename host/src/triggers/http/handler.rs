@@ -322,8 +322,8 @@ pub(super) struct HttpCall<B> {
     guest: Option<Prepared>,
     /// WASI 0.3: how the response body went.
     watch: Option<Arc<BodyWatch>>,
-    /// Whether the instance may serve another invocation (see `after`).
-    reusable: bool,
+    /// Whether the guest finished its response body (see `after`).
+    complete: bool,
 }
 
 /// The request handed to the fresh instance, ready for the call.
@@ -362,7 +362,7 @@ impl<B> HttpCall<B> {
             pre: None,
             guest: None,
             watch: None,
-            reusable: false,
+            complete: false,
         };
         let answer = Answer {
             response: rx,
@@ -583,7 +583,7 @@ where
         let (HttpHandler::P3(pre), incoming, response) = self.incoming(record)? else {
             return Ok(None);
         };
-                let watch = Arc::new(BodyWatch::default());
+        let watch = Arc::new(BodyWatch::default());
         self.watch = Some(watch.clone());
         let unfinished = CutIfUnfinished {
             watch: watch.clone(),
@@ -649,26 +649,26 @@ where
         }
     }
 
-    fn after(&mut self, mut store: Option<&mut Store<InstanceState>>) {
+    fn after(&mut self, store: Option<&mut Store<InstanceState>>) {
         // Say whether the response body was finished before the instance
         // is dropped, which ends the body's stream either way: a 0.2 guest
         // finishes its `outgoing-body`; a 0.3 guest's body is done once
         // the client's side has seen its end.
-        let complete = match (&self.watch, store.as_deref_mut()) {
+        let complete = match (&self.watch, store) {
             (Some(watch), _) => watch.ended(),
             (None, Some(store)) => !has_unfinished_body(store),
             (None, None) => false,
         };
         self.end.set(complete);
+        self.complete = complete;
+    }
+
+    fn reusable(&mut self, store: &mut Store<InstanceState>) -> bool {
         // A reused instance starts its next invocation with nothing of
         // this one's HTTP exchange still going: no response out-parameter
         // kept (its client would wait on it), no body or outgoing request
         // left unfinished (one would go on between invocations).
-        self.reusable = complete && store.is_some_and(|store| !holds_http_resources(store));
-    }
-
-    fn reusable(&self) -> bool {
-        self.reusable
+        self.complete && !holds_http_resources(store)
     }
 
     fn on_abort(&self) -> Option<Box<dyn FnOnce() + Send>> {

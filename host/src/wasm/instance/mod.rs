@@ -343,7 +343,7 @@ pub fn new_store(
         output,
         instance: None,
     };
-        let mut store = Store::new(engine, state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     budget(&mut store, limits)?;
     store.epoch_deadline_callback(|store| {
