@@ -134,6 +134,25 @@ impl JetStreamBus {
         })
     }
 
+    /// Publishes `messages` (subject, headers, payload) and waits for
+    /// every acknowledgement.
+    async fn publish_all(&self, messages: &[(String, HeaderMap, Bytes)]) -> Result<(), String> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, headers, data) in messages {
+            let ack = self
+                .cluster
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), data.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Fails at once when NATS cannot be reached (rather than after a
     /// request's timeout).
     fn up(&self) -> Result<(), BusError> {
@@ -323,21 +342,31 @@ impl Bus for JetStreamBus {
             .values()
             .map(|s| s.spec.subscription.topic.clone())
             .collect();
-        let mut acks = Vec::with_capacity(events.len());
+        // A publish a connected cluster refuses (a server died; its
+        // streams are electing new leaders) is tried again for a while:
+        // each event's message id makes a second copy a duplicate
+        // JetStream drops.
+        let mut messages = Vec::with_capacity(events.len());
         for event in &events {
             let mut headers = encode(event)?;
             headers.insert("Nats-Msg-Id", message_id(event).as_str());
             let subject = format!("berth.ev.{}", event.topic);
-            let ack = self
-                .cluster
-                .js
-                .publish_with_headers(subject, headers, event.data.clone().unwrap_or_default())
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            acks.push(ack);
+            messages.push((subject, headers, event.data.clone().unwrap_or_default()));
         }
-        for ack in acks {
-            ack.await.map_err(|e| self.unavailable(e))?;
+        let started = std::time::Instant::now();
+        loop {
+            match self.publish_all(&messages).await {
+                Ok(()) => break,
+                Err(e)
+                    if super::catalog::refused(&e)
+                        && started.elapsed() < super::catalog::TRANSIENT
+                        && self.up().is_ok() =>
+                {
+                    tracing::debug!(error = %e, "the cluster refused a publish; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(self.unavailable(e)),
+            }
         }
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         Ok(events

@@ -42,7 +42,7 @@ const CAS_TRIES: usize = 64;
 
 /// How long a write refused by a connected cluster is tried again (a
 /// server died; its streams are electing new leaders).
-const TRANSIENT: Duration = Duration::from_secs(15);
+pub(super) const TRANSIENT: Duration = Duration::from_secs(15);
 
 /// Longest fetch of an artifact from the object store.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -319,7 +319,7 @@ type CreateKind = async_nats::jetstream::kv::CreateErrorKind;
 
 /// Whether JetStream refused a request without doing it: no server
 /// answers for the stream now (its leader is being elected).
-fn refused(e: &str) -> bool {
+pub(super) fn refused(e: &str) -> bool {
     e.contains("no responders") || e.contains("503") || e.contains("no stream found")
 }
 
