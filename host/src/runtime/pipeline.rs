@@ -399,7 +399,7 @@ async fn prepare<C: GuestCall>(
         };
         record.instance(seat.tag, seat.served);
         let run = Run {
-            seat: Place::Shared {
+            place: Place::Shared {
                 seat,
                 task,
                 joining: Box::new(joining),
@@ -446,7 +446,7 @@ async fn prepare<C: GuestCall>(
     }
     call.prepare(&mut store, record)?;
     let run = Run {
-        seat: Place::Own { store, kept },
+        place: Place::Own { store, kept },
         fuel: limits.fuel,
         deadline,
         which,
@@ -472,7 +472,7 @@ fn deadline(
 
 /// A guest's run in its instance.
 struct Run {
-    seat: Place,
+    place: Place,
     fuel: u64,
     deadline: tokio::time::Instant,
     which: Deadline,
@@ -512,12 +512,12 @@ impl Run {
             armed: true,
         };
         let Run {
-            seat,
+            place,
             fuel: budget,
             deadline,
             which,
         } = self;
-        let (returned, outcome, fuel, peak) = match seat {
+        let (returned, outcome, fuel, peak) = match place {
             Place::Own { mut store, kept } => {
                 let result = {
                     let guest = OnCpu::new(call.call(&mut store), record.cpu_ns.clone());

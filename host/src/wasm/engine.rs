@@ -194,11 +194,6 @@ impl BerthEngine {
         [&self.plain, &self.concurrent]
     }
 
-    /// The plain engine (WASI 0.2).
-    pub fn engine(&self) -> &Engine {
-        &self.plain.engine
-    }
-
     /// Whether the pooling allocator is in use.
     pub fn is_pooled(&self) -> bool {
         self.pooled

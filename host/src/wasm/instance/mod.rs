@@ -32,7 +32,6 @@ use crate::values::limits::Limits;
 use crate::values::service::{ServiceName, ServiceSpec};
 use crate::values::topic::TopicPattern;
 use crate::values::trace::TraceContext;
-
 use crate::wasm::secrets::{SecretError, Secrets};
 use egress::{Hooks, Listeners, Outbound, ServiceCalls};
 use limiter::MemoryLimiter;
@@ -370,19 +369,12 @@ pub fn renew(
     ports: &Ports,
     invocation: Invocation,
 ) -> Result<(), StartError> {
-    let tag = Tag {
-        service: sandbox.spec.name.clone(),
-        invocation: invocation.id,
-    };
+    let joining = joining(sandbox, ports, &invocation);
     let state = store.data_mut();
     for output in &state.output {
-        output.retag(tag.clone());
+        output.retag(joining.hooks.tag.clone());
     }
-    state.hooks = Hooks {
-        tag,
-        outbound: outbound(sandbox, ports, &invocation),
-    };
-    state.publisher = publisher(sandbox, ports, &invocation);
+    state.join(joining);
     state.limiter.renew();
     state.turn.release();
     budget(store, sandbox.limits())
