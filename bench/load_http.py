@@ -123,6 +123,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=int(os.environ.get("WARMUP", 2)))
     ap.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
     ap.add_argument("--only", help="comma-separated subset of server names")
+    ap.add_argument("--otlp", action="store_true",
+                    help="also Berth exporting a span set per invocation over OTLP "
+                         "(HTTP/protobuf) to a local receiver, as 'berth (OTLP on)'")
     ap.add_argument("--berth-arg", action="append", default=[],
                     help="extra argument for berth up (repeatable), for tuning runs")
     args = ap.parse_args()
@@ -141,18 +144,31 @@ def main():
                                   "--addr", "127.0.0.1:0", str(component)],
         "native hyper": [args.native, "127.0.0.1:0"],
     }
+    # Variants of Berth run right after it in every round, so that both see
+    # the same machine.
+    variants = {}
     if args.baseline:
-        # Right after Berth in every round, so that both see the same
-        # machine; its own code cache, as another build may compile to
-        # another engine key.
-        baseline = [args.baseline, "up", str(work / "berth.toml"), "--listen",
-                    "127.0.0.1:0", "--cache-dir", str(work / "cache-baseline")]
-        ordered = {}
-        for name, cmd in servers.items():
-            ordered[name] = cmd
-            if name == "berth":
-                ordered["berth (baseline)"] = baseline
-        servers = ordered
+        # Its own code cache, as another build may compile to another
+        # engine key.
+        variants["berth (baseline)"] = [
+            args.baseline, "up", str(work / "berth.toml"), "--listen",
+            "127.0.0.1:0", "--cache-dir", str(work / "cache-baseline")]
+    receiver = None
+    if args.otlp:
+        receiver = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/e2e/otlp_receiver.py"), "-", "--count"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = receiver.stdout.readline()
+        http_port = ready.split("http=")[1].strip()
+        variants["berth (OTLP on)"] = berth_cmd + [
+            "--otlp-endpoint", f"http://127.0.0.1:{http_port}",
+            "--otlp-protocol", "http/protobuf"]
+    ordered = {}
+    for name, cmd in servers.items():
+        ordered[name] = cmd
+        if name == "berth":
+            ordered.update(variants)
+    servers = ordered
     if args.only:
         wanted = args.only.split(",")
         servers = {k: v for k, v in servers.items() if k.split()[0] in wanted}
@@ -166,7 +182,7 @@ def main():
     results = {name: [] for name in servers}
     for round_ in range(args.rounds):
         order = list(servers.items())
-        if round_ % 2 == 1 and "berth (baseline)" in servers:
+        if round_ % 2 == 1 and variants:
             # Every other round the baseline goes first, so that neither
             # build always follows the same server.
             order[0], order[1] = order[1], order[0]
@@ -180,6 +196,11 @@ def main():
             print(f"round {round_ + 1} {name}: {r[0]:.0f} req/s, "
                   f"p50 {r[1]:.3f} ms, p99 {r[2]:.3f} ms", flush=True)
 
+    spans = None
+    if receiver is not None:
+        receiver.stdin.close()
+        spans = int(receiver.stdout.readline().split("=")[1])
+        receiver.wait()
     startup = sorted(time_to_first_response(berth_cmd) for _ in range(10)) if "berth" in servers else []
 
     def med(name, i):
@@ -191,7 +212,8 @@ def main():
         f"{args.warmup} s warm-up, load generator and server sharing the machine, "
         f"median of {args.rounds} rounds, `RUST_BACKTRACE` unset for every server. "
         f"Command: `{'ROUNDS=' + str(args.rounds) + ' ' if args.rounds != 3 else ''}bench/http.sh"
-        f"{' --baseline BERTH_BUILT_AT_AN_EARLIER_COMMIT' if args.baseline else ''}`.",
+        f"{' --baseline BERTH_BUILT_AT_AN_EARLIER_COMMIT' if args.baseline else ''}"
+        f"{' --otlp' if args.otlp else ''}`.",
         "",
         "| server | req/s | p50 latency | p99 latency |",
         "|---|---|---|---|",
@@ -205,6 +227,11 @@ def main():
         lines.append(f"- Berth / the baseline build: **{med('berth', 0) / med('berth (baseline)', 0):.2f}×** "
                      "the throughput (same run, one after the other in every round, "
                      "in alternating order).")
+    if "berth" in results and "berth (OTLP on)" in results:
+        lines.append(f"- Tracing every invocation (OTLP over HTTP/protobuf to a local receiver, "
+                     f"`tests/e2e/otlp_receiver.py --count`, which decoded {spans:,} spans): "
+                     f"**{med('berth (OTLP on)', 0) / med('berth', 0):.2f}×** the throughput of "
+                     "Berth without it (same run, one after the other in every round).")
     if "berth" in results and "native hyper" in results:
         lines.append(f"- Berth / native hyper: **{med('berth', 0) / med('native hyper', 0):.2f}×** "
                      "(the cost of a fresh sandboxed instance per request).")

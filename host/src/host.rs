@@ -14,6 +14,7 @@ use crate::control::ledger::{Ledger, USAGE_FILE};
 use crate::control::scheduler::{LocalFirings, Scheduler};
 use crate::control::sqlite_bus::SqliteBus;
 use crate::control::state::{DB_FILE, State};
+use crate::control::traces::{OtlpTraces, TraceOptions};
 use crate::control::{ControlPlane, Events, Parts};
 use crate::runtime::Runtime;
 use crate::triggers::events::BusSink;
@@ -22,6 +23,7 @@ use crate::triggers::events::dispatch::Dispatcher;
 use crate::triggers::http::Listener;
 use crate::triggers::http::call::Calls;
 use crate::triggers::http::gateway::Gateway;
+use crate::values::trace::Spans;
 use crate::values::units::ByteSize;
 use crate::wasm::artifact::ArtifactStore;
 use crate::wasm::cache::CodeCache;
@@ -63,6 +65,8 @@ pub struct HostOptions {
     /// The cluster this node joins; `None`: standalone, all state in the
     /// state directory.
     pub cluster: Option<ClusterOptions>,
+    /// Where traces go; `None`: nowhere.
+    pub traces: Option<TraceOptions>,
 }
 
 impl HostOptions {
@@ -80,6 +84,7 @@ impl HostOptions {
             secrets: Secrets::default(),
             node: crate::control::cluster::hostname(),
             cluster: None,
+            traces: None,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct Host {
     control: Arc<ControlPlane>,
     gateway: Arc<Gateway>,
     ledger: Option<Arc<Ledger>>,
+    /// The trace exporter, flushed on shutdown.
+    traces: Option<Arc<OtlpTraces>>,
     /// A cluster node's watcher and heartbeat, stopped on shutdown.
     cluster: Option<(Cluster, CancellationToken, Vec<tokio::task::JoinHandle<()>>)>,
     /// Held for as long as the host runs.
@@ -157,6 +164,12 @@ impl Host {
             }
             _ => None,
         };
+        let traces = match &options.traces {
+            Some(traces) => Some(
+                OtlpTraces::start(traces, runtime.clone()).context("setting up trace export")?,
+            ),
+            None => None,
+        };
         let bus: Arc<dyn Bus> = match &cluster {
             Some(cluster) => Arc::new(
                 crate::control::cluster::at_start("opening the event streams", || {
@@ -177,6 +190,10 @@ impl Host {
                 max_event_size: options.max_event_size.bytes() as usize,
             }),
             calls: Some(Calls::new(&runtime)),
+            spans: match &traces {
+                Some(traces) => Spans::to(traces.clone()),
+                None => Spans::default(),
+            },
         });
         let events = Events {
             dispatcher: Dispatcher::new(runtime.clone(), bus.clone()),
@@ -233,6 +250,7 @@ impl Host {
             gateway,
             ledger,
             cluster,
+            traces,
             _lock: lock,
         })
     }
@@ -322,6 +340,9 @@ impl Host {
         }
         if let Some(ledger) = &self.ledger {
             ledger.close();
+        }
+        if let Some(traces) = &self.traces {
+            traces.shutdown(Duration::from_secs(5)).await;
         }
         Ok(())
     }

@@ -19,4 +19,5 @@ mod serving;
 mod startup;
 mod support;
 mod tools;
+mod traces;
 mod wasi03;

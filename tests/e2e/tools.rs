@@ -1,5 +1,6 @@
 //! The real clients the edge tests use — curl, openssl, h2load (Debian's
-//! `nghttp2-client`), PyJWT — installed once, pinned, when missing, so
+//! `nghttp2-client`), PyJWT — and the OTLP receiver's Python packages,
+//! installed once, pinned, when missing, so
 //! that `cargo test --workspace` runs on a fresh machine as `.ci/run`
 //! does.
 
@@ -37,6 +38,32 @@ pub fn python_jwt() -> &'static str {
         if !works("python3", &["-c", "import jwt, cryptography"]) {
             let _ = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet", PYJWT])
+                .status();
+        }
+    });
+    "python3"
+}
+
+/// What the test OTLP receiver decodes with: the official protobuf
+/// definitions, and gRPC.
+pub const OTLP_PYTHON: [&str; 3] = [
+    "opentelemetry-proto==1.45.2",
+    "protobuf==7.36.2",
+    "grpcio==1.85.3",
+];
+
+/// Python with the OTLP receiver's packages, installed from PyPI if
+/// missing.
+pub fn python_otlp() -> &'static str {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        if !works(
+            "python3",
+            &["-c", "import grpc, opentelemetry.proto.collector.trace.v1"],
+        ) {
+            let _ = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(OTLP_PYTHON)
                 .status();
         }
     });

@@ -180,8 +180,11 @@ fn wasi_http_wit(manifest_dir: &Path) -> PathBuf {
             "--format-version",
             "1",
             "--offline",
-            "--manifest-path",
+            // Only this platform's packages are on disk.
+            "--filter-platform",
         ])
+        .arg(env("HOST"))
+        .arg("--manifest-path")
         .arg(manifest_dir.join("../../host/Cargo.toml"))
         .output()
         .unwrap_or_else(|e| panic!("running cargo metadata: {e}"));

@@ -2,6 +2,7 @@
 //! listeners speak to clients, and who may use its admin API.
 
 use crate::control::admin::{Auth, TokenRequired};
+use crate::control::traces::{OtlpProtocol, TraceOptions};
 use crate::host::HostOptions;
 use crate::triggers::http::Listener;
 use crate::triggers::http::limits::ListenerLimits;
@@ -50,6 +51,110 @@ pub struct HostArgs {
     /// --secrets-dir wins over a variable.
     #[arg(long, default_value = DEFAULT_SECRET_PREFIX)]
     pub secret_env_prefix: String,
+
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// Where traces go: OpenTelemetry's standard variables, or these flags.
+/// Off unless an endpoint is given.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Export traces over OTLP to this collector (a base URL: HTTP/protobuf
+    /// posts to URL/v1/traces).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The full URL of the collector's traces endpoint (wins over
+    /// --otlp-endpoint).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
+
+    /// The OTLP protocol.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf"
+    )]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// How long one export may take, in milliseconds.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TIMEOUT",
+        default_value_t = 10_000,
+        value_name = "MS"
+    )]
+    pub otlp_timeout: u64,
+
+    /// Which traces are exported: always_on, always_off, traceidratio,
+    /// parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio.
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER",
+        default_value = "parentbased_always_on"
+    )]
+    pub trace_sampler: String,
+
+    /// The sampler's ratio (0 to 1), for the traceidratio samplers.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub trace_sampler_arg: Option<String>,
+
+    /// The traces' `service.name` (default: from OTEL_RESOURCE_ATTRIBUTES,
+    /// else `berth`).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+
+    /// Spans that may wait for export; past it spans are dropped, and
+    /// counted in `berth_trace_spans_dropped_total`.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2048)]
+    pub trace_queue: usize,
+
+    /// Spans sent in one export at most.
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
+    pub trace_batch: usize,
+
+    /// How long spans wait for a batch to fill, in milliseconds.
+    #[arg(
+        long,
+        env = "OTEL_BSP_SCHEDULE_DELAY",
+        default_value_t = 5000,
+        value_name = "MS"
+    )]
+    pub trace_delay: u64,
+}
+
+impl TraceArgs {
+    /// The trace options, if traces are exported at all (an endpoint is
+    /// set, and `OTEL_SDK_DISABLED` and `OTEL_TRACES_EXPORTER=none` do
+    /// not say otherwise).
+    pub fn options(&self, node: &str) -> Option<TraceOptions> {
+        let set = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_ascii_lowercase())
+        };
+        if set("OTEL_SDK_DISABLED").as_deref() == Some("true")
+            || set("OTEL_TRACES_EXPORTER").as_deref() == Some("none")
+        {
+            return None;
+        }
+        let options = TraceOptions {
+            endpoint: self.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+            traces_endpoint: self.otlp_traces_endpoint.clone().filter(|e| !e.is_empty()),
+            protocol: self.otlp_protocol,
+            sampler: self.trace_sampler.clone(),
+            sampler_arg: self.trace_sampler_arg.clone(),
+            service_name: self.otel_service_name.clone(),
+            node: node.to_owned(),
+            queue: self.trace_queue,
+            batch: self.trace_batch.clamp(1, self.trace_queue.max(1)),
+            delay: Duration::from_millis(self.trace_delay.max(1)),
+            timeout: Duration::from_millis(self.otlp_timeout.max(1)),
+        };
+        options.is_on().then_some(options)
+    }
 }
 
 impl HostArgs {
@@ -62,7 +167,9 @@ impl HostArgs {
         engine: EngineOptions,
         max_upload: ByteSize,
     ) -> anyhow::Result<HostOptions> {
+        let node = crate::control::cluster::hostname();
         Ok(HostOptions {
+            traces: self.traces.options(&node),
             state,
             cache,
             engine: EngineOptions {
@@ -76,7 +183,7 @@ impl HostArgs {
                 .unwrap_or_else(crate::runtime::default_cpu_turns),
             usage_retention: (!self.no_usage).then_some(self.usage_retention),
             secrets: self.secrets()?,
-            node: crate::control::cluster::hostname(),
+            node,
             cluster: None,
         })
     }

@@ -12,6 +12,7 @@
 //! - [`scheduler`] — fires schedules on time.
 //! - [`sqlite_bus`] — the embedded, SQLite-backed event bus.
 //! - [`ledger`] — the usage ledger: one record per invocation.
+//! - [`traces`] — spans out over OTLP.
 //! - [`admin`] — the admin API: HTTP + JSON, bearer-token auth.
 
 pub mod admin;
@@ -23,5 +24,6 @@ pub mod ledger;
 pub mod scheduler;
 pub mod sqlite_bus;
 pub mod state;
+pub mod traces;
 
 pub use deploy::{ControlError, ControlPlane, Events, Parts, ServiceStatus};

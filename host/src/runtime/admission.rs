@@ -39,6 +39,8 @@ pub enum Rejection {
 pub struct Permit {
     _service: OwnedSemaphorePermit,
     host: Option<OwnedSemaphorePermit>,
+    /// Whether the invocation had to wait for a slot.
+    pub waited: bool,
 }
 
 impl Permit {
@@ -89,6 +91,7 @@ impl Admission {
 
     /// Waits for a slot of this service and then one of the host.
     pub async fn admit(&self, host: &Arc<Semaphore>) -> Result<Permit, Rejection> {
+        let mut waited = false;
         let service = match self.running.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Rejection::Closed),
@@ -98,6 +101,7 @@ impl Admission {
                     return Err(Rejection::QueueFull);
                 }
                 let _waiting = Waiting(&self.waiting);
+                waited = true;
                 match tokio::time::timeout(self.queue_timeout, self.running.clone().acquire_owned())
                     .await
                 {
@@ -111,6 +115,7 @@ impl Admission {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Rejection::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                waited = true;
                 match tokio::time::timeout(self.queue_timeout, host.clone().acquire_owned()).await {
                     Ok(Ok(permit)) => permit,
                     Ok(Err(_closed)) => return Err(Rejection::Closed),
@@ -121,6 +126,7 @@ impl Admission {
         Ok(Permit {
             _service: service,
             host: Some(host),
+            waited,
         })
     }
 }

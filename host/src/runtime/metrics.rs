@@ -157,6 +157,20 @@ pub struct Metrics {
     services: RwLock<HashMap<String, Arc<ServiceMetrics>>>,
     /// hit, miss, rebuilt, uncached
     code_cache: [AtomicU64; 4],
+    /// Spans exported, dropped for a full queue, dropped for a failed
+    /// export.
+    trace_spans: [AtomicU64; 3],
+}
+
+/// What became of spans handed to the trace exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanFate {
+    /// The collector took them.
+    Exported,
+    /// The exporter's queue was full.
+    QueueFull,
+    /// The collector refused them, failed or took too long.
+    ExportFailed,
 }
 
 /// A gauge value read at scrape time: (name, help, labels, value).
@@ -193,6 +207,16 @@ impl Metrics {
         self.code_cache[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` spans that met `fate`.
+    pub fn trace_spans(&self, fate: SpanFate, n: u64) {
+        self.trace_spans[fate as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Spans that met `fate` so far.
+    pub fn trace_spans_total(&self, fate: SpanFate) -> u64 {
+        self.trace_spans[fate as usize].load(Ordering::Relaxed)
+    }
+
     /// Renders everything, with the `gauges` read now.
     pub fn render(&self, gauges: &[Gauge]) -> String {
         let mut out = String::with_capacity(16 * 1024);
@@ -215,6 +239,20 @@ impl Metrics {
                 self.code_cache[i].load(Ordering::Relaxed)
             );
         }
+        let spans = |fate| self.trace_spans_total(fate);
+        let _ = write!(
+            out,
+            "# HELP berth_trace_spans_exported_total Spans the OTLP collector took.\n\
+             # TYPE berth_trace_spans_exported_total counter\n\
+             berth_trace_spans_exported_total {}\n\
+             # HELP berth_trace_spans_dropped_total Spans dropped, by why: the exporter's queue was full, or the collector failed or was too slow.\n\
+             # TYPE berth_trace_spans_dropped_total counter\n\
+             berth_trace_spans_dropped_total{{reason=\"queue_full\"}} {}\n\
+             berth_trace_spans_dropped_total{{reason=\"export_failed\"}} {}\n",
+            spans(SpanFate::Exported),
+            spans(SpanFate::QueueFull),
+            spans(SpanFate::ExportFailed),
+        );
         render_gauges(&mut out, gauges);
         out
     }

@@ -34,7 +34,7 @@ use crate::runtime::record::{Hold, Phase, RecordDraft};
 use crate::runtime::registry::{Service, Warmth};
 use crate::values::id::InvocationId;
 use crate::values::limits::Limits;
-use crate::values::trace::TraceContext;
+use crate::values::trace::{Attr, SpanKind, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{Handlers, LoadError};
@@ -194,6 +194,9 @@ pub struct Start {
     /// Input bytes known up front (an event's payload); a request body is
     /// counted as it is read.
     pub bytes_in: u64,
+    /// What the trigger says of it in its exported span (route, method,
+    /// topic, …), beside what its record says.
+    pub attributes: Vec<(&'static str, Attr)>,
 }
 
 /// What [`invoke`] gives back.
@@ -290,6 +293,9 @@ pub async fn invoke<C: GuestCall>(
     start: Start,
     mut call: C,
 ) -> Started<C> {
+    let mut start = start;
+    let spans = &runtime.ports().spans;
+    start.trace = spans.sample(start.trace);
     let span = start.span.clone();
     let hold = RecordDraft::start(
         runtime.meter(),
@@ -302,6 +308,16 @@ pub async fn invoke<C: GuestCall>(
     hold.record()
         .bytes_in
         .store(start.bytes_in, Ordering::Relaxed);
+    let kind = match start.trigger {
+        Trigger::Http | Trigger::Call => SpanKind::Server,
+        Trigger::Event | Trigger::Schedule => SpanKind::Consumer,
+    };
+    hold.record().trace(
+        spans,
+        start.trace,
+        kind,
+        std::mem::take(&mut start.attributes),
+    );
     let guard = BeforeRun {
         record: hold.record().clone(),
         hold: Some(hold),
@@ -347,6 +363,9 @@ async fn prepare<C: GuestCall>(
     record.enter(Phase::Queue);
     let admitted = service.admission.admit(runtime.host_slots()).await;
     record.leave();
+    if admitted.as_ref().map_or(true, |permit| permit.waited) {
+        record.waited();
+    }
     let permit = admitted.map_err(Refusal::Busy)?;
     record.enter(Phase::Load);
     let loaded = service.handlers(runtime.engine(), runtime.metrics()).await;

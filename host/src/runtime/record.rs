@@ -9,12 +9,12 @@
 use crate::runtime::metrics::ServiceMetrics;
 use crate::runtime::registry::Service;
 use crate::values::id::InvocationId;
-use crate::values::trace::TraceContext;
+use crate::values::trace::{Attr, SpanKind, SpanRecord, Spans, TraceContext};
 use crate::values::units::now_ms;
 use crate::values::usage::{OutcomeKind, Record, Trigger};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where complete usage records go: the usage ledger.
 pub trait UsageSink: Send + Sync + 'static {
@@ -105,6 +105,10 @@ struct State {
     refined: Option<OutcomeKind>,
     /// The step being timed now, and since when.
     phase: Option<(Phase, Instant)>,
+    /// For a traced invocation: each step timed, start and end.
+    steps: Option<Vec<(Phase, Instant, Instant)>>,
+    /// Whether admission made it wait (or refused it).
+    waited: bool,
 }
 
 impl State {
@@ -113,7 +117,11 @@ impl State {
     /// before its guest ran has no execution time.
     fn leave(&mut self) -> Option<(Phase, Instant)> {
         let (phase, since) = self.phase.take()?;
-        let us = since.elapsed().as_micros() as u64;
+        let now = Instant::now();
+        let us = now.saturating_duration_since(since).as_micros() as u64;
+        if let Some(steps) = &mut self.steps {
+            steps.push((phase, since, now));
+        }
         match phase {
             Phase::Queue => self.record.queue_us += us,
             Phase::Load => self.record.load_us += us,
@@ -142,6 +150,19 @@ pub struct RecordDraft {
     pub bytes_out: AtomicU64,
     /// Time on a thread, in ns.
     pub cpu_ns: Arc<AtomicU64>,
+    /// Set when the invocation's spans are exported.
+    traced: OnceLock<Traced>,
+}
+
+/// What a traced invocation's spans are made of, besides its record.
+struct Traced {
+    spans: Spans,
+    trace: TraceContext,
+    kind: SpanKind,
+    attributes: Vec<(&'static str, Attr)>,
+    /// When the record was started, on both clocks: steps are timed on
+    /// the monotonic one and exported on the wall clock.
+    opened: (Instant, SystemTime),
 }
 
 /// A hold on a record: the record is complete, and goes to the meter, once
@@ -215,6 +236,8 @@ impl RecordDraft {
                 record,
                 refined: None,
                 phase: None,
+                steps: None,
+                waited: false,
             }),
             default_status,
             holds: AtomicUsize::new(1),
@@ -222,7 +245,33 @@ impl RecordDraft {
             bytes_in: Arc::new(AtomicU64::new(0)),
             bytes_out: AtomicU64::new(0),
             cpu_ns: Arc::new(AtomicU64::new(0)),
+            traced: OnceLock::new(),
         }))
+    }
+
+    /// Exports the invocation's spans to `spans` when it is complete, if
+    /// its trace is sampled: the invocation's own (of `kind`, with
+    /// `attributes` and what the record says) and one per step it took.
+    pub fn trace(
+        &self,
+        spans: &Spans,
+        trace: TraceContext,
+        kind: SpanKind,
+        attributes: Vec<(&'static str, Attr)>,
+    ) {
+        if !spans.records(&trace) {
+            return;
+        }
+        let traced = Traced {
+            spans: spans.clone(),
+            trace,
+            kind,
+            attributes,
+            opened: (Instant::now(), SystemTime::now()),
+        };
+        if self.traced.set(traced).is_ok() {
+            self.state().steps = Some(Vec::with_capacity(3));
+        }
     }
 
     /// One more hold on the record.
@@ -254,6 +303,12 @@ impl RecordDraft {
         let span = &self.span;
         span.record("instance", tracing::field::display(&made));
         span.record("reused", served);
+    }
+
+    /// Notes that the invocation had to wait for admission (or was refused
+    /// it).
+    pub fn waited(&self) {
+        self.state().waited = true;
     }
 
     /// Notes that the invocation had to load its component (a cold start).
@@ -301,7 +356,7 @@ impl RecordDraft {
         if self.discarded.load(Ordering::Acquire) {
             return;
         }
-        let mut record = {
+        let (mut record, steps) = {
             let mut state = self.state();
             // An invocation that ended mid-step (its caller went away
             // while it waited) still counts the time it spent.
@@ -312,7 +367,8 @@ impl RecordDraft {
             {
                 record.outcome = refined;
             }
-            record
+            let steps = state.steps.take();
+            (record, steps.map(|steps| (steps, state.waited)))
         };
         if record.status.is_none() {
             record.status = self.default_status;
@@ -321,6 +377,9 @@ impl RecordDraft {
         record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         record.cpu_us = self.cpu_ns.load(Ordering::Relaxed) / 1000;
         self.log(&record);
+        if let (Some(traced), Some((steps, waited))) = (self.traced.get(), steps) {
+            traced.export(&record, steps, waited);
+        }
         self.metrics.invocation(
             record.trigger,
             record.outcome,
@@ -352,5 +411,75 @@ impl RecordDraft {
         span.record("memory", record.peak_memory);
         span.record("cold", record.cold);
         span.in_scope(|| tracing::info!(target: "berth::invocation", "finished"));
+    }
+}
+
+impl Traced {
+    /// The invocation's span and its steps', to the exporter.
+    fn export(&self, record: &Record, steps: Vec<(Phase, Instant, Instant)>, waited: bool) {
+        let (opened_at, opened_wall) = self.opened;
+        let wall = |at: Instant| match at.checked_duration_since(opened_at) {
+            Some(after) => opened_wall + after,
+            None => opened_wall - opened_at.duration_since(at),
+        };
+        let now = SystemTime::now();
+        let mut attributes = self.attributes.clone();
+        attributes.extend([
+            ("berth.service", Attr::str(record.service.clone())),
+            ("berth.revision", Attr::Int(record.revision as i64)),
+            ("berth.trigger", Attr::str(record.trigger.as_str())),
+            ("berth.invocation", Attr::str(record.invocation.clone())),
+            ("berth.outcome", Attr::str(record.outcome.as_str())),
+            ("berth.fuel", Attr::Int(record.fuel as i64)),
+            ("berth.memory.peak", Attr::Int(record.peak_memory as i64)),
+            ("berth.cpu_ms", Attr::F64(record.cpu_us as f64 / 1000.0)),
+            ("berth.cold", Attr::Bool(record.cold)),
+        ]);
+        if let Some(status) = record.status {
+            attributes.push(("http.response.status_code", Attr::Int(status as i64)));
+        }
+        if let Some(instance) = &record.instance {
+            attributes.push(("berth.instance", Attr::str(instance.clone())));
+        }
+        let failed = record.outcome != OutcomeKind::Ok || record.status.is_some_and(|s| s >= 500);
+        let mut spans = Vec::with_capacity(1 + steps.len());
+        spans.push(SpanRecord {
+            context: self.trace,
+            remote_parent: true,
+            name: format!("invoke {}", record.service),
+            kind: self.kind,
+            start: opened_wall,
+            end: now.max(opened_wall),
+            attributes,
+            error: failed.then(|| match record.status {
+                Some(status) => format!("{} (status {status})", record.outcome.as_str()),
+                None => record.outcome.as_str().to_owned(),
+            }),
+        });
+        for (phase, since, until) in steps {
+            let name = match phase {
+                // Admission is a step worth a span when it made the
+                // invocation wait (or refused it).
+                Phase::Queue if !waited => continue,
+                Phase::Queue => "admission",
+                // Every invocation looks its component up; only a cold
+                // start's lookup is a load worth a span.
+                Phase::Load if !record.cold => continue,
+                Phase::Load => "cold load",
+                Phase::Run => "run",
+            };
+            spans.push(SpanRecord {
+                context: self.trace.child(),
+                remote_parent: false,
+                name: name.to_owned(),
+                kind: SpanKind::Internal,
+                start: wall(since),
+                end: wall(until),
+                attributes: Vec::new(),
+                error: (phase == Phase::Run && record.outcome != OutcomeKind::Ok)
+                    .then(|| record.outcome.as_str().to_owned()),
+            });
+        }
+        self.spans.export(spans);
     }
 }

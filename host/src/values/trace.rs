@@ -128,6 +128,147 @@ impl fmt::Display for TraceId {
     }
 }
 
+impl TraceContext {
+    /// Whether the trace is sampled (flag bit 0): only sampled spans are
+    /// exported.
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+
+    /// A span of this trace under this one: a call the invocation makes.
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: non_zero_u64(),
+            parent_id: Some(self.span_id),
+            flags: self.flags,
+        }
+    }
+}
+
+/// What kind of work a span stands for (OpenTelemetry's span kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    /// A step inside an invocation.
+    Internal,
+    /// An invocation answering a request or a call.
+    Server,
+    /// A request or call an invocation makes.
+    Client,
+    /// An invocation handling an event.
+    Consumer,
+}
+
+/// A span attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    /// Text.
+    Str(std::borrow::Cow<'static, str>),
+    /// An integer.
+    Int(i64),
+    /// A number.
+    F64(f64),
+    /// A flag.
+    Bool(bool),
+}
+
+impl Attr {
+    /// Text, borrowed when it is static.
+    pub fn str(text: impl Into<std::borrow::Cow<'static, str>>) -> Attr {
+        Attr::Str(text.into())
+    }
+
+    /// An HTTP method: the standard ones without an allocation.
+    pub fn method(method: &str) -> Attr {
+        const STANDARD: [&str; 9] = [
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+        ];
+        match STANDARD.iter().find(|m| **m == method) {
+            Some(standard) => Attr::str(*standard),
+            None => Attr::str(method.to_owned()),
+        }
+    }
+}
+
+/// A finished span, as Berth hands it to an exporter: an invocation, a
+/// step of one (admission wait, cold load, guest run), or a request or
+/// service call one made.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    /// Its trace, span and parent.
+    pub context: TraceContext,
+    /// Whether the parent is another process's (or another invocation's)
+    /// span rather than one of this invocation's.
+    pub remote_parent: bool,
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: SpanKind,
+    /// When it started and ended.
+    pub start: std::time::SystemTime,
+    /// When it ended.
+    pub end: std::time::SystemTime,
+    /// Its attributes.
+    pub attributes: Vec<(&'static str, Attr)>,
+    /// Set when it failed: why.
+    pub error: Option<String>,
+}
+
+/// Where finished spans go: a trace exporter the host plugs in.
+pub trait SpanSink: Send + Sync + 'static {
+    /// Whether a new span of `trace` (its parent, if any, as the flags
+    /// it came with) is sampled.
+    fn sample(&self, trace: &TraceContext) -> bool;
+
+    /// Takes the finished spans of one invocation, or one call. Never
+    /// blocks: spans that do not fit the exporter's queue are dropped
+    /// and counted.
+    fn export(&self, spans: Vec<SpanRecord>);
+}
+
+/// The host's span sink, if it exports traces: cheap to clone, and off
+/// (every call a no-op) by default.
+#[derive(Clone, Default)]
+pub struct Spans(Option<std::sync::Arc<dyn SpanSink>>);
+
+impl Spans {
+    /// Spans that go to `sink`.
+    pub fn to(sink: std::sync::Arc<dyn SpanSink>) -> Spans {
+        Spans(Some(sink))
+    }
+
+    /// Whether spans are exported at all.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// `trace` with its sampled flag set as the exporter's sampler says
+    /// (unchanged when nothing is exported: the flags pass on as
+    /// received).
+    pub fn sample(&self, mut trace: TraceContext) -> TraceContext {
+        if let Some(sink) = &self.0 {
+            if sink.sample(&trace) {
+                trace.flags |= 0x01;
+            } else {
+                trace.flags &= !0x01;
+            }
+        }
+        trace
+    }
+
+    /// Whether spans of `trace` are recorded and exported.
+    pub fn records(&self, trace: &TraceContext) -> bool {
+        self.0.is_some() && trace.sampled()
+    }
+
+    /// Hands `spans` to the exporter.
+    pub fn export(&self, spans: Vec<SpanRecord>) {
+        if let Some(sink) = &self.0 {
+            sink.export(spans);
+        }
+    }
+}
+
 fn non_zero_u64() -> u64 {
     loop {
         let n = crate::values::id::random_u64();

@@ -31,7 +31,7 @@ use crate::values::event::{Event, subscription_id};
 use crate::values::id::InvocationId;
 use crate::values::schedule::TOPIC_PREFIX;
 use crate::values::service::{ServiceConfig, ServiceName};
-use crate::values::trace::{TRACEPARENT, TraceContext};
+use crate::values::trace::{Attr, TRACEPARENT, TraceContext};
 use crate::values::units::now_ms;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::bindings::EventsHostPre;
@@ -256,6 +256,17 @@ impl EventCall {
             caller_deadline: None,
             default_status: None,
             bytes_in: event.data.as_ref().map_or(0, |d| d.len() as u64),
+            attributes: vec![
+                (
+                    "messaging.destination.name",
+                    Attr::str(event.topic.to_string()),
+                ),
+                (
+                    "messaging.message.id",
+                    Attr::str(event.attributes.id.clone()),
+                ),
+                ("berth.attempt", Attr::Int(delivery.attempt as i64)),
+            ],
         };
         let call = EventCall {
             spec: spec.clone(),

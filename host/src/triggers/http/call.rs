@@ -12,7 +12,7 @@ use crate::triggers::http::handler::invoke_http;
 use crate::values::capabilities::MAX_CALL_DEPTH;
 use crate::values::id::InvocationId;
 use crate::values::service::ServiceName;
-use crate::values::trace::{TRACEPARENT, TraceContext};
+use crate::values::trace::{Attr, TRACEPARENT, TraceContext};
 use crate::values::usage::Trigger;
 use crate::wasm::instance::egress::{CallFuture, Caller, ServiceCalls};
 use http::{Request, Response};
@@ -87,6 +87,11 @@ async fn call_service(
         caller_deadline: Some(caller.deadline),
         default_status: Some(499),
         bytes_in: 0,
+        attributes: vec![
+            ("berth.caller", Attr::str(caller.invocation.to_string())),
+            ("http.request.method", Attr::method(req.method().as_str())),
+            ("url.path", Attr::str(req.uri().path().to_owned())),
+        ],
     };
     let response = invoke_http(runtime, service, start, req, None, None).await;
     Ok(response.map(|body| {

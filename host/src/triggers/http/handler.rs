@@ -41,7 +41,7 @@ use crate::triggers::http::gateway::{self, Gateway, Policy, Refused};
 use crate::values::id::InvocationId;
 use crate::values::limits::Limits;
 use crate::values::route::Route;
-use crate::values::trace::{TRACEPARENT, TraceContext};
+use crate::values::trace::{Attr, TRACEPARENT, TraceContext};
 use crate::values::units::ByteSize;
 use crate::values::usage::{OutcomeKind, Trigger};
 use crate::wasm::component::{HTTP_HANDLERS, Handlers, HttpHandler};
@@ -160,6 +160,11 @@ async fn routed(
         caller_deadline: None,
         default_status: Some(CLIENT_CLOSED),
         bytes_in: 0,
+        attributes: vec![
+            ("http.route", Attr::str(route.to_string())),
+            ("http.request.method", Attr::method(req.method().as_str())),
+            ("url.path", Attr::str(path.clone())),
+        ],
     };
     let mut response = invoke_http(runtime, service, start, req, Some(local), denied).await;
     if let Some((standing, config)) = standing {

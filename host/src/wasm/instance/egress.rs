@@ -10,12 +10,12 @@
 use super::{CallChain, Tag};
 use crate::values::capabilities::{self, Destination, OutboundRule};
 use crate::values::id::InvocationId;
-use crate::values::trace::{TRACEPARENT, TraceContext};
+use crate::values::trace::{Attr, SpanKind, SpanRecord, Spans, TRACEPARENT, TraceContext};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 /// How long an outgoing request may take to connect, and to send its
@@ -87,6 +87,7 @@ pub(super) struct Outbound {
     pub(super) chain: CallChain,
     pub(super) listeners: Listeners,
     pub(super) calls: Option<Arc<dyn ServiceCalls>>,
+    pub(super) spans: Spans,
 }
 
 /// What `send_request` returns: the response and the future that drives
@@ -130,14 +131,46 @@ impl WasiHttpHooks for Hooks {
                 "this service has no outbound allow-list (allowed_outbound)",
             );
         };
-        // The invocation is the parent of what it calls, unless the guest
-        // traces on its own and says so.
+        let destination = capabilities::destination(&out.rules, request.uri());
+        // A traced invocation's request is a span of its own, under the
+        // invocation's.
+        let span = out
+            .spans
+            .records(&out.trace)
+            .then(|| ClientSpan::start(&out.spans, out.trace.child(), &request, &destination));
+        // What is called is a child of the request's span (or of the
+        // invocation), unless the guest traces on its own and says so.
+        let parent = span.as_ref().map_or(out.trace, |span| span.context);
         if !request.headers().contains_key(TRACEPARENT)
-            && let Ok(value) = http::HeaderValue::from_str(&out.trace.traceparent())
+            && let Ok(value) = http::HeaderValue::from_str(&parent.traceparent())
         {
             request.headers_mut().insert(TRACEPARENT, value);
         }
-        match capabilities::destination(&out.rules, request.uri()) {
+        let sent = self.send(out, destination, request, options);
+        match span {
+            None => sent,
+            Some(span) => Box::new(async move {
+                let result = Box::into_pin(sent).await;
+                span.end(match &result {
+                    Ok((response, _)) => Ok(response.status().as_u16()),
+                    Err(error) => Err(error.to_string()),
+                });
+                result
+            }),
+        }
+    }
+}
+
+impl Hooks {
+    /// Sends `request` where its destination says, if it may go.
+    fn send(
+        &self,
+        out: &Outbound,
+        destination: Destination,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> SendFuture {
+        match destination {
             Destination::Denied => {
                 let uri = request.uri().clone();
                 self.deny(&uri, "not in the service's allowed_outbound")
@@ -318,6 +351,89 @@ pub fn local_addresses() -> Vec<std::net::IpAddr> {
         unsafe { libc::freeifaddrs(list) };
     }
     out
+}
+
+/// The span of one request or service call a traced invocation makes:
+/// exported when its response (or its failure) comes, or when the guest
+/// gives up on it.
+struct ClientSpan {
+    spans: Spans,
+    context: TraceContext,
+    name: String,
+    start: SystemTime,
+    attributes: Vec<(&'static str, Attr)>,
+    ended: bool,
+}
+
+impl ClientSpan {
+    fn start(
+        spans: &Spans,
+        context: TraceContext,
+        request: &http::Request<WasiBody>,
+        destination: &Destination,
+    ) -> ClientSpan {
+        let uri = request.uri();
+        let method = request.method().as_str();
+        let mut attributes = vec![
+            ("http.request.method", Attr::method(method)),
+            (
+                "server.address",
+                Attr::str(uri.host().unwrap_or("").to_owned()),
+            ),
+            // The path, not the query: a query may carry credentials.
+            ("url.path", Attr::str(uri.path().to_owned())),
+        ];
+        let name = match destination {
+            Destination::Service(callee) => {
+                attributes.push(("berth.callee", Attr::str(callee.clone())));
+                format!("call {callee}")
+            }
+            _ => method.to_owned(),
+        };
+        ClientSpan {
+            spans: spans.clone(),
+            context,
+            name,
+            start: SystemTime::now(),
+            attributes,
+            ended: false,
+        }
+    }
+
+    /// Exports the span: the response's status, or why there was none.
+    fn end(mut self, result: Result<u16, String>) {
+        let error = match result {
+            Ok(status) => {
+                self.attributes
+                    .push(("http.response.status_code", Attr::Int(status as i64)));
+                (status >= 500).then(|| format!("status {status}"))
+            }
+            Err(error) => Some(error),
+        };
+        self.export(error);
+    }
+
+    fn export(&mut self, error: Option<String>) {
+        self.ended = true;
+        self.spans.export(vec![SpanRecord {
+            context: self.context,
+            remote_parent: false,
+            name: std::mem::take(&mut self.name),
+            kind: SpanKind::Client,
+            start: self.start,
+            end: SystemTime::now(),
+            attributes: std::mem::take(&mut self.attributes),
+            error,
+        }]);
+    }
+}
+
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.export(Some("cancelled".to_owned()));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::values::id::InvocationId;
 use crate::values::limits::Limits;
 use crate::values::service::{ServiceName, ServiceSpec};
 use crate::values::topic::TopicPattern;
-use crate::values::trace::TraceContext;
+use crate::values::trace::{Spans, TraceContext};
 use crate::wasm::secrets::{SecretError, Secrets};
 use egress::{Hooks, Listeners, Outbound, ServiceCalls};
 use limiter::MemoryLimiter;
@@ -273,6 +273,8 @@ pub struct Ports {
     pub events: Option<EventPort>,
     /// Calls to other services; `None`: the host routes none.
     pub calls: Option<Arc<dyn ServiceCalls>>,
+    /// Where finished spans go (nowhere unless the host exports traces).
+    pub spans: Spans,
 }
 
 /// One invocation, as its instance sees it.
@@ -401,6 +403,7 @@ fn outbound(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Option
         chain: invocation.chain.clone(),
         listeners: ports.listeners.clone(),
         calls: ports.calls.clone(),
+        spans: ports.spans.clone(),
     })
 }
 

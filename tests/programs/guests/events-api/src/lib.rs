@@ -1,6 +1,7 @@
 //! `events-api`: a component that exports both triggers. Over HTTP,
 //! `POST /api/signup` publishes the body as a `user.signed-up` event on
-//! `users.signed-up`, and `POST /api/publish/TOPIC` tries to publish on any
+//! `users.signed-up` (`GET /api/signup/NAME` the user NAME: what a service
+//! call, a GET, can ask), and `POST /api/publish/TOPIC` tries to publish on any
 //! topic (answering 403 with the host's reason when it is not allowed). As
 //! an event handler, it logs what it receives.
 
@@ -14,6 +15,13 @@ fn http(req: Request) -> Response {
                 Ok(user) => user,
                 Err(e) => return Response::text(format!("bad user: {e}\n")).with_status(400),
             };
+            match events::publish_json("users.signed-up", "user.signed-up", &user) {
+                Ok(id) => Response::json(&serde_json::json!({"event": id})).with_status(202),
+                Err(e) => Response::text(format!("{e}\n")).with_status(500),
+            }
+        })
+        .get("/api/signup/:name", |req| {
+            let user = serde_json::json!({ "name": req.param("name").unwrap_or_default() });
             match events::publish_json("users.signed-up", "user.signed-up", &user) {
                 Ok(id) => Response::json(&serde_json::json!({"event": id})).with_status(202),
                 Err(e) => Response::text(format!("{e}\n")).with_status(500),
