@@ -17,6 +17,7 @@ use crate::control::state::{DB_FILE, State};
 use crate::control::traces::{OtlpTraces, TraceOptions};
 use crate::control::{ControlPlane, Events, Parts};
 use crate::runtime::Runtime;
+use crate::runtime::logs::LogBook;
 use crate::triggers::events::BusSink;
 use crate::triggers::events::bus::Bus;
 use crate::triggers::events::dispatch::Dispatcher;
@@ -29,6 +30,7 @@ use crate::wasm::artifact::ArtifactStore;
 use crate::wasm::cache::CodeCache;
 use crate::wasm::engine::{BerthEngine, EngineOptions};
 use crate::wasm::instance::Ports;
+use crate::wasm::instance::output::{OutputLimits, Outputs};
 use crate::wasm::instance::publish::EventPort;
 use crate::wasm::secrets::Secrets;
 use anyhow::Context;
@@ -67,6 +69,11 @@ pub struct HostOptions {
     pub cluster: Option<ClusterOptions>,
     /// Where traces go; `None`: nowhere.
     pub traces: Option<TraceOptions>,
+    /// How much guests may write to stdout and stderr.
+    pub output: OutputLimits,
+    /// How many bytes of each service's recent log lines are kept in
+    /// memory (`berth logs`); `None`: none.
+    pub logs: Option<ByteSize>,
 }
 
 impl HostOptions {
@@ -85,6 +92,8 @@ impl HostOptions {
             node: crate::control::cluster::hostname(),
             cluster: None,
             traces: None,
+            output: OutputLimits::default(),
+            logs: None,
         }
     }
 }
@@ -165,9 +174,9 @@ impl Host {
             _ => None,
         };
         let traces = match &options.traces {
-            Some(traces) => Some(
-                OtlpTraces::start(traces, runtime.clone()).context("setting up trace export")?,
-            ),
+            Some(traces) => {
+                Some(OtlpTraces::start(traces, &runtime).context("setting up trace export")?)
+            }
             None => None,
         };
         let bus: Arc<dyn Bus> = match &cluster {
@@ -194,6 +203,7 @@ impl Host {
                 Some(traces) => Spans::to(traces.clone()),
                 None => Spans::default(),
             },
+            output: Arc::new(Outputs::new(options.output)),
         });
         let events = Events {
             dispatcher: Dispatcher::new(runtime.clone(), bus.clone()),
@@ -226,6 +236,9 @@ impl Host {
             max_event_size: options.max_event_size,
             ledger: ledger.clone(),
             gateway: gateway.clone(),
+            logs: options
+                .logs
+                .map(|size| Arc::new(LogBook::new(&options.node, size.bytes() as usize))),
         }));
         if cluster.is_some() {
             crate::control::cluster::at_start("loading the API keys", || async {
@@ -322,6 +335,11 @@ impl Host {
         );
         shutdown.await;
         stop.cancel();
+        // Followers of the logs stop, or their streams would hold the
+        // admin listener's drain.
+        if let Some(logs) = self.control.logs() {
+            logs.close();
+        }
         self.control.shutdown();
         let mut open = Vec::with_capacity(accepting.len());
         for listener in accepting {

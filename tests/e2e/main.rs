@@ -11,6 +11,7 @@ mod failures;
 mod gateway;
 mod host;
 mod limits;
+mod logs;
 mod nats;
 mod pipeline;
 mod reuse;

@@ -3,11 +3,13 @@ what it receives with the official protobuf definitions (PyPI's
 opentelemetry-proto) and writing each span as one JSON line.
 
     python3 otlp_receiver.py OUT [--delay SECONDS] [--fail] [--count]
+                                 [--tls CERT KEY]
 
 prints `ready grpc=PORT http=PORT` once both listen. `--delay` answers each
 export that much later; `--fail` refuses every export (gRPC UNAVAILABLE,
 HTTP 503) after decoding it; `--count` (for benchmarks) writes nothing
-but, when its stdin closes, `spans=N`: how many it decoded.
+but, when its stdin closes, `spans=N`: how many it decoded; `--tls` serves
+gRPC over TLS with that certificate and key (PEM).
 """
 
 import argparse
@@ -70,6 +72,7 @@ def main():
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--count", action="store_true")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     args = parser.parse_args()
     if args.count:
         args.out = None
@@ -84,7 +87,12 @@ def main():
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    if args.tls:
+        cert, key = (open(path, "rb").read() for path in args.tls)
+        grpc_port = server.add_secure_port(
+            "127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        grpc_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
 
     class Http(BaseHTTPRequestHandler):

@@ -123,6 +123,23 @@ impl Berth {
         dir: Option<tempfile::TempDir>,
         admin: bool,
     ) -> Berth {
+        // OpenTelemetry's variables, from whoever runs the tests, reach a
+        // host only when a test sets them.
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_TRACES_SAMPLER_ARG",
+            "OTEL_SERVICE_NAME",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_SDK_DISABLED",
+            "OTEL_TRACES_EXPORTER",
+        ] {
+            if !cmd.get_envs().any(|(key, _)| key == name) {
+                cmd.env_remove(name);
+            }
+        }
         let mut child = cmd
             .env("BERTH_LOG", "info")
             .env_remove("RUST_BACKTRACE")

@@ -265,7 +265,15 @@ async fn traces_follow_a_request_through_a_service_call_and_an_event_to_its_cons
     // An invocation that waited for a slot has an admission step as long
     // as it waited.
     let first = spawn_get(&berth, "/one?ms=500");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &berth.admin_get("/metrics").await.text(),
+        "berth_instances_in_flight{service=\"one\"}",
+    ) != 1.0
+    {
+        assert!(Instant::now() < deadline, "the first request never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let second = get(&berth, "/one?ms=1").await;
     assert_eq!(second.status, 200);
     assert_eq!(first.await.unwrap().status, 200);
@@ -475,4 +483,128 @@ async fn a_dead_slow_or_failing_collector_never_holds_up_an_invocation() {
         .map(|s| s["transport"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn trace_settings_are_checked_only_when_traces_are_exported() {
+    let dir = manifest_dir(&service("hello", programs::HELLO, "/hello", ""));
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0", "--cache-dir"])
+            .arg(shared_cache())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // Without an endpoint, variables Berth cannot use are left alone.
+    let odd = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+        ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+    ];
+    let mut berth = Berth::start(run(&odd, &[]), Duration::from_secs(60), None, false);
+    berth.kill9();
+    // With one, an unusable setting stops the host at start, saying why.
+    for (env, args, why) in [
+        (
+            &odd[..1],
+            &["--otlp-endpoint", "http://127.0.0.1:4318"][..],
+            "OTLP protocol \"http/json\" is not supported",
+        ),
+        (
+            &[][..],
+            &["--otlp-endpoint", "https://collector.example:4318"][..],
+            "speaks plain HTTP only",
+        ),
+        (
+            &odd[2..],
+            &["--otlp-endpoint", "http://127.0.0.1:4318"][..],
+            "trace sampler `jaeger_remote` is not known",
+        ),
+    ] {
+        let mut child = run(env, args).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("berth {args:?} with {env:?} kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(why), "{why:?} not in:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn traces_go_to_a_grpc_collector_over_tls_verified_against_the_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tools::Pki::new(dir.path());
+    let (cert, key, _) = pki.issue("localhost", "collector");
+    let receiver = Receiver::start(&["--tls", &cert, &key]);
+    let endpoint = format!("https://localhost:{}", receiver.grpc);
+    let manifest = service("hello", programs::HELLO, "/hello", "");
+    // Trusted through the roots (SSL_CERT_FILE names them, as for any
+    // program reading the system's roots): exported.
+    let trusted = manifest_dir(&manifest);
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(shared_cache())
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--otlp-endpoint",
+            &endpoint,
+        ])
+        .args(["--otlp-protocol", "grpc", "--trace-delay", "100"])
+        .env("SSL_CERT_FILE", &pki.ca)
+        .env("BERTH_TOKEN", crate::host::TOKEN)
+        .current_dir(trusted.path());
+    let berth = Berth::start(cmd, Duration::from_secs(60), Some(trusted), true);
+    let req = http::Request::get("/hello")
+        .header("host", berth.addr.to_string())
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(send(berth.addr, req).await.status, 200);
+    let spans = receiver.wait_for_trace(TRACE, &["invoke hello"]);
+    assert_eq!(one(&spans, "invoke hello")["transport"], "grpc");
+    drop(berth);
+
+    // A certificate the host does not trust: nothing is exported, and the
+    // failures are counted.
+    let untrusted = manifest_dir(&manifest);
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(shared_cache())
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--otlp-endpoint",
+            &endpoint,
+        ])
+        .args(["--otlp-protocol", "grpc", "--trace-delay", "100"])
+        .env("SSL_CERT_FILE", "/dev/null")
+        .env("BERTH_TOKEN", crate::host::TOKEN)
+        .current_dir(untrusted.path());
+    let berth = Berth::start(cmd, Duration::from_secs(60), Some(untrusted), true);
+    let before = receiver.spans().len();
+    hellos(&berth, 20).await;
+    assert!(wait_for_drops(&berth, "export_failed").await > 0.0);
+    assert_eq!(
+        receiver.spans().len(),
+        before,
+        "a span reached an untrusted collector"
+    );
 }

@@ -161,6 +161,37 @@ impl Client {
         content_type: &str,
         headers: &[(String, String)],
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let response = self.open(method, path, body, content_type, headers).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// `GET path`, its 2xx answer's body as it comes (a stream of lines).
+    pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let response = self
+            .open(Method::GET, path, body, "text/plain", &[])
+            .await?;
+        Ok(response.into_body())
+    }
+
+    /// Sends a request; a 2xx answer's head and body, any other an error.
+    async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: &str,
+        headers: &[(String, String)],
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             ClientError::Connect(format!(
                 "cannot reach the admin API at {}://{}: {e}",
@@ -211,15 +242,15 @@ impl Client {
             ))
         })?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let bytes = response
             .into_body()
             .collect()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .to_bytes();
-        if status.is_success() {
-            return Ok((status, bytes));
-        }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => Err(ClientError::Api {
                 status,

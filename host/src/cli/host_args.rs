@@ -9,6 +9,7 @@ use crate::triggers::http::limits::ListenerLimits;
 use crate::triggers::http::tls::{CertFiles, Tls};
 use crate::values::units::ByteSize;
 use crate::wasm::engine::EngineOptions;
+use crate::wasm::instance::output::OutputLimits;
 use crate::wasm::secrets::{DEFAULT_SECRET_PREFIX, Secrets};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -52,6 +53,22 @@ pub struct HostArgs {
     #[arg(long, default_value = DEFAULT_SECRET_PREFIX)]
     pub secret_env_prefix: String,
 
+    /// Output a guest may write to stdout and stderr in one invocation;
+    /// past it, one line says it was truncated and the rest is dropped.
+    #[arg(long, default_value = "1MiB")]
+    pub guest_output_limit: ByteSize,
+
+    /// Output a service's guests may write per second, all together (and
+    /// at once); past it, lines are dropped and a line a second says how
+    /// many.
+    #[arg(long, default_value = "1MiB")]
+    pub guest_output_rate: ByteSize,
+
+    /// Recent log lines kept in memory per service, for `berth logs`; the
+    /// oldest go first.
+    #[arg(long, default_value = "1MiB")]
+    pub service_log_size: ByteSize,
+
     #[command(flatten)]
     pub traces: TraceArgs,
 }
@@ -70,22 +87,13 @@ pub struct TraceArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
     pub otlp_traces_endpoint: Option<String>,
 
-    /// The OTLP protocol.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
-        default_value = "http/protobuf"
-    )]
-    pub otlp_protocol: OtlpProtocol,
+    /// The OTLP protocol: grpc or http/protobuf (default).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
 
-    /// How long one export may take, in milliseconds.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TIMEOUT",
-        default_value_t = 10_000,
-        value_name = "MS"
-    )]
-    pub otlp_timeout: u64,
+    /// How long one export may take, in milliseconds (default 10000).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", value_name = "MS")]
+    pub otlp_timeout: Option<String>,
 
     /// Which traces are exported: always_on, always_off, traceidratio,
     /// parentbased_always_on, parentbased_always_off,
@@ -106,30 +114,40 @@ pub struct TraceArgs {
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
 
-    /// Spans that may wait for export; past it spans are dropped, and
-    /// counted in `berth_trace_spans_dropped_total`.
-    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2048)]
-    pub trace_queue: usize,
+    /// Spans that may wait for export (default 2048); past it spans are
+    /// dropped, and counted in `berth_trace_spans_dropped_total`.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", value_name = "SPANS")]
+    pub trace_queue: Option<String>,
 
-    /// Spans sent in one export at most.
-    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
-    pub trace_batch: usize,
+    /// Spans sent in one export at most (default 512).
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", value_name = "SPANS")]
+    pub trace_batch: Option<String>,
 
-    /// How long spans wait for a batch to fill, in milliseconds.
-    #[arg(
-        long,
-        env = "OTEL_BSP_SCHEDULE_DELAY",
-        default_value_t = 5000,
-        value_name = "MS"
-    )]
-    pub trace_delay: u64,
+    /// How long spans wait for a batch to fill, in milliseconds (default
+    /// 5000).
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", value_name = "MS")]
+    pub trace_delay: Option<String>,
+}
+
+/// A number setting: its value, or (malformed, as OpenTelemetry's
+/// variables are then ignored) a warning and the default.
+fn number(name: &str, value: Option<&str>, default: u64) -> u64 {
+    match value.map(str::trim) {
+        None | Some("") => default,
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            tracing::warn!("{name}: {text:?} is not a number; {default} is used instead");
+            default
+        }),
+    }
 }
 
 impl TraceArgs {
     /// The trace options, if traces are exported at all (an endpoint is
     /// set, and `OTEL_SDK_DISABLED` and `OTEL_TRACES_EXPORTER=none` do
-    /// not say otherwise).
-    pub fn options(&self, node: &str) -> Option<TraceOptions> {
+    /// not say otherwise). The other settings are read only then: a
+    /// variable meant for another program never stops a host that exports
+    /// nothing.
+    pub fn options(&self, node: &str) -> anyhow::Result<Option<TraceOptions>> {
         let set = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -138,22 +156,45 @@ impl TraceArgs {
         if set("OTEL_SDK_DISABLED").as_deref() == Some("true")
             || set("OTEL_TRACES_EXPORTER").as_deref() == Some("none")
         {
-            return None;
+            return Ok(None);
         }
-        let options = TraceOptions {
-            endpoint: self.otlp_endpoint.clone().filter(|e| !e.is_empty()),
-            traces_endpoint: self.otlp_traces_endpoint.clone().filter(|e| !e.is_empty()),
-            protocol: self.otlp_protocol,
+        let endpoint = self.otlp_endpoint.clone().filter(|e| !e.is_empty());
+        let traces_endpoint = self.otlp_traces_endpoint.clone().filter(|e| !e.is_empty());
+        if endpoint.is_none() && traces_endpoint.is_none() {
+            return Ok(None);
+        }
+        let protocol = match self.otlp_protocol.as_deref().map(str::trim) {
+            None | Some("") | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some("grpc") => OtlpProtocol::Grpc,
+            Some(other) => anyhow::bail!(
+                "OTLP protocol {other:?} is not supported: grpc or http/protobuf (--otlp-protocol, OTEL_EXPORTER_OTLP_PROTOCOL)"
+            ),
+        };
+        let queue = number("OTEL_BSP_MAX_QUEUE_SIZE", self.trace_queue.as_deref(), 2048).max(1);
+        let batch = number(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            self.trace_batch.as_deref(),
+            512,
+        );
+        let delay = number("OTEL_BSP_SCHEDULE_DELAY", self.trace_delay.as_deref(), 5000);
+        let timeout = number(
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            self.otlp_timeout.as_deref(),
+            10_000,
+        );
+        Ok(Some(TraceOptions {
+            endpoint,
+            traces_endpoint,
+            protocol,
             sampler: self.trace_sampler.clone(),
             sampler_arg: self.trace_sampler_arg.clone(),
             service_name: self.otel_service_name.clone(),
             node: node.to_owned(),
-            queue: self.trace_queue,
-            batch: self.trace_batch.clamp(1, self.trace_queue.max(1)),
-            delay: Duration::from_millis(self.trace_delay.max(1)),
-            timeout: Duration::from_millis(self.otlp_timeout.max(1)),
-        };
-        options.is_on().then_some(options)
+            queue: queue as usize,
+            batch: batch.clamp(1, queue) as usize,
+            delay: Duration::from_millis(delay.max(1)),
+            timeout: Duration::from_millis(timeout.max(1)),
+        }))
     }
 }
 
@@ -169,7 +210,7 @@ impl HostArgs {
     ) -> anyhow::Result<HostOptions> {
         let node = crate::control::cluster::hostname();
         Ok(HostOptions {
-            traces: self.traces.options(&node),
+            traces: self.traces.options(&node)?,
             state,
             cache,
             engine: EngineOptions {
@@ -185,6 +226,11 @@ impl HostArgs {
             secrets: self.secrets()?,
             node,
             cluster: None,
+            output: OutputLimits {
+                per_invocation: self.guest_output_limit,
+                per_second: self.guest_output_rate,
+            },
+            logs: Some(self.service_log_size),
         })
     }
 

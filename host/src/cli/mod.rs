@@ -14,6 +14,7 @@ mod health;
 mod host_args;
 mod inspect;
 mod keys;
+mod logs;
 mod ls;
 mod nodes;
 mod output;
@@ -85,6 +86,9 @@ enum Command {
     Events(events::EventsArgs),
     /// Show what services used: invocations, fuel, GB-seconds, time.
     Usage(usage::UsageArgs),
+    /// Show a service's recent log lines (its guests' output and the
+    /// host's lines about its invocations); -f follows them.
+    Logs(logs::LogsArgs),
     /// List the nodes of a cluster (a standalone host shows itself).
     Nodes(nodes::NodesArgs),
     /// Ask a host's /healthz or /readyz; exit 0 only on 200.
@@ -181,6 +185,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Events(args) => events::run(args).await,
             Command::Usage(args) => usage::run(args).await,
+            Command::Logs(args) => logs::run(args).await,
             Command::Nodes(args) => nodes::run(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Keys(args) => keys::run(args).await,

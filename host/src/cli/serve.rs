@@ -100,6 +100,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     if let Some(node) = &args.cluster.node {
         options.node = node.clone();
+        if let Some(traces) = &mut options.traces {
+            traces.node = node.clone();
+        }
     }
     if !args.cluster.cluster.is_empty() {
         options.cluster = Some(ClusterOptions {
@@ -112,6 +115,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let clustered = options.cluster.as_ref().map(|c| c.display_urls());
     let host = Host::open(options).await?;
+    if let Some(logs) = host.control().logs() {
+        super::telemetry::keep_service_logs(logs.clone());
+    }
     let restored = host.runtime().registry().services().len();
 
     let public = host.bind(args.listen, "").await?;

@@ -17,12 +17,22 @@
 //! lines of the last window. A window of zero writes each line from the
 //! thread that logs it: nothing is lost, at a system call per line.
 
+use crate::runtime::logs::{Level, LogBook};
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How long the writer lets lines gather before it writes them, unless
 /// told otherwise.
@@ -173,19 +183,21 @@ pub fn init(format: LogFormat, window: Duration) -> LogGuard {
     } else {
         BoxMakeWriter::new(BatchWriter(shared.clone()))
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let installed = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .boxed(),
     };
+    // The services' own logs keep their lines at info and above, whatever
+    // stderr is filtered to.
+    let installed = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(ServiceLogs.with_filter(LevelFilter::INFO))
+        .try_init();
     if installed.is_err() || window.is_zero() {
         return LogGuard {
             shared: None,
@@ -201,6 +213,143 @@ pub fn init(format: LogFormat, window: Duration) -> LogGuard {
     LogGuard {
         shared: Some(shared),
         thread,
+    }
+}
+
+/// Where the services' lines go, once a host keeps them (`up`, `serve`).
+static BOOK: OnceLock<Arc<LogBook>> = OnceLock::new();
+
+/// Keeps every service's lines in `book` from now on (see
+/// [`crate::runtime::logs`]). Once per process.
+pub fn keep_service_logs(book: Arc<LogBook>) {
+    let _ = BOOK.set(book);
+}
+
+/// The layer that files lines under their service: a guest's output
+/// (target `guest`, which names its service and invocation), and every
+/// line logged in an invocation's span, the closing `finished` line with
+/// the span's metered fields.
+struct ServiceLogs;
+
+/// What an invocation's span says, kept in the span.
+struct Invocation {
+    service: String,
+    invocation: String,
+    /// The fields recorded after it started (`status=200 outcome=ok …`).
+    recorded: String,
+}
+
+/// The fields of a span or event, as text.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    service: Option<String>,
+    invocation: Option<String>,
+    stream: Option<String>,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message.push_str(value),
+            "service" => self.service = Some(value.to_owned()),
+            "invocation" => self.invocation = Some(value.to_owned()),
+            "stream" => self.stream = Some(value.to_owned()),
+            name => {
+                let _ = write!(self.rest, " {name}={value:?}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            "service" => self.service = Some(format!("{value:?}")),
+            "invocation" => self.invocation = Some(format!("{value:?}")),
+            "stream" => self.stream = Some(format!("{value:?}")),
+            name => {
+                let _ = write!(self.rest, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+fn level(level: &tracing::Level) -> Level {
+    match *level {
+        tracing::Level::ERROR => Level::Error,
+        tracing::Level::WARN => Level::Warn,
+        tracing::Level::INFO => Level::Info,
+        _ => Level::Debug,
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for ServiceLogs {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if BOOK.get().is_none() || attrs.metadata().name() != "invocation" {
+            return;
+        }
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let (Some(service), Some(invocation), Some(span)) =
+            (fields.service, fields.invocation, ctx.span(id))
+        {
+            span.extensions_mut().insert(Invocation {
+                service,
+                invocation,
+                recorded: String::new(),
+            });
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        if let Some(invocation) = extensions.get_mut::<Invocation>() {
+            let mut fields = Fields::default();
+            values.record(&mut fields);
+            invocation.recorded.push_str(&fields.rest);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(book) = BOOK.get() else { return };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let level = level(event.metadata().level());
+        if event.metadata().target() == "guest"
+            && let Some(service) = &fields.service
+        {
+            let stream = match fields.stream.as_deref() {
+                Some("stderr") => "stderr",
+                _ => "stdout",
+            };
+            book.push(service, fields.invocation, stream, level, fields.message);
+            return;
+        }
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        for span in scope {
+            let extensions = span.extensions();
+            if let Some(invocation) = extensions.get::<Invocation>() {
+                let mut text = fields.message;
+                text.push_str(&fields.rest);
+                if event.metadata().target() == "berth::invocation" {
+                    text.push_str(&invocation.recorded);
+                }
+                book.push(
+                    &invocation.service,
+                    Some(invocation.invocation.clone()),
+                    "host",
+                    level,
+                    text,
+                );
+                return;
+            }
+        }
     }
 }
 

@@ -118,6 +118,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .host
         .options(state, Some(cache), args.engine(), ByteSize::gib(4))?;
     let host = Host::open(options).await?;
+    if let Some(logs) = host.control().logs() {
+        super::telemetry::keep_service_logs(logs.clone());
+    }
     deploy_exactly(&host, &manifest).await?;
 
     let public = host.bind(args.listen, "").await?;

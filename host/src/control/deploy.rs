@@ -19,6 +19,7 @@ use crate::control::ledger::Ledger;
 use crate::control::scheduler::Scheduler;
 use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord, StateError};
 use crate::runtime::Runtime;
+use crate::runtime::logs::LogBook;
 use crate::runtime::registry::{RouteConflict, Service};
 use crate::triggers::events::bus::Bus;
 use crate::triggers::events::dispatch::Dispatcher;
@@ -160,6 +161,8 @@ pub struct Parts {
     pub node: String,
     /// The edge: the API keys requests are checked against.
     pub gateway: Arc<Gateway>,
+    /// The services' recent log lines, if the host keeps them.
+    pub logs: Option<Arc<LogBook>>,
 }
 
 /// The control plane of one host.
@@ -288,6 +291,11 @@ impl ControlPlane {
     /// The usage ledger, if the host keeps one.
     pub fn ledger(&self) -> Option<&Arc<Ledger>> {
         self.parts.ledger.as_ref()
+    }
+
+    /// The services' recent log lines, if the host keeps them.
+    pub fn logs(&self) -> Option<&Arc<LogBook>> {
+        self.parts.logs.as_ref()
     }
 
     /// The event bus.

@@ -22,11 +22,11 @@ use opentelemetry::trace::{
     SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample, SpanData, SpanExporter};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -69,12 +69,11 @@ impl TraceOptions {
 }
 
 /// The OTLP protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
     /// OTLP over gRPC (port 4317 by convention).
     Grpc,
     /// OTLP over HTTP with protobuf bodies (port 4318 by convention).
-    #[value(name = "http/protobuf")]
     HttpProtobuf,
 }
 
@@ -130,7 +129,10 @@ struct Queue {
 pub struct OtlpTraces {
     queue: Arc<Queue>,
     sampler: Sampler,
-    runtime: Arc<Runtime>,
+    /// Weak: the runtime holds the exporter (through its ports).
+    runtime: Weak<Runtime>,
+    /// When a full queue was last warned of.
+    warned: Mutex<Option<Instant>>,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -140,7 +142,7 @@ impl OtlpTraces {
     /// within a Tokio runtime (the exporter's connections are its tasks).
     pub fn start(
         options: &TraceOptions,
-        runtime: Arc<Runtime>,
+        runtime: &Arc<Runtime>,
     ) -> Result<Arc<OtlpTraces>, TraceSetupError> {
         let sampler = sampler(&options.sampler, options.sampler_arg.as_deref())?;
         let mut exporter = exporter(options)?;
@@ -156,7 +158,7 @@ impl OtlpTraces {
         let task = tokio::spawn(export_loop(
             exporter,
             queue.clone(),
-            runtime.clone(),
+            Arc::downgrade(runtime),
             stop.clone(),
             options.delay,
             options.timeout,
@@ -164,7 +166,8 @@ impl OtlpTraces {
         Ok(Arc::new(OtlpTraces {
             queue,
             sampler,
-            runtime,
+            runtime: Arc::downgrade(runtime),
+            warned: Mutex::new(None),
             stop,
             task: Mutex::new(Some(task)),
         }))
@@ -175,9 +178,10 @@ impl OtlpTraces {
         self.stop.cancel();
         self.queue.ready.notify_one();
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task
-            && tokio::time::timeout(within, task).await.is_err()
+        if let Some(mut task) = task
+            && tokio::time::timeout(within, &mut task).await.is_err()
         {
+            task.abort();
             tracing::warn!(
                 "the trace exporter did not finish within {within:?}; its last spans are lost"
             );
@@ -208,10 +212,19 @@ impl SpanSink for OtlpTraces {
             }
         };
         match full {
-            None => self
-                .runtime
-                .metrics()
-                .trace_spans(SpanFate::QueueFull, n as u64),
+            None => {
+                if let Some(runtime) = self.runtime.upgrade() {
+                    runtime.metrics().trace_spans(SpanFate::QueueFull, n as u64);
+                }
+                let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    *warned = Some(Instant::now());
+                    tracing::warn!(
+                        capacity = self.queue.capacity,
+                        "the trace export queue is full (the collector is slow or down); spans are dropped and counted in berth_trace_spans_dropped_total (said at most once a minute)"
+                    );
+                }
+            }
             Some(true) => self.queue.ready.notify_one(),
             Some(false) => {}
         }
@@ -282,12 +295,27 @@ fn exporter(options: &TraceOptions) -> Result<opentelemetry_otlp::SpanExporter, 
         },
         (None, None) => return Err(TraceSetupError::Exporter("no endpoint".into())),
     };
+    let tls = endpoint.trim().to_ascii_lowercase().starts_with("https://");
     let built = match options.protocol {
+        OtlpProtocol::Grpc if tls => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_tls_config(
+                opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                    .with_native_roots(),
+            )
+            .with_endpoint(endpoint)
+            .with_timeout(options.timeout)
+            .build(),
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
             .with_timeout(options.timeout)
             .build(),
+        OtlpProtocol::HttpProtobuf if tls => {
+            return Err(TraceSetupError::Exporter(format!(
+                "{endpoint}: the HTTP/protobuf exporter speaks plain HTTP only; use --otlp-protocol grpc for an https:// collector, or a collector beside the host"
+            )));
+        }
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
@@ -304,7 +332,7 @@ fn exporter(options: &TraceOptions) -> Result<opentelemetry_otlp::SpanExporter, 
 async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
     queue: Arc<Queue>,
-    runtime: Arc<Runtime>,
+    runtime: Weak<Runtime>,
     stop: CancellationToken,
     delay: Duration,
     timeout: Duration,
@@ -334,6 +362,9 @@ async fn export_loop(
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some(format!("no answer within {timeout:?}")),
+            };
+            let Some(runtime) = runtime.upgrade() else {
+                return;
             };
             match failure {
                 None => runtime.metrics().trace_spans(SpanFate::Exported, n as u64),

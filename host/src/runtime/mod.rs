@@ -10,8 +10,10 @@
 //! - [`pipeline`] — the one way to run a guest.
 //! - [`record`] — usage records while they are filled in, and the meter.
 //! - [`metrics`] — Prometheus metrics.
+//! - [`logs`] — each service's recent log lines, for `berth logs`.
 
 pub mod admission;
+pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

@@ -24,6 +24,7 @@
 //! | DELETE | `/v1/keys/{name}` | revoke an API key |
 //! | GET | `/v1/usage` | usage totals (`?service=&since=&until=&by=hour\|day`) |
 //! | GET | `/v1/usage/records` | usage records (`?service=&since=&until=&limit=`) |
+//! | GET | `/v1/logs` | recent log lines (`?service=&since=&invocation=&level=&tail=&follow=1`), streamed with `follow` |
 //! | GET | `/metrics` | Prometheus metrics |
 //!
 //! Routing and extraction are axum's ([`router`]); the `routes` module holds the
@@ -215,6 +216,7 @@ pub fn router(control: Arc<ControlPlane>, auth: Auth) -> axum::Router {
         .route("/v1/keys/{name}", axum::routing::delete(revoke_key))
         .route("/v1/usage", get(usage))
         .route("/v1/usage/records", get(usage_records))
+        .route("/v1/logs", get(logs))
         .route("/metrics", get(metrics))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)

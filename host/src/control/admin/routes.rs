@@ -10,8 +10,9 @@ use super::{
 };
 use crate::control::ledger::Ledger;
 use crate::control::{ControlError, ControlPlane};
+use crate::runtime::logs::{Level, LogFilter, LogLine};
 use crate::triggers::events::bus::{BusError, Replay};
-use crate::triggers::http::body::ResponseBody;
+use crate::triggers::http::body::{BoxError, ResponseBody};
 use crate::values::digest::Digest;
 use crate::values::key::KeyName;
 use crate::values::service::ServiceName;
@@ -20,6 +21,7 @@ use crate::values::units::{parse_duration, parse_time};
 use crate::values::usage::{Period, Query};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use std::sync::Arc;
@@ -360,4 +362,117 @@ fn storage_error(e: rusqlite::Error) -> ApiError {
 
 fn bus_error(e: BusError) -> ApiError {
     ApiError::from(ControlError::from(e))
+}
+
+/// How often a quiet follow stream sends a blank line, so that a client
+/// gone is noticed (and its stream dropped).
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /v1/logs`: the lines the host keeps (a service's, or every
+/// service's), one JSON object per line; with `follow=1`, then every new
+/// one as it comes, until the client goes or the host shuts down.
+pub(super) async fn logs(State(control): Control, RawQuery(raw): RawQuery) -> ApiResult {
+    let book = control
+        .logs()
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("this host keeps no logs"))?;
+    let raw = raw.as_deref();
+    let filter = LogFilter {
+        service: query_param(raw, "service"),
+        since_ms: query_param(raw, "since")
+            .map(|t| {
+                parse_time(&t)
+                    .map(|ms| ms.max(0) as u64)
+                    .map_err(|e| ApiError::bad_request(format!("`since`: {e}")))
+            })
+            .transpose()?,
+        invocation: query_param(raw, "invocation"),
+        level: query_param(raw, "level")
+            .map(|l| {
+                Level::parse(&l).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "`level`: {l:?} is not one of debug, info, warn, error"
+                    ))
+                })
+            })
+            .transpose()?,
+    };
+    let tail = query_param(raw, "tail")
+        .map(|n| {
+            n.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("`tail`: {n:?} is not a number")))
+        })
+        .transpose()?;
+    let follow = matches!(
+        query_param(raw, "follow").as_deref(),
+        Some("1" | "true" | "yes")
+    );
+    // A follower listens before reading what is kept: no line falls in
+    // between (one in both is sent once).
+    let live = follow.then(|| book.follow());
+    let kept = book.query(&filter, tail);
+    let after = kept.last().map_or(0, |l| l.seq);
+    let mut text = Vec::with_capacity(kept.len() * 128);
+    for line in &kept {
+        ndjson(&mut text, &**line);
+    }
+    let body = match live {
+        None => ResponseBody::full(text),
+        Some((live, closed)) => ResponseBody::Boxed(follow_body(text, live, closed, filter, after)),
+    };
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+/// Appends `value` as one line of JSON.
+fn ndjson(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// A follower's body: `first`, then each new line `filter` wants (past
+/// `after`), a blank line every [`KEEPALIVE`] of quiet, and
+/// `{"skipped":N}` when it fell behind; it ends when the host closes the
+/// book.
+fn follow_body(
+    first: Vec<u8>,
+    live: tokio::sync::broadcast::Receiver<Arc<LogLine>>,
+    closed: tokio_util::sync::CancellationToken,
+    filter: LogFilter,
+    after: u64,
+) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
+    use futures_util::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let first = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(
+        http_body::Frame::data(Bytes::from(first)),
+    )));
+    let rest = futures_util::stream::unfold(
+        (live, closed, filter),
+        move |(mut live, closed, filter)| async move {
+            loop {
+                let next = tokio::select! {
+                    () = closed.cancelled() => return None,
+                    next = tokio::time::timeout(KEEPALIVE, live.recv()) => next,
+                };
+                let data = match next {
+                    Err(_quiet) => Bytes::from_static(b"\n"),
+                    Ok(Ok(line)) if line.seq <= after || !filter.matches(&line) => continue,
+                    Ok(Ok(line)) => {
+                        let mut out = Vec::with_capacity(256);
+                        ndjson(&mut out, &*line);
+                        Bytes::from(out)
+                    }
+                    Ok(Err(RecvError::Lagged(n))) => Bytes::from(format!("{{\"skipped\":{n}}}\n")),
+                    Ok(Err(RecvError::Closed)) => return None,
+                };
+                return Some((Ok(http_body::Frame::data(data)), (live, closed, filter)));
+            }
+        },
+    );
+    http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(first.chain(rest)))
 }

@@ -17,11 +17,48 @@ pub(super) async fn scrape(control: &ControlPlane) -> String {
         Ok(stats) => gauges.extend(event_gauges(&stats)),
         Err(e) => tracing::warn!(error = %e, "reading the event queues for /metrics failed"),
     }
-    let text = runtime.metrics().render(&gauges);
+    let mut text = runtime.metrics().render(&gauges);
+    render_output(&mut text, control);
     match control.node_label() {
         Some(node) => with_node(&text, node),
         None => text,
     }
+}
+
+/// What was dropped of guests' output and of the services' kept lines,
+/// and the followers of the logs.
+fn render_output(out: &mut String, control: &ControlPlane) {
+    use std::fmt::Write;
+    let dropped = control.runtime().ports().output.dropped();
+    out.push_str(
+        "# HELP berth_guest_output_dropped_bytes_total Guest output dropped, by service and why: past an invocation's --guest-output-limit, or past the service's --guest-output-rate.\n\
+         # TYPE berth_guest_output_dropped_bytes_total counter\n",
+    );
+    for (service, cut, rate) in &dropped {
+        let service = label(service.as_str());
+        let _ = writeln!(
+            out,
+            "berth_guest_output_dropped_bytes_total{{service=\"{service}\",reason=\"invocation_limit\"}} {cut}\n\
+             berth_guest_output_dropped_bytes_total{{service=\"{service}\",reason=\"rate\"}} {rate}"
+        );
+    }
+    let Some(logs) = control.logs() else { return };
+    out.push_str(
+        "# HELP berth_log_lines_dropped_total Lines pushed out of a service's kept log lines (--service-log-size) to make room.\n\
+         # TYPE berth_log_lines_dropped_total counter\n",
+    );
+    for (service, dropped) in logs.dropped() {
+        let _ = writeln!(
+            out,
+            "berth_log_lines_dropped_total{{service=\"{}\"}} {dropped}",
+            label(&service)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP berth_log_followers Clients following the logs now.\n# TYPE berth_log_followers gauge\nberth_log_followers {}",
+        logs.followers()
+    );
 }
 
 /// `text` with `node="NAME"` on every sample: a cluster node's metrics say

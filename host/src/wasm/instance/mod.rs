@@ -35,7 +35,7 @@ use crate::values::trace::{Spans, TraceContext};
 use crate::wasm::secrets::{SecretError, Secrets};
 use egress::{Hooks, Listeners, Outbound, ServiceCalls};
 use limiter::MemoryLimiter;
-use output::GuestOutput;
+use output::{GuestOutput, Outputs};
 use publish::{EventPort, Publisher};
 use std::sync::Arc;
 use turns::CpuTurn;
@@ -275,6 +275,8 @@ pub struct Ports {
     pub calls: Option<Arc<dyn ServiceCalls>>,
     /// Where finished spans go (nowhere unless the host exports traces).
     pub spans: Spans,
+    /// How much guests may write to stdout and stderr.
+    pub output: Arc<Outputs>,
 }
 
 /// One invocation, as its instance sees it.
@@ -326,10 +328,7 @@ pub fn new_store(
         invocation: invocation.id,
     };
     let limits = sandbox.limits();
-    let output = [
-        GuestOutput::new(tag.clone(), "stdout"),
-        GuestOutput::new(tag.clone(), "stderr"),
-    ];
+    let output = ports.output.instance(&tag);
     let wasi = wasi_context(sandbox, &ports.secrets, &output)?;
     let outbound = outbound(sandbox, ports, &invocation);
     let publisher = publisher(sandbox, ports, &invocation);
