@@ -225,6 +225,14 @@ impl Host {
             None => (Arc::new(LocalCatalog::new(state)), None),
         };
         let gateway = Arc::new(Gateway::new(options.secrets.clone()));
+        // A size of zero keeps none.
+        let logs = options
+            .logs
+            .filter(|size| size.bytes() > 0)
+            .map(|size| Arc::new(LogBook::new(&options.node, size.bytes() as usize)));
+        if let Some(logs) = &logs {
+            runtime.meter().set_logs(logs.clone());
+        }
         let control = Arc::new(ControlPlane::new(Parts {
             runtime: runtime.clone(),
             catalog,
@@ -236,9 +244,7 @@ impl Host {
             max_event_size: options.max_event_size,
             ledger: ledger.clone(),
             gateway: gateway.clone(),
-            logs: options
-                .logs
-                .map(|size| Arc::new(LogBook::new(&options.node, size.bytes() as usize))),
+            logs: logs.clone(),
         }));
         if cluster.is_some() {
             crate::control::cluster::at_start("loading the API keys", || async {

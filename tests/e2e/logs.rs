@@ -78,7 +78,7 @@ async fn berth_logs_shows_a_services_lines_filters_them_and_follows_them() {
         "{finished}"
     );
     assert!(finished.contains("status=200"), "{finished}");
-    assert!(finished.contains("outcome=\"ok\""), "{finished}");
+    assert!(finished.contains("outcome=ok"), "{finished}");
     assert!(
         !text.contains("/other/x"),
         "another service's line:\n{text}"
@@ -112,6 +112,13 @@ async fn berth_logs_shows_a_services_lines_filters_them_and_follows_them() {
         String::from_utf8_lossy(&future.stderr).contains("`level`"),
         "{}",
         String::from_utf8_lossy(&future.stderr)
+    );
+    let none = cli_with_token(&admin_url(&berth), Some(TOKEN), &["logs", "nosuch"]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("there is no service `nosuch`"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
     );
     // Every service's lines without a name.
     let all = logs(&berth, &[]);
@@ -227,7 +234,10 @@ async fn a_guest_flooding_its_output_is_cut_and_other_services_lines_keep_flowin
     }
     let seconds = started.elapsed().as_secs_f64();
     let grown = (berth.logs().len() - log_before) as f64;
-    let allowed = 64.0 * 1048576.0f64.min((1.0 + seconds) * 1048576.0 * 1.5) + 64.0 * 4096.0;
+    // The rate's bucket lets 1 MiB through at once and 1 MiB a second
+    // (and each kept line of 1 KiB is logged with its tags); each
+    // invocation adds its truncation and closing lines.
+    let allowed = (64.0 * 1048576.0f64).min((1.0 + seconds) * 1048576.0 * 1.5) + 64.0 * 4096.0;
     assert!(
         grown < allowed,
         "the host's log grew by {grown} bytes in {seconds:.1} s (allowed {allowed})"
@@ -250,7 +260,7 @@ async fn a_guest_flooding_its_output_is_cut_and_other_services_lines_keep_flowin
     }
     let rss_after = rss(berth.pid());
     assert!(
-        rss_after < rss_before + (200 << 20),
+        rss_after < rss_before + (300 << 20),
         "RSS went from {rss_before} to {rss_after}"
     );
 }
@@ -293,8 +303,14 @@ async fn a_hundred_followers_come_and_go_and_leave_nothing_behind() {
             String::from_utf8_lossy(&seen)
         );
         let mut buf = [0u8; 4096];
-        let n = one.read(&mut buf).unwrap();
-        seen.extend_from_slice(&buf[..n]);
+        match one.read(&mut buf) {
+            Ok(0) => panic!(
+                "the follow stream ended: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the follow stream: {e}"),
+        }
     }
     // They leave (one of them mid-stream, unread): the host notices at its
     // next write and lets go of each.

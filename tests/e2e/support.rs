@@ -263,12 +263,20 @@ impl Berth {
     }
 
     /// The line of the logs about invocation `id` that contains `needle`.
+    /// Waits for it: both may be in the logs, on other lines, before it is.
     pub fn log_line(&self, id: &str, needle: &str) -> String {
-        let logs = self.wait_for_logs(&[id, needle]);
-        logs.lines()
-            .find(|l| l.contains(id) && l.contains(needle))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("no log line has both {id} and {needle:?}:\n{logs}"))
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.wait_for_logs(&[id, needle]);
+            if let Some(line) = logs.lines().find(|l| l.contains(id) && l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line has both {id} and {needle:?}:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

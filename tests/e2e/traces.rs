@@ -70,6 +70,22 @@ impl Receiver {
             .collect()
     }
 
+    /// Waits for the span of invocation `id`.
+    fn span_of(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(span) = self
+                .spans()
+                .into_iter()
+                .find(|s| s["attributes"]["berth.invocation"] == id)
+            {
+                return span;
+            }
+            assert!(Instant::now() < deadline, "no span of {id}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the spans of `trace` include one per name in `names`.
     fn wait_for_trace(&self, trace: &str, names: &[&str]) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -241,18 +257,7 @@ async fn traces_follow_a_request_through_a_service_call_and_an_event_to_its_cons
     let reply = get(&berth, "/idle").await;
     assert_eq!(reply.status, 200);
     let id = reply.invocation();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let own = loop {
-        if let Some(span) = receiver
-            .spans()
-            .into_iter()
-            .find(|s| s["attributes"]["berth.invocation"] == id.as_str())
-        {
-            break span;
-        }
-        assert!(Instant::now() < deadline, "no span of {id}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let own = receiver.span_of(&id);
     assert_ne!(own["trace_id"], TRACE);
     assert_eq!(own["parent_span_id"], "");
     assert_eq!(own["attributes"]["berth.cold"], true);
@@ -278,18 +283,7 @@ async fn traces_follow_a_request_through_a_service_call_and_an_event_to_its_cons
     assert_eq!(second.status, 200);
     assert_eq!(first.await.unwrap().status, 200);
     let id = second.invocation();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let waited = loop {
-        if let Some(span) = receiver
-            .spans()
-            .into_iter()
-            .find(|s| s["attributes"]["berth.invocation"] == id.as_str())
-        {
-            break span;
-        }
-        assert!(Instant::now() < deadline, "no span of {id}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let waited = receiver.span_of(&id);
     let trace = waited["trace_id"].as_str().unwrap();
     let spans_of_one = receiver.wait_for_trace(trace, &["admission", "run"]);
     let admission = one(&spans_of_one, "admission");

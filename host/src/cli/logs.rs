@@ -66,7 +66,7 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
             continue;
         };
         pending.extend_from_slice(data);
-        let mut out = stdout.lock();
+        let mut text = Vec::new();
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line[..end]);
@@ -75,12 +75,18 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
                 continue;
             }
             if args.client.json {
-                writeln!(out, "{line}")?;
+                writeln!(text, "{line}")?;
             } else {
-                print_line(&mut out, &line)?;
+                print_line(&mut text, &line)?;
             }
         }
-        out.flush()?;
+        let mut out = stdout.lock();
+        match out.write_all(&text).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // Whoever reads (`| head`) has seen enough.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -227,16 +227,14 @@ pub fn keep_service_logs(book: Arc<LogBook>) {
 
 /// The layer that files lines under their service: a guest's output
 /// (target `guest`, which names its service and invocation), and every
-/// line logged in an invocation's span, the closing `finished` line with
-/// the span's metered fields.
+/// line logged in an invocation's span but the closing one (which the
+/// meter keeps itself).
 struct ServiceLogs;
 
 /// What an invocation's span says, kept in the span.
 struct Invocation {
     service: String,
     invocation: String,
-    /// The fields recorded after it started (`status=200 outcome=ok …`).
-    recorded: String,
 }
 
 /// The fields of a span or event, as text.
@@ -299,34 +297,29 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for ServiceLogs {
             span.extensions_mut().insert(Invocation {
                 service,
                 invocation,
-                recorded: String::new(),
             });
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut extensions = span.extensions_mut();
-        if let Some(invocation) = extensions.get_mut::<Invocation>() {
-            let mut fields = Fields::default();
-            values.record(&mut fields);
-            invocation.recorded.push_str(&fields.rest);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some(book) = BOOK.get() else { return };
-        let mut fields = Fields::default();
-        event.record(&mut fields);
         let level = level(event.metadata().level());
-        if event.metadata().target() == "guest"
-            && let Some(service) = &fields.service
-        {
-            let stream = match fields.stream.as_deref() {
-                Some("stderr") => "stderr",
-                _ => "stdout",
-            };
-            book.push(service, fields.invocation, stream, level, fields.message);
+        if event.metadata().target() == "guest" {
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            if let Some(service) = &fields.service {
+                let stream = match fields.stream.as_deref() {
+                    Some("stderr") => "stderr",
+                    _ => "stdout",
+                };
+                book.push(service, fields.invocation, stream, level, fields.message);
+            }
+            return;
+        }
+        // The closing line is kept by the meter itself (see
+        // `RecordDraft`); only other lines in an invocation's span are
+        // formatted here.
+        if event.metadata().target() == "berth::invocation" {
             return;
         }
         let Some(scope) = ctx.event_scope(event) else {
@@ -335,11 +328,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for ServiceLogs {
         for span in scope {
             let extensions = span.extensions();
             if let Some(invocation) = extensions.get::<Invocation>() {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
                 let mut text = fields.message;
                 text.push_str(&fields.rest);
-                if event.metadata().target() == "berth::invocation" {
-                    text.push_str(&invocation.recorded);
-                }
                 book.push(
                     &invocation.service,
                     Some(invocation.invocation.clone()),

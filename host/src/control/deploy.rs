@@ -674,6 +674,10 @@ impl ControlPlane {
     fn unroute(&self, name: &ServiceName) {
         self.parts.runtime.registry().remove(name);
         self.failed().remove(name);
+        if let Some(logs) = &self.parts.logs {
+            logs.forget(name.as_str());
+        }
+        self.parts.runtime.ports().output.forget(name);
         self.node_changed.notify_one();
     }
 

@@ -68,8 +68,10 @@ pub struct LogLine {
 }
 
 impl LogLine {
+    /// What it takes in memory, roughly: its text, its invocation and the
+    /// line itself in its `Arc`.
     fn size(&self) -> usize {
-        self.text.len() + self.invocation.as_ref().map_or(0, String::len) + 64
+        self.text.len() + self.invocation.as_ref().map_or(0, String::len) + 192
     }
 }
 
@@ -187,27 +189,61 @@ impl LogBook {
             }
             line
         };
-        // No follower: nothing to do.
-        let _ = self.live.send(line);
+        // No follower: nothing to do (not even the channel's lock).
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(line);
+        }
+    }
+
+    /// Whether any line of `service` is kept.
+    pub fn knows(&self, service: &str) -> bool {
+        self.services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(service)
+    }
+
+    /// Forgets `service`'s lines (it was removed).
+    pub fn forget(&self, service: &str) {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service);
     }
 
     /// The kept lines `filter` wants, oldest first, the last `tail` of
     /// them if given.
     pub fn query(&self, filter: &LogFilter, tail: Option<usize>) -> Vec<Arc<LogLine>> {
-        let buffers: Vec<Arc<Mutex<Lines>>> = {
+        self.snapshot(filter, tail).0
+    }
+
+    /// What [`query`](Self::query) answers, and per service the last line
+    /// its buffer held when it was read: a follower that listened before
+    /// takes the lines past those marks from its channel.
+    pub fn snapshot(
+        &self,
+        filter: &LogFilter,
+        tail: Option<usize>,
+    ) -> (Vec<Arc<LogLine>>, HashMap<Arc<str>, u64>) {
+        let buffers: Vec<(Arc<str>, Arc<Mutex<Lines>>)> = {
             let services = self.services.read().unwrap_or_else(|e| e.into_inner());
             match &filter.service {
                 Some(service) => services
-                    .get(service.as_str())
-                    .cloned()
+                    .get_key_value(service.as_str())
+                    .map(|(name, lines)| (name.clone(), lines.clone()))
                     .into_iter()
                     .collect(),
-                None => services.values().cloned().collect(),
+                None => services
+                    .iter()
+                    .map(|(name, lines)| (name.clone(), lines.clone()))
+                    .collect(),
             }
         };
         let mut found: Vec<Arc<LogLine>> = Vec::new();
-        for lines in buffers {
+        let mut marks = HashMap::with_capacity(buffers.len());
+        for (name, lines) in buffers {
             let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+            marks.insert(name, lines.lines.back().map_or(0, |l| l.seq));
             found.extend(lines.lines.iter().filter(|l| filter.matches(l)).cloned());
         }
         found.sort_by_key(|l| l.seq);
@@ -216,7 +252,7 @@ impl LogBook {
         {
             found.drain(..found.len() - tail);
         }
-        found
+        (found, marks)
     }
 
     /// Lines as they come, from now on, and what says the book is
@@ -266,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_its_oldest_lines_and_counts_them() {
-        let book = LogBook::new("n1", 1000);
+        let book = LogBook::new("n1", 4000);
         for i in 0..100 {
             push(&book, "a", &format!("line {i}"));
         }

@@ -6,6 +6,7 @@
 //! the guest's run has ended; whoever started the invocation may hold it
 //! longer (an HTTP response's body, until it is sent or dropped).
 
+use crate::runtime::logs::{Level, LogBook};
 use crate::runtime::metrics::ServiceMetrics;
 use crate::runtime::registry::Service;
 use crate::values::id::InvocationId;
@@ -26,12 +27,19 @@ pub trait UsageSink: Send + Sync + 'static {
 #[derive(Default)]
 pub struct Meter {
     sink: OnceLock<Arc<dyn UsageSink>>,
+    /// Where each invocation's closing line is kept, if anywhere.
+    logs: OnceLock<Arc<LogBook>>,
 }
 
 impl Meter {
     /// Plugs in the sink (once; later calls change nothing).
     pub fn set_sink(&self, sink: Arc<dyn UsageSink>) {
         let _ = self.sink.set(sink);
+    }
+
+    /// Keeps each invocation's closing line in `logs` (once).
+    pub fn set_logs(&self, logs: Arc<LogBook>) {
+        let _ = self.logs.set(logs);
     }
 
     fn record(&self, record: Record) {
@@ -411,6 +419,34 @@ impl RecordDraft {
         span.record("memory", record.peak_memory);
         span.record("cold", record.cold);
         span.in_scope(|| tracing::info!(target: "berth::invocation", "finished"));
+        // The same line, for `berth logs`, made here rather than by the
+        // log layer from the span's fields: it is on every invocation's
+        // path.
+        if let Some(logs) = self.meter.logs.get() {
+            use std::fmt::Write;
+            let mut text = String::with_capacity(160);
+            let _ = write!(text, "finished trigger={}", record.trigger.as_str());
+            if let Some(status) = record.status {
+                let _ = write!(text, " status={status}");
+            }
+            let _ = write!(
+                text,
+                " outcome={} fuel={} duration_ms={} cpu_ms={} memory={} cold={}",
+                record.outcome.as_str(),
+                record.fuel,
+                record.wall_us as f64 / 1000.0,
+                record.cpu_us as f64 / 1000.0,
+                record.peak_memory,
+                record.cold
+            );
+            logs.push(
+                &record.service,
+                Some(record.invocation.clone()),
+                "host",
+                Level::Info,
+                text,
+            );
+        }
     }
 }
 

@@ -364,6 +364,9 @@ fn bus_error(e: BusError) -> ApiError {
     ApiError::from(ControlError::from(e))
 }
 
+/// Most lines one answer gives before it follows.
+const MAX_LINES: usize = 100_000;
+
 /// How often a quiet follow stream sends a blank line, so that a client
 /// gone is noticed (and its stream dropped).
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -409,16 +412,28 @@ pub(super) async fn logs(State(control): Control, RawQuery(raw): RawQuery) -> Ap
     );
     // A follower listens before reading what is kept: no line falls in
     // between (one in both is sent once).
+    if let Some(service) = &filter.service
+        && !book.knows(service)
+        && service
+            .parse::<ServiceName>()
+            .ok()
+            .and_then(|name| control.runtime().registry().service(&name))
+            .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "there is no service `{service}`"
+        )));
+    }
     let live = follow.then(|| book.follow());
-    let kept = book.query(&filter, tail);
-    let after = kept.last().map_or(0, |l| l.seq);
+    // Without a tail, at most MAX_LINES (the newest).
+    let (kept, marks) = book.snapshot(&filter, Some(tail.unwrap_or(MAX_LINES).min(MAX_LINES)));
     let mut text = Vec::with_capacity(kept.len() * 128);
     for line in &kept {
         ndjson(&mut text, &**line);
     }
     let body = match live {
         None => ResponseBody::full(text),
-        Some((live, closed)) => ResponseBody::Boxed(follow_body(text, live, closed, filter, after)),
+        Some((live, closed)) => ResponseBody::Boxed(follow_body(text, live, closed, filter, marks)),
     };
     let mut response = Response::new(body);
     response.headers_mut().insert(
@@ -436,15 +451,15 @@ fn ndjson(out: &mut Vec<u8>, value: &impl serde::Serialize) {
 }
 
 /// A follower's body: `first`, then each new line `filter` wants (past
-/// `after`), a blank line every [`KEEPALIVE`] of quiet, and
-/// `{"skipped":N}` when it fell behind; it ends when the host closes the
-/// book.
+/// its service's mark in `marks`: the lines `first` was read from), a
+/// blank line after [`KEEPALIVE`] without one sent, and `{"skipped":N}`
+/// when it fell behind; it ends when the host closes the book.
 fn follow_body(
     first: Vec<u8>,
     live: tokio::sync::broadcast::Receiver<Arc<LogLine>>,
     closed: tokio_util::sync::CancellationToken,
     filter: LogFilter,
-    after: u64,
+    marks: std::collections::HashMap<Arc<str>, u64>,
 ) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
     use futures_util::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
@@ -452,16 +467,25 @@ fn follow_body(
         http_body::Frame::data(Bytes::from(first)),
     )));
     let rest = futures_util::stream::unfold(
-        (live, closed, filter),
-        move |(mut live, closed, filter)| async move {
+        (live, closed, filter, marks),
+        move |(mut live, closed, filter, marks)| async move {
+            // Lines the filter skips do not count as sent.
+            let quiet = tokio::time::Instant::now() + KEEPALIVE;
             loop {
                 let next = tokio::select! {
                     () = closed.cancelled() => return None,
-                    next = tokio::time::timeout(KEEPALIVE, live.recv()) => next,
+                    next = tokio::time::timeout_at(quiet, live.recv()) => next,
                 };
                 let data = match next {
                     Err(_quiet) => Bytes::from_static(b"\n"),
-                    Ok(Ok(line)) if line.seq <= after || !filter.matches(&line) => continue,
+                    Ok(Ok(line))
+                        if marks
+                            .get(&line.service)
+                            .is_some_and(|mark| line.seq <= *mark)
+                            || !filter.matches(&line) =>
+                    {
+                        continue;
+                    }
                     Ok(Ok(line)) => {
                         let mut out = Vec::with_capacity(256);
                         ndjson(&mut out, &*line);
@@ -470,7 +494,10 @@ fn follow_body(
                     Ok(Err(RecvError::Lagged(n))) => Bytes::from(format!("{{\"skipped\":{n}}}\n")),
                     Ok(Err(RecvError::Closed)) => return None,
                 };
-                return Some((Ok(http_body::Frame::data(data)), (live, closed, filter)));
+                return Some((
+                    Ok(http_body::Frame::data(data)),
+                    (live, closed, filter, marks),
+                ));
             }
         },
     );

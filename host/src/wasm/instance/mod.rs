@@ -103,9 +103,15 @@ impl InstanceState {
 
     /// A shared instance takes an invocation: what it calls and publishes
     /// from now on carries that invocation's trace, deadline and chain.
+    /// Its output gets a new allowance (see [`output`]): in a shared
+    /// instance, the allowance is the instance's, renewed as each
+    /// invocation joins it.
     pub fn join(&mut self, joining: Joining) {
         self.hooks = joining.hooks;
         self.publisher = joining.publisher;
+        for output in &self.output {
+            output.renew();
+        }
     }
 }
 

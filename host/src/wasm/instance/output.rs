@@ -93,6 +93,14 @@ impl Outputs {
             .clone()
     }
 
+    /// Forgets `service`'s allowance and counts (it was removed).
+    pub fn forget(&self, service: &ServiceName) {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service);
+    }
+
     /// Per service: bytes of output dropped past an invocation's limit,
     /// and past the service's rate.
     pub fn dropped(&self) -> Vec<(ServiceName, u64, u64)> {
@@ -222,29 +230,53 @@ impl GuestOutput {
             pending.clear();
         }
         *inner.tag.lock().unwrap_or_else(|e| e.into_inner()) = tag;
-        // A new invocation, a new allowance (shared with the other
-        // stream, which is retagged too).
+        self.renew();
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        let inner = &self.inner;
+        // A cut invocation's output goes nowhere: it is not even copied.
+        if inner.budget.cut.load(Ordering::Relaxed) {
+            inner
+                .service
+                .dropped_cut
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            let (mut text, ends) = match chunk.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (chunk, false),
+            };
+            // A line longer than MAX_LINE is logged in pieces.
+            while pending.len() + text.len() > MAX_LINE {
+                let take = MAX_LINE - pending.len();
+                pending.extend_from_slice(&text[..take]);
+                inner.emit(&pending);
+                pending.clear();
+                text = &text[take..];
+            }
+            pending.extend_from_slice(text);
+            if ends {
+                inner.emit(&pending);
+                pending.clear();
+            }
+        }
+        if pending.capacity() > MAX_LINE {
+            pending.shrink_to(MAX_LINE);
+        }
+    }
+
+    /// A new allowance for what follows (a reused or shared instance's
+    /// next invocation), shared with the other stream.
+    pub(super) fn renew(&self) {
+        let inner = &self.inner;
         inner
             .budget
             .left
             .store(inner.limit.bytes() as usize, Ordering::Relaxed);
         inner.budget.cut.store(false, Ordering::Relaxed);
-    }
-
-    fn write_bytes(&self, mut bytes: &[u8]) {
-        let inner = &self.inner;
-        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(pos) = bytes.iter().position(|b| *b == b'\n') {
-            pending.extend_from_slice(&bytes[..pos]);
-            inner.emit(&pending);
-            pending.clear();
-            bytes = &bytes[pos + 1..];
-        }
-        pending.extend_from_slice(bytes);
-        if pending.len() >= MAX_LINE {
-            inner.emit(&pending);
-            pending.clear();
-        }
     }
 }
 
