@@ -515,6 +515,13 @@ async fn metrics_parse_as_prometheus_text_and_move_with_invocations_and_events()
         );
     }
     assert!(after.get("berth_host_instances_max", &[]).unwrap() > 0.0);
+    assert!(
+        after.count(
+            "berth_invocation_queue_seconds_count",
+            &[("service", "hello")]
+        ) >= 3.0
+    );
+    assert!(after.get("berth_ledger_pending_records", &[]).is_some());
     assert!(after.get("berth_resident_memory_bytes", &[]).unwrap() > 0.0);
     let queue = [("service", "consumer"), ("subscription", "consumer:jobs.*")];
     assert_eq!(after.get("berth_event_queue_depth", &queue), Some(0.0));

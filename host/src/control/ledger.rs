@@ -29,6 +29,7 @@ use crate::values::usage::{OutcomeKind, Period, Query, Record, Report, Totals, T
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
 use rusqlite::{Connection, params};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,6 +145,8 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 /// The ledger.
 pub struct Ledger {
     writer: Mutex<Option<Sender<Message>>>,
+    /// Records queued and not yet committed (or given up on).
+    pending: Arc<AtomicU64>,
     reader: Arc<Mutex<Connection>>,
     done: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -188,8 +191,10 @@ impl Ledger {
         migrate(&mut conn)?;
         let reader = open_db(path)?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             conn,
+            pending: pending.clone(),
             retention,
             next_expiry: Instant::now(),
             unsynced_since: None,
@@ -199,6 +204,7 @@ impl Ledger {
             .spawn(move || writer.run(rx))?;
         Ok(Arc::new(Ledger {
             writer: Mutex::new(Some(tx)),
+            pending,
             reader: Arc::new(Mutex::new(reader)),
             done: Mutex::new(Some(handle)),
         }))
@@ -207,8 +213,17 @@ impl Ledger {
     /// Queues a record.
     pub fn record(&self, record: Record) {
         if let Some(tx) = &*self.writer.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = tx.send(Message::Record(Box::new(record)));
+            // Counted before it is sent: the writer may commit it first.
+            self.pending.fetch_add(1, Ordering::Relaxed);
+            if tx.send(Message::Record(Box::new(record))).is_err() {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Records queued and not yet committed: how far the ledger lags.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Waits until every record queued so far is committed.
@@ -371,6 +386,7 @@ fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    pending: Arc<AtomicU64>,
     retention: Duration,
     next_expiry: Instant,
     /// When the oldest commit not yet checkpointed was made.
@@ -437,6 +453,8 @@ impl Writer {
                 tracing::error!(error = %e, lost = records.len(), "usage records could not be stored")
             }
         }
+        self.pending
+            .fetch_sub(records.len() as u64, Ordering::Relaxed);
     }
 
     /// Checkpoints if a commit has waited for [`SYNC_PERIOD`].

@@ -101,6 +101,9 @@ pub struct ServiceMetrics {
     fuel: Histogram,
     cold_starts: AtomicU64,
     cold_start_duration: Histogram,
+    /// Time waiting for admission, of invocations admitted or refused
+    /// there.
+    queue: Histogram,
     /// Requests the edge refused, per [`EdgeRefusal`].
     edge: [AtomicU64; 3],
 }
@@ -119,6 +122,7 @@ impl ServiceMetrics {
             fuel: Histogram::new(FUEL_BUCKETS),
             cold_starts: AtomicU64::new(0),
             cold_start_duration: Histogram::new(DURATION_BUCKETS),
+            queue: Histogram::new(DURATION_BUCKETS),
             edge: Default::default(),
         }
     }
@@ -137,6 +141,11 @@ impl ServiceMetrics {
             self.duration[t].observe(seconds);
             self.fuel.observe(fuel as f64);
         }
+    }
+
+    /// Records how long an invocation waited for admission.
+    pub fn queued(&self, seconds: f64) {
+        self.queue.observe(seconds);
     }
 
     /// Records a cold start.
@@ -287,6 +296,14 @@ fn render_histograms(out: &mut String, services: &[(&String, &ServiceMetrics)]) 
                 let labels = format!("service=\"{name}\",trigger=\"{trigger}\"");
                 h.render(out, "berth_invocation_duration_seconds", &labels);
             }
+        }
+    }
+    out.push_str("# HELP berth_invocation_queue_seconds Time invocations waited for admission (a slot of the service and of the host).\n# TYPE berth_invocation_queue_seconds histogram\n");
+    for (name, m) in services {
+        if m.queue.count.load(Ordering::Relaxed) > 0 {
+            let labels = format!("service=\"{name}\"");
+            m.queue
+                .render(out, "berth_invocation_queue_seconds", &labels);
         }
     }
     out.push_str("# HELP berth_invocation_fuel Fuel consumed by invocations that ran.\n# TYPE berth_invocation_fuel histogram\n");

@@ -388,6 +388,9 @@ impl RecordDraft {
         if let (Some(traced), Some((steps, waited))) = (self.traced.get(), steps) {
             traced.export(&record, steps, waited);
         }
+        if record.queue_us > 0 {
+            self.metrics.queued(record.queue_us as f64 / 1e6);
+        }
         self.metrics.invocation(
             record.trigger,
             record.outcome,

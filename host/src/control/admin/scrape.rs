@@ -17,6 +17,14 @@ pub(super) async fn scrape(control: &ControlPlane) -> String {
         Ok(stats) => gauges.extend(event_gauges(&stats)),
         Err(e) => tracing::warn!(error = %e, "reading the event queues for /metrics failed"),
     }
+    if let Some(ledger) = control.ledger() {
+        gauges.push((
+            "berth_ledger_pending_records",
+            "Usage records queued and not yet committed to the ledger: how far it lags.",
+            String::new(),
+            ledger.pending() as f64,
+        ));
+    }
     let mut text = runtime.metrics().render(&gauges);
     render_output(&mut text, control);
     match control.node_label() {
