@@ -128,6 +128,15 @@ fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
 }
 
+/// Waits until metric sample `sample` reads `value`.
+async fn wait_for_metric(berth: &Berth, sample: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&berth.admin_get("/metrics").await.text(), sample) != value {
+        assert!(Instant::now() < deadline, "{sample} never read {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
@@ -245,15 +254,7 @@ async fn traces_follow_a_request_through_a_service_call_and_an_event_to_its_cons
 
     // A request without a traceparent starts a trace of its own; a cold
     // start's load is a step of it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
-        &berth.admin_get("/metrics").await.text(),
-        "berth_service_loaded{service=\"idle\"}",
-    ) != 0.0
-    {
-        assert!(Instant::now() < deadline, "idle was never unloaded");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_metric(&berth, "berth_service_loaded{service=\"idle\"}", 0.0).await;
     let reply = get(&berth, "/idle").await;
     assert_eq!(reply.status, 200);
     let id = reply.invocation();
@@ -270,15 +271,7 @@ async fn traces_follow_a_request_through_a_service_call_and_an_event_to_its_cons
     // An invocation that waited for a slot has an admission step as long
     // as it waited.
     let first = spawn_get(&berth, "/one?ms=500");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
-        &berth.admin_get("/metrics").await.text(),
-        "berth_instances_in_flight{service=\"one\"}",
-    ) != 1.0
-    {
-        assert!(Instant::now() < deadline, "the first request never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_metric(&berth, "berth_instances_in_flight{service=\"one\"}", 1.0).await;
     let second = get(&berth, "/one?ms=1").await;
     assert_eq!(second.status, 200);
     assert_eq!(first.await.unwrap().status, 200);

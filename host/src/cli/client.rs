@@ -163,13 +163,7 @@ impl Client {
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let response = self.open(method, path, body, content_type, headers).await?;
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
-        Ok((status, bytes))
+        Ok((status, whole(response).await?))
     }
 
     /// `GET path`, its 2xx answer's body as it comes (a stream of lines).
@@ -245,12 +239,7 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
+        let bytes = whole(response).await?;
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => Err(ClientError::Api {
                 status,
@@ -371,6 +360,16 @@ impl Client {
 }
 
 /// Starts HTTP/1.1 on a connected stream.
+/// A response's whole body.
+async fn whole(response: http::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    Ok(response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .to_bytes())
+}
+
 async fn handshake<I>(io: I) -> Result<hyper::client::conn::http1::SendRequest<Body>, ClientError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

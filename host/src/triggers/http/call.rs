@@ -87,11 +87,15 @@ async fn call_service(
         caller_deadline: Some(caller.deadline),
         default_status: Some(499),
         bytes_in: 0,
-        attributes: vec![
-            ("berth.caller", Attr::str(caller.invocation.to_string())),
-            ("http.request.method", Attr::method(req.method().as_str())),
-            ("url.path", Attr::str(req.uri().path().to_owned())),
-        ],
+        attributes: if runtime.ports().spans.is_on() {
+            vec![
+                ("berth.caller", Attr::str(caller.invocation.to_string())),
+                ("http.request.method", Attr::method(req.method().as_str())),
+                ("url.path", Attr::str(req.uri().path().to_owned())),
+            ]
+        } else {
+            Vec::new()
+        },
     };
     let response = invoke_http(runtime, service, start, req, None, None).await;
     Ok(response.map(|body| {

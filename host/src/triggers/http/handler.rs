@@ -160,11 +160,17 @@ async fn routed(
         caller_deadline: None,
         default_status: Some(CLIENT_CLOSED),
         bytes_in: 0,
-        attributes: vec![
-            ("http.route", Attr::str(route.to_string())),
-            ("http.request.method", Attr::method(req.method().as_str())),
-            ("url.path", Attr::str(path.clone())),
-        ],
+        // Made only for a host that exports spans: this is every
+        // request's path.
+        attributes: if runtime.ports().spans.is_on() {
+            vec![
+                ("http.route", Attr::str(route.to_string())),
+                ("http.request.method", Attr::method(req.method().as_str())),
+                ("url.path", Attr::str(path.clone())),
+            ]
+        } else {
+            Vec::new()
+        },
     };
     let mut response = invoke_http(runtime, service, start, req, Some(local), denied).await;
     if let Some((standing, config)) = standing {
