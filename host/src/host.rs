@@ -8,6 +8,7 @@ use crate::control::admin::{self, Auth};
 use crate::control::catalog::{Catalog, LocalCatalog};
 use crate::control::cluster::bus::JetStreamBus;
 use crate::control::cluster::firings::ClusterFirings;
+use crate::control::cluster::logs::ClusterLogs;
 use crate::control::cluster::usage::Shipper;
 use crate::control::cluster::{Cluster, ClusterCatalog, ClusterOptions};
 use crate::control::ledger::{Ledger, USAGE_FILE};
@@ -245,6 +246,12 @@ impl Host {
             ledger: ledger.clone(),
             gateway: gateway.clone(),
             logs: logs.clone(),
+            traffic: Arc::default(),
+            // Every node answers the others' questions, with its lines or
+            // (keeping none) with none.
+            cluster_logs: cluster.as_ref().map(|cluster| {
+                ClusterLogs::new(&cluster.node, cluster.client().clone(), logs.clone())
+            }),
         }));
         if cluster.is_some() {
             crate::control::cluster::at_start("loading the API keys", || async {
@@ -335,6 +342,12 @@ impl Host {
                 stop.clone(),
             )));
         }
+        let sampler = tokio::spawn(
+            self.control
+                .traffic()
+                .clone()
+                .run(Arc::downgrade(&self.runtime), stop.clone()),
+        );
         self.control.set_addresses(
             Some(public_addr.to_string()),
             admin_addr.map(|a| a.to_string()),
@@ -352,6 +365,7 @@ impl Host {
             open.push(listener.await?);
         }
         crate::triggers::http::drain(open, &self.runtime).await;
+        let _ = sampler.await;
         // The last records of the drained invocations are shipped as the
         // cluster tasks stop.
         if let Some((cluster, stop, tasks)) = self.cluster.take() {
@@ -409,6 +423,9 @@ async fn join(
             stop.clone(),
         )),
     ];
+    if let Some(logs) = control.cluster_logs() {
+        tasks.push(tokio::spawn(logs.clone().serve(stop.clone())));
+    }
     if let Some((shipper, stream, ledger)) = usage {
         use crate::control::cluster::usage;
         tasks.push(tokio::spawn(usage::ship(

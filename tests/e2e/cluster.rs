@@ -1086,3 +1086,154 @@ async fn an_api_key_made_on_one_node_opens_every_node_and_a_revoke_on_another_cl
     assert_eq!(listed[0]["state"], "revoked");
     assert!(!listed.to_string().contains(&key));
 }
+
+/// The lines `berth logs ARGS` shows through `host` (it must succeed).
+fn logs_through(host: &Host, args: &[&str]) -> String {
+    let mut all = vec!["logs"];
+    all.extend_from_slice(args);
+    host.cli_ok(&all)
+}
+
+#[tokio::test]
+async fn berth_logs_on_any_node_shows_every_nodes_lines_and_follows_them() {
+    let nats = Nats::cluster(3);
+    let [a, b, c] = three_nodes(&nats);
+    a.deploy("hello", programs::HELLO, "/hello/...");
+    serving_everywhere(&c, "hello", 3);
+    let mut ids = Vec::new();
+    for (host, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        let reply = get(&host.berth, &format!("/hello/from-{name}")).await;
+        assert_eq!(reply.status, 200);
+        ids.push((name, reply.invocation()));
+    }
+
+    // Through node a: every node's lines, each tagged with its node.
+    let mut text = String::new();
+    wait_until("every node's lines", Duration::from_secs(20), || {
+        text = logs_through(&a, &["hello"]);
+        ids.iter().all(|(name, id)| {
+            text.lines().any(|l| {
+                l.contains(&format!(" {name} hello {id} stdout "))
+                    && l.contains(&format!("hello handled /hello/from-{name}"))
+            })
+        })
+    });
+    let json: Vec<Value> = logs_through(&b, &["hello", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let nodes: std::collections::BTreeSet<&str> =
+        json.iter().filter_map(|l| l["node"].as_str()).collect();
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+    // In time order, whichever node they came from.
+    let times: Vec<u64> = json
+        .iter()
+        .map(|l| l["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // A node that keeps no lines answers with none: every node answered.
+    let d = node(&nats, "d", &["--service-log-size", "0"]);
+    serving_everywhere(&a, "hello", 4);
+    let out = a.cli(&["logs", "hello"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("no answer"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/hello/from-c"));
+    // One invocation's lines, found on the node that ran it.
+    let (_, c_id) = &ids[2];
+    let one = logs_through(&a, &["hello", "--invocation", c_id]);
+    assert!(
+        !one.is_empty()
+            && one
+                .lines()
+                .all(|l| l.contains(&format!(" c hello {c_id} "))),
+        "{one}"
+    );
+
+    // Following through node b: new lines from a and c as they come.
+    let mut follower = Command::new(berth_bin())
+        .args(["logs", "hello", "-f", "--tail", "0"])
+        .env("BERTH_HOST", b.admin_url())
+        .env("BERTH_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    let mut round = 0;
+    while !(seen.contains("/hello/live-a-") && seen.contains("/hello/live-c-")) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower on b never showed a's and c's new lines:\n{seen}"
+        );
+        // Again until seen: the follower may not be listening yet.
+        for (host, name) in [(&a, "a"), (&c, "c")] {
+            let path = format!("/hello/live-{name}-{round}");
+            assert_eq!(get(&host.berth, &path).await.status, 200);
+        }
+        round += 1;
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    }
+    for line in seen.lines().filter(|l| l.contains("/hello/live-")) {
+        let node = if line.contains("/hello/live-a-") {
+            "a"
+        } else {
+            "c"
+        };
+        assert!(line.contains(&format!(" {node} hello ")), "{line}");
+    }
+    // Each line once.
+    let mut live: Vec<&str> = seen.lines().filter(|l| l.contains("stdout")).collect();
+    let count = live.len();
+    live.sort();
+    live.dedup();
+    assert_eq!(live.len(), count, "a line shown twice:\n{seen}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    drop(d);
+}
+
+#[tokio::test]
+async fn a_backlog_on_jetstream_shows_as_bus_lag_until_it_drains() {
+    let nats = Nats::cluster(1);
+    let a = node(&nats, "a", &[]);
+    a.deploy_manifest(&crate::events::consumer(
+        "lag.*",
+        "max_attempts = 1\nconcurrency = 1",
+    ));
+    serving_everywhere(&a, "consumer", 1);
+    // Each spins to its 500 ms deadline, one at a time.
+    let batch: Vec<_> = (0..6)
+        .map(|i| crate::events::event(&format!("slow-{i}"), "sleep", "x"))
+        .collect();
+    assert_eq!(a.publish_batch("lag.work", &batch).await.status, 202);
+    a.wait_for_events("lagging", |e| {
+        e["subscriptions"][0]["lag_ms"].as_u64().unwrap() >= 1000
+    });
+    let metrics = a.api("GET", "/metrics", "", Some(TOKEN)).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_event_lag_seconds{")
+                && l.contains("subscription=\"consumer:lag.*\"")),
+        "{metrics}"
+    );
+    a.wait_for_events("drained", |e| {
+        e["subscriptions"][0]["depth"] == 0 && e["subscriptions"][0]["lag_ms"] == 0
+    });
+}

@@ -321,6 +321,42 @@ async fn a_poison_event_never_blocks_the_events_behind_it() {
         .wait_for_logs(&["event dead-lettered after 3 attempts"]);
 }
 
+/// A backlog behind a slow handler shows as lag (the most overdue
+/// waiting delivery's wait), in `berth events` and `/metrics`; drained, 0.
+#[tokio::test]
+async fn a_backlog_shows_as_bus_lag_until_it_drains() {
+    let host = Host::start(&[]);
+    host.deploy_manifest(&consumer(
+        "lag.*",
+        "max_attempts = 1
+concurrency = 1",
+    ));
+    // Each spins to its 500 ms deadline, one at a time.
+    let batch: Vec<_> = (0..6)
+        .map(|i| event(&format!("slow-{i}"), "sleep", "x"))
+        .collect();
+    assert_eq!(host.publish_batch("lag.work", &batch).await.status, 202);
+    let stats = host.wait_for_events("lagging", |e| {
+        e["subscriptions"][0]["lag_ms"].as_u64().unwrap() >= 1000
+    });
+    assert!(stats["subscriptions"][0]["depth"].as_u64().unwrap() > 0);
+    let metrics = host.api("GET", "/metrics", "", Some(TOKEN)).await.text();
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "berth_event_lag_seconds{service=\"consumer\",subscription=\"consumer:lag.*\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no lag in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(lag >= 1.0, "{lag}");
+    host.wait_for_events("drained", |e| {
+        e["subscriptions"][0]["depth"] == 0 && e["subscriptions"][0]["lag_ms"] == 0
+    });
+}
+
 #[tokio::test]
 async fn schedules_fire_and_a_missed_schedule_fires_once_on_restart() {
     let mut host = Host::start(&[]);

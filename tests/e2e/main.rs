@@ -3,6 +3,7 @@
 
 mod capabilities;
 mod cluster;
+mod console;
 mod control;
 mod creds;
 mod events;

@@ -1,6 +1,6 @@
 //! The real clients the edge tests use — curl, openssl, h2load (Debian's
-//! `nghttp2-client`), PyJWT — and the OTLP receiver's Python packages,
-//! installed once, pinned, when missing, so
+//! `nghttp2-client`), PyJWT, Playwright with Debian's Chromium — and the
+//! OTLP receiver's Python packages, installed once, pinned, when missing, so
 //! that `cargo test --workspace` runs on a fresh machine as `.ci/run`
 //! does.
 
@@ -64,6 +64,30 @@ pub fn python_otlp() -> &'static str {
             let _ = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet"])
                 .args(OTLP_PYTHON)
+                .status();
+        }
+    });
+    "python3"
+}
+
+/// The Playwright that drives the console tests' browser.
+pub const PLAYWRIGHT: &str = "playwright==1.65.2";
+
+/// Debian's Chromium, which Playwright drives (none is downloaded).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Python with Playwright, and Debian's Chromium, installed if missing.
+pub fn python_browser() -> &'static str {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        if !Path::new(CHROMIUM).exists() {
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
+                .status();
+        }
+        if !works("python3", &["-c", "import playwright.sync_api"]) {
+            let _ = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", PLAYWRIGHT])
                 .status();
         }
     });

@@ -1,7 +1,7 @@
 //! `berth events`: what the event queues hold, and the dead letters.
 //!
 //! - `berth events`: per subscription, depth, in flight, retries, dead
-//!   letters;
+//!   letters, lag;
 //! - `berth events dead [--topic T]`: the dead letters;
 //! - `berth events replay (ID | --all)`: deliver dead letters again;
 //! - `berth events purge [--topic T]`: delete dead letters.
@@ -110,6 +110,7 @@ async fn stats(client: &ClientArgs) -> anyhow::Result<()> {
                 s.in_flight.to_string(),
                 s.retrying.to_string(),
                 s.dead_letters.to_string(),
+                format!("{:.1}s", s.lag_ms as f64 / 1000.0),
                 if s.active { "" } else { "(no subscriber)" }.to_owned(),
             ]
         })
@@ -122,6 +123,7 @@ async fn stats(client: &ClientArgs) -> anyhow::Result<()> {
             "IN FLIGHT",
             "RETRYING",
             "DEAD",
+            "LAG",
             "",
         ],
         &rows,

@@ -100,6 +100,14 @@ fn print_line(out: &mut impl Write, line: &str) -> std::io::Result<()> {
         eprintln!("berth logs: {skipped} lines skipped: this follower fell behind");
         return Ok(());
     }
+    if let Some(nodes) = value["unanswered"].as_array() {
+        let nodes: Vec<&str> = nodes.iter().filter_map(|n| n.as_str()).collect();
+        eprintln!(
+            "berth logs: no answer from node {} in time: its lines are not shown",
+            nodes.join(", ")
+        );
+        return Ok(());
+    }
     let text = |key: &str| value[key].as_str().unwrap_or("-").to_owned();
     let time = value["time_ms"]
         .as_i64()

@@ -21,6 +21,7 @@ use crate::control::state::{ArtifactRecord, RevisionRecord, ServiceRecord, State
 use crate::runtime::Runtime;
 use crate::runtime::logs::LogBook;
 use crate::runtime::registry::{RouteConflict, Service};
+use crate::runtime::traffic::Traffic;
 use crate::triggers::events::bus::Bus;
 use crate::triggers::events::dispatch::Dispatcher;
 use crate::triggers::http::gateway::Gateway;
@@ -163,6 +164,11 @@ pub struct Parts {
     pub gateway: Arc<Gateway>,
     /// The services' recent log lines, if the host keeps them.
     pub logs: Option<Arc<LogBook>>,
+    /// The services' traffic over the last hour (sampled while the host
+    /// serves).
+    pub traffic: Arc<Traffic>,
+    /// In a cluster: the logs shared with the other nodes.
+    pub cluster_logs: Option<Arc<crate::control::cluster::logs::ClusterLogs>>,
 }
 
 /// The control plane of one host.
@@ -296,6 +302,21 @@ impl ControlPlane {
     /// The services' recent log lines, if the host keeps them.
     pub fn logs(&self) -> Option<&Arc<LogBook>> {
         self.parts.logs.as_ref()
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.parts.node
+    }
+
+    /// In a cluster: the logs shared with the other nodes.
+    pub fn cluster_logs(&self) -> Option<&Arc<crate::control::cluster::logs::ClusterLogs>> {
+        self.parts.cluster_logs.as_ref()
+    }
+
+    /// The services' traffic over the last hour.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.parts.traffic
     }
 
     /// The event bus.

@@ -24,6 +24,7 @@
 //! An invocation cut off by a crash itself leaves no record.
 
 use crate::runtime::record::UsageSink;
+use crate::values::id::InvocationId;
 use crate::values::units::{now_ms, rfc3339};
 use crate::values::usage::{OutcomeKind, Period, Query, Record, Report, Totals, Trigger};
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
@@ -282,6 +283,27 @@ impl Ledger {
                 record_row,
             )?;
             rows.collect()
+        })
+    }
+
+    /// The record of one invocation. Its id tells when it started, so
+    /// only the records of the hour around that are searched.
+    pub fn invocation(&self, id: &InvocationId) -> rusqlite::Result<Option<Record>> {
+        const AROUND_MS: i64 = 3_600_000;
+        let at = id.millis();
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT invocation, service, revision, trigger, started_ms, wall_us, queue_us, load_us,
+                        cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold,
+                        instance
+                 FROM usage
+                 WHERE started_ms >= ?1 AND started_ms <= ?2 AND invocation = ?3",
+            )?;
+            let mut rows = stmt.query_map(
+                params![at - AROUND_MS, at + AROUND_MS, id.to_string()],
+                record_row,
+            )?;
+            rows.next().transpose()
         })
     }
 }
@@ -650,6 +672,25 @@ mod tests {
             )
             .unwrap();
         assert_eq!(since.len(), 2);
+        ledger.close();
+    }
+
+    #[test]
+    fn an_invocation_is_found_by_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger =
+            Ledger::open(&dir.path().join(USAGE_FILE), Duration::from_secs(86_400)).unwrap();
+        let id = InvocationId::new();
+        let other = InvocationId::new();
+        ledger.record(record(&id.to_string(), "x", id.millis() + 2, "trap"));
+        ledger.record(record(&other.to_string(), "y", other.millis(), "ok"));
+        ledger.flush();
+        let found = ledger.invocation(&id).unwrap().expect("the record");
+        assert_eq!(
+            (found.service.as_str(), found.outcome),
+            ("x", OutcomeKind::Trap)
+        );
+        assert!(ledger.invocation(&InvocationId::new()).unwrap().is_none());
         ledger.close();
     }
 

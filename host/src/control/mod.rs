@@ -14,10 +14,12 @@
 //! - [`ledger`] — the usage ledger: one record per invocation.
 //! - [`traces`] — spans out over OTLP.
 //! - [`admin`] — the admin API: HTTP + JSON, bearer-token auth.
+//! - [`console`] — the operator console: pages on the admin listener.
 
 pub mod admin;
 pub mod catalog;
 pub mod cluster;
+pub mod console;
 pub mod deploy;
 pub mod keys;
 pub mod ledger;

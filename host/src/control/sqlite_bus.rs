@@ -419,6 +419,7 @@ impl Bus for SqliteBus {
 
     async fn stats(&self) -> Result<Vec<SubscriptionStats>, BusError> {
         let queues = self.queues();
+        let now = now_ms();
         let mut out: Vec<SubscriptionStats> = queues
             .subs
             .iter()
@@ -436,6 +437,12 @@ impl Bus for SqliteBus {
                     retrying: q.pending.values().filter(|p| p.attempts > 0).count() as u64,
                     dead_letters: q.dead,
                     active: q.spec.is_some(),
+                    lag_ms: q
+                        .pending
+                        .values()
+                        .map(|p| p.due_ms)
+                        .min()
+                        .map_or(0, |due| (now - due).max(0) as u64),
                 }
             })
             .collect();

@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 const FOLLOW_CAPACITY: usize = 4096;
 
 /// How much a line says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Detail.
@@ -76,7 +78,7 @@ impl LogLine {
 }
 
 /// Which lines a reader wants.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct LogFilter {
     /// Lines of this service only.
     pub service: Option<String>,
@@ -91,13 +93,29 @@ pub struct LogFilter {
 impl LogFilter {
     /// Whether `line` is wanted.
     pub fn matches(&self, line: &LogLine) -> bool {
-        self.service.as_deref().is_none_or(|s| *line.service == *s)
-            && self.since_ms.is_none_or(|t| line.time_ms >= t)
+        self.admits(
+            &line.service,
+            line.time_ms,
+            line.invocation.as_deref(),
+            line.level,
+        )
+    }
+
+    /// Whether a line of these fields is wanted.
+    pub fn admits(
+        &self,
+        service: &str,
+        time_ms: u64,
+        invocation: Option<&str>,
+        level: Level,
+    ) -> bool {
+        self.service.as_deref().is_none_or(|s| service == s)
+            && self.since_ms.is_none_or(|t| time_ms >= t)
             && self
                 .invocation
                 .as_deref()
-                .is_none_or(|i| line.invocation.as_deref() == Some(i))
-            && self.level.is_none_or(|l| line.level >= l)
+                .is_none_or(|i| invocation == Some(i))
+            && self.level.is_none_or(|l| level >= l)
     }
 }
 

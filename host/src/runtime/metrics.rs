@@ -43,6 +43,8 @@ pub fn label(value: &str) -> String {
 pub struct Histogram {
     bounds: &'static [f64],
     counts: Vec<AtomicU64>,
+    /// Observations past the last bound.
+    over: AtomicU64,
     /// Sum of observations, in millionths.
     sum_micros: AtomicU64,
     count: AtomicU64,
@@ -53,6 +55,7 @@ impl Histogram {
         Histogram {
             bounds,
             counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            over: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
@@ -60,9 +63,10 @@ impl Histogram {
 
     /// Records one observation.
     pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
+        match self.bounds.iter().position(|b| value <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
         self.sum_micros
             .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -158,6 +162,83 @@ impl ServiceMetrics {
     pub fn cold_starts(&self) -> u64 {
         self.cold_starts.load(Ordering::Relaxed)
     }
+
+    /// Its counters now, over every trigger: what the console's traffic
+    /// history is made of.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for (t, outcomes) in self.invocations.iter().enumerate() {
+            for (kind, n) in OutcomeKind::ALL.iter().zip(outcomes) {
+                let n = n.load(Ordering::Relaxed);
+                counts.invocations += n;
+                if *kind != OutcomeKind::Ok {
+                    counts.errors += n;
+                }
+            }
+            let h = &self.duration[t];
+            for (i, n) in h.counts.iter().enumerate() {
+                counts.duration[i] += n.load(Ordering::Relaxed);
+            }
+            counts.duration[DURATION_BUCKETS.len()] += h.over.load(Ordering::Relaxed);
+        }
+        counts.cold_starts = self.cold_starts();
+        counts
+    }
+}
+
+/// A service's counters at one moment, summed over its triggers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Invocations.
+    pub invocations: u64,
+    /// Of which did not end `ok` (failed or rejected).
+    pub errors: u64,
+    /// Of which cold starts.
+    pub cold_starts: u64,
+    /// Execution times of those that ran, per bucket of the duration
+    /// histogram (not cumulative), the last past its last bound.
+    pub duration: [u64; DURATION_BUCKETS.len() + 1],
+}
+
+impl Counts {
+    /// What was counted since `earlier`.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        let mut d = Counts {
+            invocations: self.invocations.saturating_sub(earlier.invocations),
+            errors: self.errors.saturating_sub(earlier.errors),
+            cold_starts: self.cold_starts.saturating_sub(earlier.cold_starts),
+            duration: [0; DURATION_BUCKETS.len() + 1],
+        };
+        for (i, n) in d.duration.iter_mut().enumerate() {
+            *n = self.duration[i].saturating_sub(earlier.duration[i]);
+        }
+        d
+    }
+
+    /// The `q` quantile (0 to 1) of the execution times, in seconds,
+    /// interpolated within its bucket as Prometheus' `histogram_quantile`
+    /// does; `None` without any.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.duration.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0.0;
+        for (i, n) in self.duration.iter().enumerate() {
+            let n = *n as f64;
+            if n > 0.0 && seen + n >= rank {
+                let low = if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
+                let Some(high) = DURATION_BUCKETS.get(i) else {
+                    // Past the last bound: the bound is all that is known.
+                    return Some(low);
+                };
+                return Some(low + (high - low) * ((rank - seen) / n));
+            }
+            seen += n;
+        }
+        DURATION_BUCKETS.last().copied()
+    }
 }
 
 /// The host's metrics.
@@ -214,6 +295,15 @@ impl Metrics {
             CacheOutcome::Uncached(_) => 3,
         };
         self.code_cache[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every service's [`Counts`] now.
+    pub fn counts(&self) -> Vec<(String, Counts)> {
+        let services = self.services.read().unwrap_or_else(|e| e.into_inner());
+        services
+            .iter()
+            .map(|(name, m)| (name.clone(), m.counts()))
+            .collect()
     }
 
     /// Counts `n` spans that met `fate`.
@@ -370,6 +460,33 @@ fn render_gauges(out: &mut String, gauges: &[Gauge]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_and_quantiles() {
+        let metrics = Metrics::default();
+        let hello = metrics.service("hello");
+        let before = hello.counts();
+        assert_eq!(before.quantile(0.5), None);
+        for _ in 0..90 {
+            hello.invocation(Trigger::Http, OutcomeKind::Ok, 0.0007, 1);
+        }
+        for _ in 0..9 {
+            hello.invocation(Trigger::Event, OutcomeKind::Trap, 0.2, 1);
+        }
+        hello.invocation(Trigger::Http, OutcomeKind::Ok, 100.0, 1);
+        hello.invocation(Trigger::Http, OutcomeKind::Rejected, 0.0, 0);
+        let d = hello.counts().since(&before);
+        assert_eq!((d.invocations, d.errors), (101, 10));
+        assert_eq!(d.duration.iter().sum::<u64>(), 100);
+        // 90 in (0.0005, 0.001]: the median is interpolated in it.
+        let p50 = d.quantile(0.5).unwrap();
+        assert!(p50 > 0.0005 && p50 <= 0.001, "{p50}");
+        // The 99th is in (0.1, 0.25]; the 100th past the last bound.
+        let p99 = d.quantile(0.99).unwrap();
+        assert!(p99 > 0.1 && p99 <= 0.25, "{p99}");
+        assert_eq!(d.quantile(1.0), Some(30.0));
+        assert_eq!(metrics.counts().len(), 1);
+    }
 
     #[test]
     fn renders_prometheus_text() {

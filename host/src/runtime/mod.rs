@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod registry;
+pub mod traffic;
 
 use crate::values::service::ServiceSpec;
 use crate::wasm::component::{Handlers, Source};

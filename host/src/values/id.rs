@@ -55,6 +55,13 @@ impl InvocationId {
     }
 }
 
+impl InvocationId {
+    /// When it was made (ms since the epoch).
+    pub fn millis(&self) -> i64 {
+        self.0.timestamp_ms() as i64
+    }
+}
+
 impl Default for InvocationId {
     fn default() -> Self {
         Self::new()

@@ -95,21 +95,25 @@ impl Auth {
         }
     }
 
-    fn allows<B>(&self, req: &http::Request<B>) -> bool {
-        let token = &self.token;
+    pub(crate) fn allows<B>(&self, req: &http::Request<B>) -> bool {
         let given = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        constant_time_eq(given.as_bytes(), token.as_bytes())
+        self.matches(given)
+    }
+
+    /// Whether `given` is the token (compared in constant time).
+    pub(crate) fn matches(&self, given: &str) -> bool {
+        constant_time_eq(given.as_bytes(), self.token.as_bytes())
     }
 }
 
 /// Compares without an early exit, so the time taken does not tell how
 /// much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() != b.len()) as u8;
     for i in 0..a.len().max(b.len()) {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
@@ -295,9 +299,11 @@ pub fn handler(
 + Sync
 + 'static {
     let runtime = control.runtime().clone();
+    let console = crate::control::console::router(control.clone(), auth.clone());
     let router = router(control, auth);
     move |mut req| {
         let router = router.clone();
+        let console = console.clone();
         let runtime = runtime.clone();
         Box::pin(async move {
             if let Some(response) = health(&runtime, req.uri().path()) {
@@ -306,6 +312,13 @@ pub fn handler(
             trim_trailing_slash(&mut req);
             let span =
                 tracing::info_span!("admin", method = %req.method(), path = %req.uri().path());
+            // The console has its own sign-in; the API takes the token.
+            let path = req.uri().path();
+            let router = if path == "/console" || path.starts_with("/console/") {
+                console
+            } else {
+                router
+            };
             let response = match router.oneshot(req).instrument(span).await {
                 Ok(response) => response,
                 Err(infallible) => match infallible {},
@@ -340,7 +353,7 @@ fn trim_trailing_slash<B>(req: &mut http::Request<B>) {
 
 /// One query parameter, decoded (`%XX`, and `+` for a space); an empty
 /// value counts as absent.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, v)| k == name && !v.is_empty())
         .map(|(_, v)| v.into_owned())

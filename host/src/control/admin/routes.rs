@@ -8,6 +8,7 @@ use super::api::{
 use super::{
     ApiError, ApiResult, Param, json, query_param, read_json, read_json_or_default, read_limited,
 };
+use crate::control::cluster::logs::{Gathered, Remote, RemoteMarks};
 use crate::control::ledger::Ledger;
 use crate::control::{ControlError, ControlPlane};
 use crate::runtime::logs::{Level, LogFilter, LogLine};
@@ -425,15 +426,42 @@ pub(super) async fn logs(State(control): Control, RawQuery(raw): RawQuery) -> Ap
         )));
     }
     let live = follow.then(|| book.follow());
+    let cluster = control.cluster_logs();
+    let remote_live = match cluster {
+        Some(cluster) if follow => Some(cluster.follow().await),
+        _ => None,
+    };
     // Without a tail, at most MAX_LINES (the newest).
-    let (kept, marks) = book.snapshot(&filter, Some(tail.unwrap_or(MAX_LINES).min(MAX_LINES)));
-    let mut text = Vec::with_capacity(kept.len() * 128);
-    for line in &kept {
-        ndjson(&mut text, &**line);
-    }
+    let limit = tail.unwrap_or(MAX_LINES).min(MAX_LINES);
+    let (kept, marks) = book.snapshot(&filter, Some(limit));
+    let gathered = match cluster {
+        Some(cluster) => {
+            let others = control
+                .nodes()
+                .await
+                .map(|nodes| {
+                    nodes
+                        .into_iter()
+                        .map(|n| n.name)
+                        .filter(|n| n != control.node_name())
+                        .collect()
+                })
+                .unwrap_or_default();
+            cluster.gather(&filter, limit, follow, others).await
+        }
+        None => Gathered::default(),
+    };
+    let text = merge(&kept, &gathered, limit);
     let body = match live {
         None => ResponseBody::full(text),
-        Some((live, closed)) => ResponseBody::Boxed(follow_body(text, live, closed, filter, marks)),
+        Some((live, closed)) => ResponseBody::Boxed(follow_body(
+            text,
+            live,
+            closed,
+            filter,
+            marks,
+            remote_live.map(|r| (r, gathered.marks)),
+        )),
     };
     let mut response = Response::new(body);
     response.headers_mut().insert(
@@ -441,6 +469,37 @@ pub(super) async fn logs(State(control): Control, RawQuery(raw): RawQuery) -> Ap
         HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(response)
+}
+
+/// This node's lines and the other nodes', by time, the newest `limit`
+/// of them, as NDJSON; then which nodes did not answer, if any did not.
+fn merge(kept: &[Arc<LogLine>], gathered: &Gathered, limit: usize) -> Vec<u8> {
+    let mut all: Vec<(u64, Bytes)> = Vec::with_capacity(kept.len() + gathered.lines.len());
+    for line in kept {
+        let mut json = Vec::with_capacity(192);
+        ndjson(&mut json, &**line);
+        all.push((line.time_ms, Bytes::from(json)));
+    }
+    for line in &gathered.lines {
+        let mut json = Vec::with_capacity(line.json.len() + 1);
+        json.extend_from_slice(&line.json);
+        json.push(b'\n');
+        all.push((line.time_ms, Bytes::from(json)));
+    }
+    // Stable: each node's lines keep their order within a millisecond.
+    all.sort_by_key(|(time, _)| *time);
+    let skip = all.len().saturating_sub(limit);
+    let mut text = Vec::with_capacity(all.iter().skip(skip).map(|(_, j)| j.len()).sum());
+    for (_, json) in all.into_iter().skip(skip) {
+        text.extend_from_slice(&json);
+    }
+    if !gathered.missing.is_empty() {
+        ndjson(
+            &mut text,
+            &serde_json::json!({ "unanswered": gathered.missing }),
+        );
+    }
+    text
 }
 
 /// Appends `value` as one line of JSON.
@@ -460,6 +519,7 @@ fn follow_body(
     closed: tokio_util::sync::CancellationToken,
     filter: LogFilter,
     marks: std::collections::HashMap<Arc<str>, u64>,
+    remote: Option<(tokio::sync::broadcast::Receiver<Arc<Remote>>, RemoteMarks)>,
 ) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
     use futures_util::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
@@ -467,13 +527,53 @@ fn follow_body(
         http_body::Frame::data(Bytes::from(first)),
     )));
     let rest = futures_util::stream::unfold(
-        (live, closed, filter, marks),
-        move |(mut live, closed, filter, marks)| async move {
+        (live, closed, filter, marks, remote),
+        move |(mut live, closed, filter, marks, mut remote)| async move {
             // Lines the filter skips do not count as sent.
             let quiet = tokio::time::Instant::now() + KEEPALIVE;
             loop {
+                let from_others = async {
+                    match &mut remote {
+                        Some((others, _)) => others.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let next = tokio::select! {
                     () = closed.cancelled() => return None,
+                    other = from_others => match other {
+                        Ok(other) => {
+                            let out = match &*other {
+                                Remote::Line(line) => {
+                                    let answered = remote
+                                        .as_ref()
+                                        .is_some_and(|(_, marks)| line.answered(marks));
+                                    if answered || !line.wanted_by(&filter) {
+                                        continue;
+                                    }
+                                    let mut out = Vec::with_capacity(line.json.len() + 1);
+                                    out.extend_from_slice(&line.json);
+                                    out.push(b'\n');
+                                    out
+                                }
+                                Remote::Skipped { node, count } => {
+                                    let mut out = Vec::new();
+                                    ndjson(&mut out, &serde_json::json!({"skipped": count, "node": node}));
+                                    out
+                                }
+                            };
+                            return Some((
+                                Ok(http_body::Frame::data(Bytes::from(out))),
+                                (live, closed, filter, marks, remote),
+                            ));
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            return Some((
+                                Ok(http_body::Frame::data(Bytes::from(format!("{{\"skipped\":{n}}}\n")))),
+                                (live, closed, filter, marks, remote),
+                            ));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
                     next = tokio::time::timeout_at(quiet, live.recv()) => next,
                 };
                 let data = match next {
@@ -496,7 +596,7 @@ fn follow_body(
                 };
                 return Some((
                     Ok(http_body::Frame::data(data)),
-                    (live, closed, filter, marks),
+                    (live, closed, filter, marks, remote),
                 ));
             }
         },

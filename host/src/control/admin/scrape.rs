@@ -167,29 +167,34 @@ fn host_gauges(runtime: &Runtime) -> Vec<Gauge> {
 }
 
 /// A gauge family read from subscription stats: name, help, value.
-type StatFamily = (&'static str, &'static str, fn(&SubscriptionStats) -> u64);
+type StatFamily = (&'static str, &'static str, fn(&SubscriptionStats) -> f64);
 
-/// Per subscription: depth, in flight, retrying, dead letters.
+/// Per subscription: depth, in flight, retrying, dead letters, lag.
 fn event_gauges(stats: &[SubscriptionStats]) -> Vec<Gauge> {
-    let families: [StatFamily; 4] = [
+    let families: [StatFamily; 5] = [
         (
             "berth_event_queue_depth",
             "Deliveries waiting, retries included.",
-            |s| s.depth,
+            |s| s.depth as f64,
         ),
         (
             "berth_event_in_flight",
             "Deliveries being handled now.",
-            |s| s.in_flight,
+            |s| s.in_flight as f64,
         ),
         (
             "berth_event_retrying",
             "Deliveries waiting for a retry.",
-            |s| s.retrying,
+            |s| s.retrying as f64,
         ),
         ("berth_event_dead_letters", "Dead letters kept.", |s| {
-            s.dead_letters
+            s.dead_letters as f64
         }),
+        (
+            "berth_event_lag_seconds",
+            "How long the most overdue waiting delivery has been due (0: none is).",
+            |s| s.lag_ms as f64 / 1000.0,
+        ),
     ];
     let mut gauges = Vec::new();
     for (name, help, value) in families {
@@ -199,7 +204,7 @@ fn event_gauges(stats: &[SubscriptionStats]) -> Vec<Gauge> {
                 label(&s.service),
                 label(&s.subscription)
             );
-            gauges.push((name, help, labels, value(s) as f64));
+            gauges.push((name, help, labels, value(s)));
         }
     }
     gauges

@@ -94,6 +94,31 @@ pub struct JetStreamBus {
 }
 
 impl JetStreamBus {
+    /// How long the oldest message a consumer has not yet been handed has
+    /// waited, in ms: the first past its delivered sequence on each of
+    /// its subjects (0 if none can be read within half a second).
+    async fn lag_ms(&self, info: &consumer::Info) -> u64 {
+        const BOUND: Duration = Duration::from_millis(500);
+        let next = info.delivered.stream_sequence + 1;
+        let found =
+            futures_util::future::join_all(info.config.filter_subjects.iter().map(|subject| {
+                let get = self
+                    .events
+                    .raw_message_builder()
+                    .sequence(next)
+                    .next_by_subject(subject.clone())
+                    .send();
+                tokio::time::timeout(BOUND, get)
+            }))
+            .await;
+        found
+            .into_iter()
+            .filter_map(|m| m.ok()?.ok())
+            .map(|m| m.time.unix_timestamp_nanos() / 1_000_000)
+            .min()
+            .map_or(0, |at| (now_ms() as i128 - at).max(0) as u64)
+    }
+
     /// Opens (or creates) the streams.
     pub async fn open(cluster: Cluster) -> anyhow::Result<JetStreamBus> {
         let js = &cluster.js;
@@ -640,10 +665,22 @@ impl Bus for JetStreamBus {
         let active: HashMap<String, Arc<Sub>> =
             self.subs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let dead = self.read_dead(&Self::dead_filter(None)).await?;
-        let mut out = Vec::new();
+        let mut infos = Vec::new();
         let mut list = self.events.consumers();
         while let Some(info) = list.next().await {
-            let info = info.map_err(|e| self.unavailable(e))?;
+            infos.push(info.map_err(|e| self.unavailable(e))?);
+        }
+        // The lags are looked up at once, each bounded.
+        let lags = futures_util::future::join_all(infos.iter().map(|info| async move {
+            if info.num_pending > 0 {
+                self.lag_ms(info).await
+            } else {
+                0
+            }
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (info, lag_ms) in infos.into_iter().zip(lags) {
             let Some(id) = info.config.description.clone() else {
                 continue;
             };
@@ -657,6 +694,7 @@ impl Bus for JetStreamBus {
                 retrying: info.num_redelivered as u64,
                 dead_letters: dead.iter().filter(|(_, d)| d.subscription == id).count() as u64,
                 active: active.contains_key(&id),
+                lag_ms,
             });
         }
         out.sort_by(|a, b| a.subscription.cmp(&b.subscription));

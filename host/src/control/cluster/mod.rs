@@ -16,6 +16,9 @@
 //!   ([`nodes`]).
 //! - **API keys** are records in the KV bucket `berth_keys`, followed by
 //!   every node into its gateway ([`keys`]).
+//! - **Logs** stay in each node's memory; `berth logs` on any node asks
+//!   the others over NATS core messaging, and follows their lines only
+//!   while someone follows ([`logs`]).
 //!
 //! When NATS cannot be reached, the node keeps serving what it has:
 //! changes fail at once with [`ControlError::Unavailable`], and the node
@@ -25,6 +28,7 @@ pub mod bus;
 pub mod catalog;
 pub mod firings;
 pub mod keys;
+pub mod logs;
 pub mod nodes;
 pub mod usage;
 
@@ -147,6 +151,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The NATS connection (for core messaging: the logs).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Connects to the cluster and opens (or creates) Berth's buckets.
     /// Fails, naming the URLs (never a secret), when no server can be
     /// reached or the credentials are refused.

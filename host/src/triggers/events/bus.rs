@@ -104,6 +104,10 @@ pub struct SubscriptionStats {
     /// Whether a service currently holds this subscription (its backlog is
     /// kept, undelivered, while none does).
     pub active: bool,
+    /// How long the most overdue waiting delivery has been due, in ms (0
+    /// when none is): the bus's lag behind its publishers.
+    #[serde(default)]
+    pub lag_ms: u64,
 }
 
 /// A topic's counters.

@@ -66,6 +66,49 @@ use wasmtime_wasi_http::p2::bindings::http::types::{IncomingRequest, ResponseOut
 use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody};
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+/// The admin console's session cookie (kept from guests: see
+/// [`strip_cookie`]).
+pub const CONSOLE_COOKIE: &str = "berth_console";
+
+/// Removes the cookie `name` from `headers`' `Cookie` headers (the others
+/// are kept as they came).
+pub fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if !cookies.iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(';')
+                .any(|pair| pair.trim().split('=').next() == Some(name))
+        })
+    }) {
+        return;
+    }
+    headers.remove(http::header::COOKIE);
+    for value in cookies {
+        let kept = match value.to_str() {
+            Ok(text) => text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| pair.split('=').next() != Some(name))
+                .collect::<Vec<_>>()
+                .join("; "),
+            // Not text: not a cookie of ours either.
+            Err(_) => {
+                headers.append(http::header::COOKIE, value);
+                continue;
+            }
+        };
+        if let Ok(kept) = HeaderValue::from_str(&kept)
+            && !kept.is_empty()
+        {
+            headers.append(http::header::COOKIE, kept);
+        }
+    }
+}
+
 /// The response header carrying the invocation id.
 pub const INVOCATION_HEADER: &str = "berth-invocation-id";
 
@@ -415,6 +458,9 @@ where
                 req.headers_mut().insert(HOST, host);
             }
         }
+        // Browsers send cookies by host, whatever the port: the admin
+        // console's session never reaches a guest on the same host.
+        strip_cookie(req.headers_mut(), CONSOLE_COOKIE);
         let scheme = match req.extensions().get::<Peer>() {
             Some(peer) if peer.tls => Scheme::Https,
             _ => Scheme::Http,
@@ -815,4 +861,38 @@ pub fn plain(status: StatusCode, text: &str) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_cookie_never_reaches_a_guest() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; berth_console=secret; b=2"),
+        );
+        headers.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("berth_console=again"),
+        );
+        headers.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        strip_cookie(&mut headers, CONSOLE_COOKIE);
+        let left: Vec<&str> = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["a=1; b=2", "c=3"]);
+        // Without it, untouched.
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("berth_console_x=1;a=2"),
+        );
+        strip_cookie(&mut headers, CONSOLE_COOKIE);
+        assert_eq!(headers[http::header::COOKIE], "berth_console_x=1;a=2");
+    }
 }
