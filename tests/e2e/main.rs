@@ -14,6 +14,7 @@ mod host;
 mod limits;
 mod logs;
 mod nats;
+mod oci;
 mod pipeline;
 mod reuse;
 mod scale;

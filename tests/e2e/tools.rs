@@ -94,6 +94,50 @@ pub fn python_browser() -> &'static str {
     "python3"
 }
 
+/// The other OCI client the registry tests cross-check with: ORAS's
+/// Python client.
+pub const ORAS: &str = "oras==0.2.43";
+
+/// Debian's `docker-registry` (distribution 2.8) and `htpasswd`
+/// (`apache2-utils`), installed if missing.
+pub fn registry_tools() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let ready =
+            || works("docker-registry", &["--version"]) && works("htpasswd", &["-nbB", "a", "b"]);
+        if !ready() {
+            let install = || {
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(["docker-registry", "apache2-utils"])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !install() {
+                let _ = Command::new("apt-get").args(["update", "-q"]).status();
+                install();
+            }
+            assert!(
+                ready(),
+                "docker-registry and htpasswd could not be installed (apt-get install docker-registry apache2-utils)"
+            );
+        }
+    });
+}
+
+/// Python with ORAS's client, installed from PyPI if missing.
+pub fn python_oras() -> &'static str {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        if !works("python3", &["-c", "import oras.client"]) {
+            let _ = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", ORAS])
+                .status();
+        }
+    });
+    "python3"
+}
+
 /// Runs `cmd` with `args`; panics with its output if it cannot start.
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)

@@ -18,7 +18,6 @@ use crate::values::route::Route;
 use crate::values::service::{ServiceConfig, ServiceName};
 use crate::values::topic::TopicPattern;
 use crate::values::units::{ByteSize, parse_duration};
-use anyhow::Context;
 use clap::Args;
 use http::Method;
 use std::collections::BTreeMap;
@@ -177,9 +176,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                 super::up::build(&manifest)?;
             }
             manifest.check_components()?;
+            // Every component in hand before any is deployed.
+            let components = super::oci::manifest_components(&manifest).await?;
             let mut revisions = Vec::new();
-            for entry in &manifest.services {
-                let bytes = read(&entry.component)?;
+            for (entry, bytes) in manifest.services.iter().zip(components) {
                 let artifact = upload(&client, &entry.component, bytes, args.client.json).await?;
                 let config = entry.spec.config.clone();
                 let request = DeployRequest::new(artifact.digest, config);
@@ -251,16 +251,15 @@ async fn deploy_one(
         config.allowed_outbound = args.allow_outbound.clone();
     }
     args.apply_limits(&mut config.limits);
-    let bytes = read(component)?;
+    let oci = component
+        .to_str()
+        .and_then(|c| c.strip_prefix(super::oci::OCI_SCHEME));
+    let bytes = super::oci::component_bytes(component, oci).await?;
     let artifact = upload(client, component, bytes, args.client.json)
         .await?
         .digest;
     let request = DeployRequest::new(artifact, config);
     Ok(put(client, name, &request, args.client.json).await?)
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Uploads with progress on stderr (unless `quiet`), then waits while the

@@ -17,6 +17,7 @@ mod keys;
 mod logs;
 mod ls;
 mod nodes;
+mod oci;
 mod output;
 mod publish;
 mod revisions;
@@ -95,6 +96,10 @@ enum Command {
     Health(health::HealthArgs),
     /// Make, list and revoke API keys.
     Keys(keys::KeysArgs),
+    /// Push a component to an OCI registry (the Wasm artifact layout).
+    Push(oci::PushArgs),
+    /// Pull a component from an OCI registry, its digests verified.
+    Pull(oci::PullArgs),
 }
 
 /// How client commands reach a host.
@@ -189,6 +194,8 @@ pub fn main() -> ExitCode {
             Command::Nodes(args) => nodes::run(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Push(args) => oci::run_push(args).await,
+            Command::Pull(args) => oci::run_pull(args).await,
         }
     });
     // Invocations still running past the drain limit are abandoned here.

@@ -171,7 +171,12 @@ impl Drop for LogGuard {
 /// written when it is logged). Calling it twice is harmless (the second
 /// guard does nothing).
 pub fn init(format: LogFormat, window: Duration) -> LogGuard {
-    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter =
+        EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // oci-client logs registry tokens at debug: never written.
+    if let Ok(quiet) = "oci_client=info".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let shared = Arc::new(Shared {
         window,
         buffer: Mutex::new(Buffer::default()),

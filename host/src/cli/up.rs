@@ -165,13 +165,9 @@ impl UpArgs {
 /// removes any other (a `--state` directory may hold older ones).
 async fn deploy_exactly(host: &Host, manifest: &Manifest) -> anyhow::Result<()> {
     let control = host.control();
-    for entry in &manifest.services {
-        let bytes = std::fs::read(&entry.component).map_err(|e| {
-            manifest.component_error(
-                entry,
-                format!("cannot read {}: {e}", entry.component.display()),
-            )
-        })?;
+    // Every component in hand (read, or pulled) before any is deployed.
+    let components = super::oci::manifest_components(manifest).await?;
+    for (entry, bytes) in manifest.services.iter().zip(components) {
         let in_manifest = |e: ControlError| -> anyhow::Error {
             match e {
                 ControlError::InvalidComponent(e) => manifest

@@ -68,11 +68,46 @@ pub struct Manifest {
 pub struct ServiceEntry {
     /// Name, routes and limits.
     pub spec: ServiceSpec,
-    /// The component file, resolved against the manifest's directory.
+    /// The component file, resolved against the manifest's directory, or
+    /// an `oci://` reference (see [`ServiceEntry::oci`]).
     pub component: PathBuf,
     /// How to build the component, if the manifest says.
     pub build: Option<BuildSpec>,
+    /// The OCI reference of an `oci://` component.
+    oci: Option<String>,
     component_span: Range<usize>,
+}
+
+/// How a component in an OCI registry is named in a manifest:
+/// `oci://REGISTRY/REPOSITORY:TAG` or `…@sha256:DIGEST`.
+pub const OCI_SCHEME: &str = "oci://";
+
+impl ServiceEntry {
+    /// The OCI reference of its component (without `oci://`), if it is
+    /// pulled from a registry rather than read from a file.
+    pub fn oci(&self) -> Option<&str> {
+        self.oci.as_deref()
+    }
+}
+
+/// Parses an OCI reference (`oci://` optional). Its registry must be
+/// named: `team/hello:v1` is not quietly Docker Hub's.
+pub fn oci_reference(text: &str) -> Result<oci_client::Reference, String> {
+    let text = text.strip_prefix(OCI_SCHEME).unwrap_or(text);
+    let invalid = |why: String| {
+        format!(
+            "{text:?} is not an OCI reference (REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST): {why}"
+        )
+    };
+    let reference: oci_client::Reference = text.parse().map_err(|e| invalid(format!("{e}")))?;
+    let named = text.split('/').next().unwrap_or("");
+    let is_host = named.contains('.') || named.contains(':') || named == "localhost";
+    if !text.contains('/') || !is_host || !named.eq_ignore_ascii_case(reference.registry()) {
+        return Err(invalid(
+            "name its registry first (registry.example/team/hello:v1)".into(),
+        ));
+    }
+    Ok(reference)
 }
 
 /// A command that builds a service's component (`berth up --build`).
@@ -238,6 +273,25 @@ impl Source {
             ));
         }
         let component_span = svc.component.span();
+        let component = svc.component.into_inner();
+        let (component, oci) = match component.strip_prefix(OCI_SCHEME) {
+            // An artifact in a registry: checked as a reference now,
+            // pulled when the component is read.
+            Some(reference) => {
+                if let Err(e) = oci_reference(reference) {
+                    return Err(self.diagnostic(component_span, &field("component"), e));
+                }
+                if svc.build.is_some() {
+                    return Err(self.diagnostic(
+                        component_span,
+                        &field("component"),
+                        "a component pulled from a registry is not built here: drop `build`, or name a file".into(),
+                    ));
+                }
+                (PathBuf::from(&component), Some(reference.to_owned()))
+            }
+            None => (dir.join(component), None),
+        };
         let edge = [
             ("auth", svc.auth.as_ref().map(Spanned::span)),
             ("rate_limit", svc.rate_limit.as_ref().map(Spanned::span)),
@@ -289,8 +343,9 @@ impl Source {
                     reuse: svc.reuse,
                 },
             },
-            component: dir.join(svc.component.into_inner()),
+            component,
             build: svc.build,
+            oci,
             component_span,
         })
     }
@@ -518,7 +573,7 @@ impl Manifest {
     /// the first that does not.
     pub fn check_components(&self) -> Result<(), ManifestError> {
         for svc in &self.services {
-            if !svc.component.is_file() {
+            if svc.oci().is_none() && !svc.component.is_file() {
                 return Err(self.source.diagnostic(
                     svc.component_span.clone(),
                     &format!("service.{}.component", svc.spec.name),
@@ -596,6 +651,35 @@ mod tests {
         );
         assert_eq!(s.spec.config.limits, Limits::default());
         assert!(s.build.is_none());
+    }
+
+    #[test]
+    fn oci_components_are_references_with_a_registry_and_no_build() {
+        let m = parse(
+            "[service.hello]\ncomponent = \"oci://registry.example:5000/team/hello:v1\"\nroute = \"/h\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.services[0].oci(),
+            Some("registry.example:5000/team/hello:v1")
+        );
+        // No file to check.
+        m.check_components().unwrap();
+        let implicit =
+            parse("[service.hello]\ncomponent = \"oci://team/hello:v1\"\nroute = \"/h\"\n")
+                .unwrap_err();
+        assert!(
+            implicit.contains("service.hello.component") && implicit.contains("name its registry"),
+            "{implicit}"
+        );
+        let built = parse(
+            "[service.hello]\ncomponent = \"oci://registry.example/hello:v1\"\nroute = \"/h\"\n[service.hello.build]\ncommand = \"make\"\n",
+        )
+        .unwrap_err();
+        assert!(built.contains("not built here"), "{built}");
+        // A local file whose path merely looks like one is a file.
+        let m = parse("[service.hello]\ncomponent = \"oci.wasm\"\nroute = \"/h\"\n").unwrap();
+        assert_eq!(m.services[0].oci(), None);
     }
 
     #[test]
