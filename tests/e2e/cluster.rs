@@ -1158,17 +1158,7 @@ async fn berth_logs_on_any_node_shows_every_nodes_lines_and_follows_them() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut follower);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = String::new();
     let mut round = 0;

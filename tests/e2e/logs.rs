@@ -3,7 +3,7 @@
 
 use crate::host::{TOKEN, cli_with_token};
 use crate::support::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -135,16 +135,7 @@ async fn berth_logs_shows_a_services_lines_filters_them_and_follows_them() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut follower);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = String::new();
     let mut asked = false;

@@ -534,6 +534,21 @@ fn trace_settings_are_checked_only_when_traces_are_exported() {
     }
 }
 
+/// `berth up` serving hello, exporting over gRPC to `endpoint` with the
+/// system's roots in `roots` (as `SSL_CERT_FILE`).
+fn tls_host(endpoint: &str, roots: &str) -> Berth {
+    let dir = manifest_dir(&service("hello", programs::HELLO, "/hello", ""));
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(shared_cache())
+        .args(["--admin-listen", "127.0.0.1:0", "--otlp-endpoint", endpoint])
+        .args(["--otlp-protocol", "grpc", "--trace-delay", "100"])
+        .env("SSL_CERT_FILE", roots)
+        .env("BERTH_TOKEN", crate::host::TOKEN)
+        .current_dir(dir.path());
+    Berth::start(cmd, Duration::from_secs(60), Some(dir), true)
+}
+
 #[tokio::test]
 async fn traces_go_to_a_grpc_collector_over_tls_verified_against_the_roots() {
     let dir = tempfile::tempdir().unwrap();
@@ -541,24 +556,9 @@ async fn traces_go_to_a_grpc_collector_over_tls_verified_against_the_roots() {
     let (cert, key, _) = pki.issue("localhost", "collector");
     let receiver = Receiver::start(&["--tls", &cert, &key]);
     let endpoint = format!("https://localhost:{}", receiver.grpc);
-    let manifest = service("hello", programs::HELLO, "/hello", "");
     // Trusted through the roots (SSL_CERT_FILE names them, as for any
     // program reading the system's roots): exported.
-    let trusted = manifest_dir(&manifest);
-    let mut cmd = Command::new(berth_bin());
-    cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0", "--cache-dir"])
-        .arg(shared_cache())
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--otlp-endpoint",
-            &endpoint,
-        ])
-        .args(["--otlp-protocol", "grpc", "--trace-delay", "100"])
-        .env("SSL_CERT_FILE", &pki.ca)
-        .env("BERTH_TOKEN", crate::host::TOKEN)
-        .current_dir(trusted.path());
-    let berth = Berth::start(cmd, Duration::from_secs(60), Some(trusted), true);
+    let berth = tls_host(&endpoint, &pki.ca);
     let req = http::Request::get("/hello")
         .header("host", berth.addr.to_string())
         .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
@@ -571,21 +571,7 @@ async fn traces_go_to_a_grpc_collector_over_tls_verified_against_the_roots() {
 
     // A certificate the host does not trust: nothing is exported, and the
     // failures are counted.
-    let untrusted = manifest_dir(&manifest);
-    let mut cmd = Command::new(berth_bin());
-    cmd.args(["up", "berth.toml", "--listen", "127.0.0.1:0", "--cache-dir"])
-        .arg(shared_cache())
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--otlp-endpoint",
-            &endpoint,
-        ])
-        .args(["--otlp-protocol", "grpc", "--trace-delay", "100"])
-        .env("SSL_CERT_FILE", "/dev/null")
-        .env("BERTH_TOKEN", crate::host::TOKEN)
-        .current_dir(untrusted.path());
-    let berth = Berth::start(cmd, Duration::from_secs(60), Some(untrusted), true);
+    let berth = tls_host(&endpoint, "/dev/null");
     let before = receiver.spans().len();
     hellos(&berth, 20).await;
     assert!(wait_for_drops(&berth, "export_failed").await > 0.0);

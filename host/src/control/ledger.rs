@@ -271,12 +271,11 @@ impl Ledger {
     pub fn records(&self, query: &Query, limit: usize) -> rusqlite::Result<Vec<Record>> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT invocation, service, revision, trigger, started_ms, wall_us, queue_us, load_us,
-                        cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold,
-                        instance
-                 FROM usage
-                 WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR started_ms >= ?2) AND (?3 IS NULL OR started_ms < ?3)
-                 ORDER BY started_ms, invocation LIMIT ?4",
+                concat!(
+                select_records!(),
+                " WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR started_ms >= ?2) AND (?3 IS NULL OR started_ms < ?3)
+                 ORDER BY started_ms, invocation LIMIT ?4"
+            ),
             )?;
             let rows = stmt.query_map(
                 params![query.service, query.since_ms, query.until_ms, limit as i64],
@@ -292,13 +291,10 @@ impl Ledger {
         const AROUND_MS: i64 = 3_600_000;
         let at = id.millis();
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT invocation, service, revision, trigger, started_ms, wall_us, queue_us, load_us,
-                        cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold,
-                        instance
-                 FROM usage
-                 WHERE started_ms >= ?1 AND started_ms <= ?2 AND invocation = ?3",
-            )?;
+            let mut stmt = conn.prepare_cached(concat!(
+                select_records!(),
+                " WHERE started_ms >= ?1 AND started_ms <= ?2 AND invocation = ?3"
+            ))?;
             let mut rows = stmt.query_map(
                 params![at - AROUND_MS, at + AROUND_MS, id.to_string()],
                 record_row,
@@ -381,6 +377,16 @@ where
             .map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }
+
+/// The select of whole records, in the order [`record_row`] reads them.
+macro_rules! select_records {
+    () => {
+        "SELECT invocation, service, revision, trigger, started_ms, wall_us, queue_us, load_us,
+                cpu_us, fuel, peak_memory, bytes_in, bytes_out, outcome, status, cold, instance
+         FROM usage"
+    };
+}
+use select_records;
 
 fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };

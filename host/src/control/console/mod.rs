@@ -199,7 +199,7 @@ async fn secure_headers(req: Request, next: Next) -> Response {
 
 /// Lets in a session or the bearer token; a POST must also pass
 /// [`same_origin`] and carry the session's CSRF token (checked by the
-/// handler, which reads the form).
+/// extractor [`Change`], which reads the form).
 async fn signed_in(State(console): State<Console>, mut req: Request, next: Next) -> Response {
     let visitor = match session_id(req.headers()).and_then(|id| {
         console
@@ -307,18 +307,6 @@ impl Form {
     }
 }
 
-/// Reads a change's form, refusing one without the session's CSRF token.
-async fn change_form(visitor: &Visitor, body: Body) -> Result<Form, Response> {
-    let form = Form::read(body).await?;
-    if !form.allowed_for(visitor) {
-        return Err(refused(
-            StatusCode::FORBIDDEN,
-            "this form is not from this session (reload the page)",
-        ));
-    }
-    Ok(form)
-}
-
 fn html(status: StatusCode, markup: maud::Markup) -> Response {
     let mut response = (status, markup.into_string()).into_response();
     response.headers_mut().insert(
@@ -406,15 +394,8 @@ async fn login(
     response
 }
 
-async fn logout(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    body: Body,
-) -> Response {
-    if let Err(refusal) = change_form(&visitor, body).await {
-        return refusal;
-    }
-    if let Visitor::Session { id, .. } = &visitor {
+async fn logout(State(console): State<Console>, change: Change) -> Response {
+    if let Visitor::Session { id, .. } = &change.visitor {
         console.sessions.close(id);
     }
     let mut response = see_other("/console/login");
@@ -427,71 +408,109 @@ async fn logout(
     response
 }
 
-async fn not_found(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-) -> Response {
-    pages::not_found(&console.control, &visitor, "There is no such page.")
+/// A page's request: the control plane, and who asks (let in by
+/// [`signed_in`]).
+struct Asker {
+    control: Arc<ControlPlane>,
+    visitor: Visitor,
 }
 
-async fn services(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-) -> Response {
-    pages::services(&console.control, &visitor).await
+impl axum::extract::FromRequestParts<Console> for Asker {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        console: &Console,
+    ) -> Result<Self, Response> {
+        let visitor = parts
+            .extensions
+            .get::<Visitor>()
+            .cloned()
+            .ok_or_else(|| refused(StatusCode::UNAUTHORIZED, "sign in first"))?;
+        Ok(Asker {
+            control: console.control.clone(),
+            visitor,
+        })
+    }
 }
 
-async fn service(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    Path(name): Path<String>,
-) -> Response {
-    pages::service(&console.control, &visitor, &name).await
+/// A change's request: who asks, and its form, which carries the
+/// session's CSRF token (else `403`, and nothing changes).
+struct Change {
+    control: Arc<ControlPlane>,
+    visitor: Visitor,
+    form: Form,
 }
 
-async fn usage(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    RawQuery(query): RawQuery,
-) -> Response {
+impl axum::extract::FromRequest<Console> for Change {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Asker { control, visitor } =
+            <Asker as axum::extract::FromRequestParts<Console>>::from_request_parts(
+                &mut parts, console,
+            )
+            .await?;
+        let form = Form::read(body).await?;
+        if !form.allowed_for(&visitor) {
+            return Err(refused(
+                StatusCode::FORBIDDEN,
+                "this form is not from this session (reload the page)",
+            ));
+        }
+        Ok(Change {
+            control,
+            visitor,
+            form,
+        })
+    }
+}
+
+async fn not_found(asker: Asker) -> Response {
+    pages::not_found(&asker.control, &asker.visitor, "There is no such page.")
+}
+
+async fn services(asker: Asker) -> Response {
+    pages::services(&asker.control, &asker.visitor).await
+}
+
+async fn service(asker: Asker, Path(name): Path<String>) -> Response {
+    pages::service(&asker.control, &asker.visitor, &name).await
+}
+
+async fn usage(asker: Asker, RawQuery(query): RawQuery) -> Response {
     let days = super::admin::query_param(query.as_deref(), "days")
         .and_then(|d| d.parse::<u32>().ok())
         .filter(|d| (1..=90).contains(d))
         .unwrap_or(14);
-    pages::usage(&console.control, &visitor, days).await
+    pages::usage(&asker.control, &asker.visitor, days).await
 }
 
-async fn events(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    RawQuery(query): RawQuery,
-) -> Response {
+async fn events(asker: Asker, RawQuery(query): RawQuery) -> Response {
     // Only what a change of this console redirects with is shown.
     let done = super::admin::query_param(query.as_deref(), "done").filter(|done| {
         done.split_once(' ').is_some_and(|(what, n)| {
             matches!(what, "replayed" | "purged") && n.parse::<u64>().is_ok()
         })
     });
-    pages::events(&console.control, &visitor, done.as_deref()).await
+    pages::events(&asker.control, &asker.visitor, done.as_deref()).await
 }
 
-async fn replay(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    body: Body,
-) -> Response {
-    let form = match change_form(&visitor, body).await {
-        Ok(form) => form,
-        Err(refusal) => return refusal,
-    };
-    let which = match (form.get("id"), form.get("all")) {
+async fn replay(change: Change) -> Response {
+    let which = match (change.form.get("id"), change.form.get("all")) {
         (Some(id), _) => Replay::Id(id.to_owned()),
         (None, Some(_)) => Replay::All,
         (None, None) => {
             return refused(StatusCode::BAD_REQUEST, "replay which dead letter?");
         }
     };
-    changed(console.control.bus().replay(which).await, "replayed")
+    changed(change.control.bus().replay(which).await, "replayed")
+}
+
+async fn purge(change: Change) -> Response {
+    let topic = change.form.get("topic");
+    changed(change.control.bus().purge(topic).await, "purged")
 }
 
 /// After a change of the dead letters: back to the events page, saying
@@ -506,48 +525,22 @@ fn changed(result: Result<usize, crate::triggers::events::bus::BusError>, done: 
     }
 }
 
-async fn purge(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    body: Body,
-) -> Response {
-    let form = match change_form(&visitor, body).await {
-        Ok(form) => form,
-        Err(refusal) => return refusal,
-    };
-    changed(
-        console.control.bus().purge(form.get("topic")).await,
-        "purged",
-    )
+async fn nodes(asker: Asker) -> Response {
+    pages::nodes(&asker.control, &asker.visitor).await
 }
 
-async fn nodes(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-) -> Response {
-    pages::nodes(&console.control, &visitor).await
-}
-
-async fn find_invocation(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    RawQuery(query): RawQuery,
-) -> Response {
+async fn find_invocation(asker: Asker, RawQuery(query): RawQuery) -> Response {
     match super::admin::query_param(query.as_deref(), "id") {
         Some(id) => see_other(&format!(
             "/console/invocations/{}",
             form_urlencoded::byte_serialize(id.trim().as_bytes()).collect::<String>()
         )),
-        None => pages::find_invocation(&console.control, &visitor),
+        None => pages::find_invocation(&asker.control, &asker.visitor),
     }
 }
 
-async fn invocation(
-    State(console): State<Console>,
-    axum::Extension(visitor): axum::Extension<Visitor>,
-    Path(id): Path<String>,
-) -> Response {
-    pages::invocation(&console.control, &visitor, &id).await
+async fn invocation(asker: Asker, Path(id): Path<String>) -> Response {
+    pages::invocation(&asker.control, &asker.visitor, &id).await
 }
 
 #[cfg(test)]

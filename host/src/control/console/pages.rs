@@ -85,20 +85,21 @@ enum Section {
     Invocation,
 }
 
-/// A page of the console: its navigation, its title and `body`; it
-/// refreshes itself when `refresh`.
+/// A page of the console, answered with `status`: its navigation, its
+/// title and `body`; it refreshes itself when `refresh`.
 fn layout(
+    status: StatusCode,
     control: &ControlPlane,
     visitor: &Visitor,
     section: Section,
     title: &str,
     refresh: bool,
     body: Markup,
-) -> Markup {
+) -> Response {
     let link = |href: &'static str, name: &'static str, of: Section| {
         html! { a href=(href) class=[(section == of).then_some("active")] { (name) } }
     };
-    html! {
+    let page = html! {
         (DOCTYPE)
         html lang="en" {
             head {
@@ -137,7 +138,8 @@ fn layout(
                 }
             }
         }
-    }
+    };
+    html(status, page)
 }
 
 /// The sign-in page.
@@ -181,25 +183,28 @@ pub(super) fn message(status: StatusCode, text: &str) -> Markup {
 /// A page of the console saying something is not there.
 pub(super) fn not_found(control: &ControlPlane, visitor: &Visitor, text: &str) -> Response {
     let body = html! { p.error { (text) } };
-    html(
+    layout(
         StatusCode::NOT_FOUND,
-        layout(
-            control,
-            visitor,
-            Section::Services,
-            "Not found",
-            false,
-            body,
-        ),
+        control,
+        visitor,
+        Section::Services,
+        "Not found",
+        false,
+        body,
     )
 }
 
 /// A page that could not be made: what failed.
 fn failed(control: &ControlPlane, visitor: &Visitor, section: Section, what: &str) -> Response {
     let body = html! { p.error { (what) } };
-    html(
+    layout(
         StatusCode::SERVICE_UNAVAILABLE,
-        layout(control, visitor, section, "Unavailable", true, body),
+        control,
+        visitor,
+        section,
+        "Unavailable",
+        true,
+        body,
     )
 }
 
@@ -349,9 +354,14 @@ pub(super) async fn services(control: &ControlPlane, visitor: &Visitor) -> Respo
             }
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(control, visitor, Section::Services, "Services", true, body),
+        control,
+        visitor,
+        Section::Services,
+        "Services",
+        true,
+        body,
     )
 }
 
@@ -481,16 +491,14 @@ pub(super) async fn service(control: &ControlPlane, visitor: &Visitor, name: &st
             Some(lines) => pre.logs { @for line in lines { (log_line(line)) } },
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(
-            control,
-            visitor,
-            Section::Services,
-            &format!("Service {name}"),
-            true,
-            body,
-        ),
+        control,
+        visitor,
+        Section::Services,
+        &format!("Service {name}"),
+        true,
+        body,
     )
 }
 
@@ -512,9 +520,14 @@ async fn read_ledger<T: Send + 'static>(
 pub(super) async fn usage(control: &ControlPlane, visitor: &Visitor, days: u32) -> Response {
     let Some(ledger) = control.ledger().cloned() else {
         let body = html! { p.muted { "This host keeps no usage ledger." } };
-        return html(
+        return layout(
             StatusCode::OK,
-            layout(control, visitor, Section::Usage, "Usage", false, body),
+            control,
+            visitor,
+            Section::Usage,
+            "Usage",
+            false,
+            body,
         );
     };
     let first_day = (now_ms() / DAY_MS - (days as i64 - 1)) * DAY_MS;
@@ -619,9 +632,14 @@ pub(super) async fn usage(control: &ControlPlane, visitor: &Visitor, days: u32) 
             }
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(control, visitor, Section::Usage, "Usage", true, body),
+        control,
+        visitor,
+        Section::Usage,
+        "Usage",
+        true,
+        body,
     )
 }
 
@@ -730,9 +748,14 @@ pub(super) async fn events(
             }
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(control, visitor, Section::Events, "Events", true, body),
+        control,
+        visitor,
+        Section::Events,
+        "Events",
+        true,
+        body,
     )
 }
 
@@ -771,9 +794,14 @@ pub(super) async fn nodes(control: &ControlPlane, visitor: &Visitor) -> Response
             }
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(control, visitor, Section::Nodes, "Nodes", true, body),
+        control,
+        visitor,
+        Section::Nodes,
+        "Nodes",
+        true,
+        body,
     )
 }
 
@@ -790,16 +818,14 @@ pub(super) fn find_invocation(control: &ControlPlane, visitor: &Visitor) -> Resp
             "An invocation's id is in its response's " code { "berth-invocation-id" } " header, its log lines and its usage record."
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(
-            control,
-            visitor,
-            Section::Invocation,
-            "Find an invocation",
-            false,
-            body,
-        ),
+        control,
+        visitor,
+        Section::Invocation,
+        "Find an invocation",
+        false,
+        body,
     )
 }
 
@@ -869,15 +895,13 @@ pub(super) async fn invocation(control: &ControlPlane, visitor: &Visitor, id: &s
             pre.logs { @for line in &lines { (log_line(line)) } }
         }
     };
-    html(
+    layout(
         StatusCode::OK,
-        layout(
-            control,
-            visitor,
-            Section::Invocation,
-            &format!("Invocation {parsed}"),
-            false,
-            body,
-        ),
+        control,
+        visitor,
+        Section::Invocation,
+        &format!("Invocation {parsed}"),
+        false,
+        body,
     )
 }
