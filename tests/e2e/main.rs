@@ -6,6 +6,7 @@ mod cluster;
 mod console;
 mod control;
 mod creds;
+mod develop;
 mod events;
 mod examples;
 mod failures;

@@ -9,6 +9,9 @@
 //! installed from PyPI if missing), against the WIT of the
 //! `wasmtime-wasi-http` Berth links, so they import what Berth provides.
 
+#[path = "../../host/build_support.rs"]
+mod build_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -171,42 +174,13 @@ fn componentize_py() -> Command {
 }
 
 /// The WIT of WASI 0.3 HTTP, from the source of the `wasmtime-wasi-http`
-/// crate this workspace locks (cargo has it on disk by now).
+/// crate this workspace locks.
 fn wasi_http_wit(manifest_dir: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(&cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            // Only this platform's packages are on disk.
-            "--filter-platform",
-        ])
-        .arg(env("HOST"))
-        .arg("--manifest-path")
-        .arg(manifest_dir.join("../../host/Cargo.toml"))
-        .output()
-        .unwrap_or_else(|e| panic!("running cargo metadata: {e}"));
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata's JSON");
-    let manifest = metadata["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "wasmtime-wasi-http")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("wasmtime-wasi-http in cargo metadata");
-    let manifest = PathBuf::from(manifest);
-    let wit = manifest
-        .parent()
-        .expect("the crate's folder")
-        .join("src/p3/wit");
+    let wit = build_support::crate_dir(
+        &manifest_dir.join("../../host/Cargo.toml"),
+        "wasmtime-wasi-http",
+    )
+    .join("src/p3/wit");
     assert!(wit.is_dir(), "no WIT at {}", wit.display());
     wit
 }

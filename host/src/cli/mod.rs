@@ -16,6 +16,7 @@ mod inspect;
 mod keys;
 mod logs;
 mod ls;
+mod new;
 mod nodes;
 mod oci;
 mod output;
@@ -28,6 +29,7 @@ pub mod shutdown;
 pub mod telemetry;
 mod up;
 mod usage;
+mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use client::Client;
@@ -65,6 +67,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Make a service project from a template (Rust, JavaScript, Python).
+    New(new::NewArgs),
     /// Run the services of a manifest in the foreground.
     Up(up::UpArgs),
     /// Run the long-lived host: durable state, admin API, live deploys.
@@ -179,6 +183,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::New(args) => new::run(args),
             Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Deploy(args) => deploy::run(args).await,

@@ -7,9 +7,11 @@
 //! user's cache, so a second `up` does not recompile.
 
 use super::host_args::{HostArgs, ListenArgs, TokenArgs};
-use crate::control::ControlError;
+use crate::control::state::RevisionRecord;
+use crate::control::{ControlError, ControlPlane};
 use crate::host::{Host, Listeners};
-use crate::values::manifest::Manifest;
+use crate::values::digest::Digest;
+use crate::values::manifest::{Manifest, ServiceEntry};
 use crate::values::units::ByteSize;
 use crate::wasm::engine::EngineOptions;
 use anyhow::Context;
@@ -41,6 +43,13 @@ pub struct UpArgs {
     /// Run each service's build command before loading.
     #[arg(long)]
     build: bool,
+
+    /// Build, then rebuild a service whenever its sources change and swap
+    /// to the new revision live (requests in flight finish on the old one).
+    /// A failing build leaves the serving revision alone. The manifest is
+    /// watched too.
+    #[arg(long)]
+    watch: bool,
 
     /// Keep state (events, schedules) in this directory across runs,
     /// instead of a temporary one.
@@ -94,7 +103,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let manifest = Manifest::load(&args.manifest)?;
-    if args.build {
+    if args.build || args.watch {
         build(&manifest)?;
     }
     manifest.check_components()?;
@@ -141,6 +150,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         admin.as_ref().map(|(admin, _)| admin),
         token_file.as_deref(),
     )?;
+    let _watching = match args.watch {
+        true => Some(super::watch::start(host.control().clone(), manifest)?),
+        false => None,
+    };
     host.serve(Listeners { public, admin }, super::shutdown::signal())
         .await
 }
@@ -164,28 +177,21 @@ impl UpArgs {
 /// Deploys exactly the manifest's services to `host`: each of them, and
 /// removes any other (a `--state` directory may hold older ones).
 async fn deploy_exactly(host: &Host, manifest: &Manifest) -> anyhow::Result<()> {
-    let control = host.control();
+    deploy_manifest(host.control(), manifest, false).await
+}
+
+/// Deploys each of the manifest's services, and removes any other. With
+/// `skip_unchanged`, a service whose serving revision already has its
+/// component and configuration is left as it is.
+pub(super) async fn deploy_manifest(
+    control: &ControlPlane,
+    manifest: &Manifest,
+    skip_unchanged: bool,
+) -> anyhow::Result<()> {
     // Every component in hand (read, or pulled) before any is deployed.
     let components = super::oci::manifest_components(manifest).await?;
     for (entry, bytes) in manifest.services.iter().zip(components) {
-        let in_manifest = |e: ControlError| -> anyhow::Error {
-            match e {
-                ControlError::InvalidComponent(e) => manifest
-                    .component_error(entry, format!("{}: {e}", entry.component.display()))
-                    .into(),
-                other => anyhow::Error::new(other)
-                    .context(format!("deploying service `{}`", entry.spec.name)),
-            }
-        };
-        let (artifact, _) = control.upload(bytes).await.map_err(in_manifest)?;
-        control
-            .deploy(
-                entry.spec.name.clone(),
-                artifact.digest,
-                entry.spec.config.clone(),
-            )
-            .await
-            .map_err(in_manifest)?;
+        deploy_service(control, manifest, entry, bytes, skip_unchanged).await?;
     }
     for stale in control.services().await? {
         let name = stale.record.active.service;
@@ -196,36 +202,74 @@ async fn deploy_exactly(host: &Host, manifest: &Manifest) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Uploads and deploys one service of a manifest; errors about its
+/// component point at its line. Returns the revision deployed, or `None`
+/// when `skip_unchanged` found it serving already.
+pub(super) async fn deploy_service(
+    control: &ControlPlane,
+    manifest: &Manifest,
+    entry: &ServiceEntry,
+    bytes: Vec<u8>,
+    skip_unchanged: bool,
+) -> anyhow::Result<Option<RevisionRecord>> {
+    let in_manifest = |e: ControlError| -> anyhow::Error {
+        match e {
+            ControlError::InvalidComponent(e) => manifest
+                .component_error(entry, format!("{}: {e}", entry.component.display()))
+                .into(),
+            other => anyhow::Error::new(other)
+                .context(format!("deploying service `{}`", entry.spec.name)),
+        }
+    };
+    let name = entry.spec.name.clone();
+    if skip_unchanged && let Ok(serving) = control.service(name.clone()).await {
+        let active = &serving.record.active;
+        if active.artifact == Digest::of(&bytes) && active.config == entry.spec.config {
+            return Ok(None);
+        }
+    }
+    let (artifact, _) = control.upload(bytes).await.map_err(in_manifest)?;
+    let revision = control
+        .deploy(name, artifact.digest, entry.spec.config.clone())
+        .await
+        .map_err(in_manifest)?;
+    Ok(Some(revision))
+}
+
 /// Runs each service's build command, in manifest order, stopping at the
 /// first that fails.
 pub(super) fn build(manifest: &Manifest) -> anyhow::Result<()> {
     for entry in &manifest.services {
-        let Some(spec) = &entry.build else { continue };
-        let dir = match &spec.workdir {
-            Some(w) => manifest.dir.join(w),
-            None => manifest.dir.clone(),
-        };
-        eprintln!(
-            "berth: building {}: {} (in {})",
-            entry.spec.name,
-            spec.command,
-            dir.display()
-        );
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&spec.command)
-            .current_dir(&dir)
-            .stdout(std::io::stderr())
-            .status()
-            .with_context(|| {
-                format!("running the build command of service `{}`", entry.spec.name)
-            })?;
-        anyhow::ensure!(
-            status.success(),
-            "the build command of service `{}` failed ({status})",
-            entry.spec.name
-        );
+        build_service(manifest, entry)?;
     }
+    Ok(())
+}
+
+/// Runs a service's build command, if it has one; its output goes to
+/// stderr.
+pub(super) fn build_service(manifest: &Manifest, entry: &ServiceEntry) -> anyhow::Result<()> {
+    let Some(spec) = &entry.build else {
+        return Ok(());
+    };
+    let dir = spec.dir(&manifest.dir);
+    eprintln!(
+        "berth: building {}: {} (in {})",
+        entry.spec.name,
+        spec.command,
+        dir.display()
+    );
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&spec.command)
+        .current_dir(&dir)
+        .stdout(std::io::stderr())
+        .status()
+        .with_context(|| format!("running the build command of service `{}`", entry.spec.name))?;
+    anyhow::ensure!(
+        status.success(),
+        "the build command of service `{}` failed ({status})",
+        entry.spec.name
+    );
     Ok(())
 }
 

@@ -116,6 +116,7 @@ pub fn oci_reference(text: &str) -> Result<oci_client::Reference, String> {
 /// [service.hello.build]
 /// command = "cargo build --release"   # run with `sh -c`
 /// workdir = "hello"                   # relative to the manifest; default: its directory
+/// watch = ["src/**/*.rs", "Cargo.toml"] # what `berth up --watch` watches
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +126,44 @@ pub struct BuildSpec {
     /// Where to run it, relative to the manifest's directory.
     #[serde(default)]
     pub workdir: Option<PathBuf>,
+    /// The sources `berth up --watch` rebuilds on: glob patterns relative
+    /// to the workdir. Empty: every file below it, but for hidden files
+    /// and folders, `target`, `node_modules` and the component itself.
+    #[serde(default)]
+    pub watch: Vec<String>,
+}
+
+impl BuildSpec {
+    /// Where the command runs, for a manifest in `dir`.
+    pub fn dir(&self, dir: &Path) -> PathBuf {
+        match &self.workdir {
+            Some(w) => dir.join(w),
+            None => dir.to_path_buf(),
+        }
+    }
+
+    /// The `watch` patterns as one matcher of paths relative to the
+    /// workdir, or why one is not a pattern.
+    pub fn watch_set(&self) -> Result<globset::GlobSet, String> {
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in &self.watch {
+            let leaves = Path::new(pattern)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if leaves {
+                return Err(format!(
+                    "{pattern:?}: a pattern is relative to the build's workdir and stays below it \
+                     (set `workdir` higher to watch more)"
+                ));
+            }
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("{pattern:?} is not a glob pattern: {e}"))?;
+            set.add(glob);
+        }
+        set.build().map_err(|e| e.to_string())
+    }
 }
 
 /// The manifest file's text, kept to point errors at lines.
@@ -272,6 +311,17 @@ impl Source {
                 "the component path is empty".into(),
             ));
         }
+        let build = match svc.build {
+            Some(build) => {
+                let span = build.span();
+                let build = build.into_inner();
+                if let Err(e) = build.watch_set() {
+                    return Err(self.diagnostic(span, &field("build.watch"), e));
+                }
+                Some(build)
+            }
+            None => None,
+        };
         let component_span = svc.component.span();
         let component = svc.component.into_inner();
         let (component, oci) = match component.strip_prefix(OCI_SCHEME) {
@@ -281,7 +331,7 @@ impl Source {
                 if let Err(e) = oci_reference(reference) {
                     return Err(self.diagnostic(component_span, &field("component"), e));
                 }
-                if svc.build.is_some() {
+                if build.is_some() {
                     return Err(self.diagnostic(
                         component_span,
                         &field("component"),
@@ -344,7 +394,7 @@ impl Source {
                 },
             },
             component,
-            build: svc.build,
+            build,
             oci,
             component_span,
         })
@@ -514,7 +564,7 @@ struct RawService {
     #[serde(default)]
     reuse: Option<Reuse>,
     #[serde(default)]
-    build: Option<BuildSpec>,
+    build: Option<Spanned<BuildSpec>>,
 }
 
 impl Manifest {

@@ -1,0 +1,365 @@
+//! `berth up --watch`: rebuilds a service when its sources change and swaps
+//! to the new revision live, as a deploy does (requests in flight finish on
+//! the revision they started on).
+//!
+//! - A service with a build is watched below its workdir: the files its
+//!   `watch` patterns match, or without any, every file but hidden ones,
+//!   `target/`, `node_modules/`, `__pycache__/` and the component itself.
+//! - A service without a build (a component file) is watched for that file.
+//! - The manifest is watched too: when it changes it is read again (an
+//!   invalid one is reported and ignored), every service is built, and the
+//!   services, routes and settings follow it.
+//!
+//! Changes settle for [`SETTLE`] (an editor's save is a burst of events)
+//! before anything builds; a change during a build builds again after it.
+//! A failing build prints the compiler's output (a build's stdout and
+//! stderr both go to stderr) and leaves the serving revision alone; a
+//! component that did not change deploys nothing. File events come from
+//! `notify` (inotify on Linux).
+
+use super::up::{build_service, deploy_manifest, deploy_service};
+use crate::control::ControlPlane;
+use crate::values::manifest::Manifest;
+use anyhow::Context;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long the sources must be quiet before a build starts.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Folders whose contents are never sources when a build names no
+/// patterns: build outputs and installed packages.
+const NOT_SOURCES: &[&str] = &["target", "node_modules", "__pycache__"];
+
+/// The watch, for as long as it is held.
+pub struct Watching {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching the sources of `manifest`'s services (built and
+/// deployed already).
+pub fn start(control: Arc<ControlPlane>, manifest: Manifest) -> anyhow::Result<Watching> {
+    let watch = Watch::new(&manifest)?;
+    let task = tokio::spawn(run(control, manifest, watch));
+    Ok(Watching { task })
+}
+
+/// What one service is rebuilt or redeployed on.
+#[derive(Debug)]
+enum Sources {
+    /// Files below `root` that the patterns match.
+    Patterns {
+        root: PathBuf,
+        set: globset::GlobSet,
+    },
+    /// Files below `root` but for hidden ones, [`NOT_SOURCES`] and the
+    /// component.
+    Below { root: PathBuf, component: PathBuf },
+    /// The component file itself.
+    Component(PathBuf),
+}
+
+impl Sources {
+    fn matches(&self, path: &Path) -> bool {
+        match self {
+            Sources::Patterns { root, set } => {
+                path.strip_prefix(root).is_ok_and(|rel| set.is_match(rel))
+            }
+            Sources::Below { root, component } => {
+                path != component
+                    && path.strip_prefix(root).is_ok_and(|rel| {
+                        rel.components().all(|c| {
+                            let part = c.as_os_str().to_string_lossy();
+                            !part.starts_with('.') && !NOT_SOURCES.contains(&part.as_ref())
+                        })
+                    })
+            }
+            Sources::Component(file) => path == file,
+        }
+    }
+}
+
+/// The watched paths of one manifest, and its events.
+struct Watch {
+    /// Each service's sources, in manifest order.
+    sources: Vec<Option<Sources>>,
+    manifest: PathBuf,
+    events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Watch {
+    fn new(manifest: &Manifest) -> anyhow::Result<Watch> {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })
+        .context("watching files")?;
+        // Folders to watch, and whether below them too.
+        let mut folders: Vec<(PathBuf, bool)> = Vec::new();
+        let mut watch =
+            |path: &Path, recursive: bool| folders.push((path.to_path_buf(), recursive));
+        let mut sources = Vec::new();
+        for entry in &manifest.services {
+            let component = absolute(&entry.component);
+            let service = match &entry.build {
+                Some(build) => {
+                    let root = absolute(&build.dir(&manifest.dir));
+                    watch(&root, true);
+                    match build.watch.is_empty() {
+                        true => Some(Sources::Below { root, component }),
+                        false => {
+                            let set = build.watch_set().map_err(anyhow::Error::msg)?;
+                            Some(Sources::Patterns { root, set })
+                        }
+                    }
+                }
+                // A pulled component has no file to watch.
+                None if entry.oci().is_some() => None,
+                None => {
+                    // The folder, not the file: a new build may replace it.
+                    if let Some(folder) = component.parent() {
+                        watch(folder, false);
+                    }
+                    Some(Sources::Component(component))
+                }
+            };
+            sources.push(service);
+        }
+        let manifest_file = absolute(&manifest.path);
+        if let Some(folder) = manifest_file.parent() {
+            watch(folder, false);
+        }
+        // A folder is watched once (watching it again would replace the
+        // first watch), and not at all below a folder watched recursively.
+        for (i, (path, recursive)) in folders.iter().enumerate() {
+            let covered = folders
+                .iter()
+                .enumerate()
+                .any(|(j, (other, other_recursive))| {
+                    j != i
+                        && ((*other_recursive && path.starts_with(other) && path != other)
+                            || (path == other && (*other_recursive, j) > (*recursive, i)))
+                });
+            if !covered {
+                let mode = match recursive {
+                    true => RecursiveMode::Recursive,
+                    false => RecursiveMode::NonRecursive,
+                };
+                watcher
+                    .watch(path, mode)
+                    .with_context(|| format!("watching {}", path.display()))?;
+            }
+        }
+        Ok(Watch {
+            sources,
+            manifest: manifest_file,
+            events,
+            _watcher: watcher,
+        })
+    }
+
+    /// Waits for a change, then for the sources to settle: the services
+    /// whose sources changed (manifest order), and whether the manifest
+    /// did. `None` when the watcher is gone.
+    async fn changes(&mut self) -> Option<(Vec<usize>, bool)> {
+        let mut changed = vec![false; self.sources.len()];
+        let mut manifest = false;
+        let mut seen = false;
+        loop {
+            let event = if seen {
+                match tokio::time::timeout(SETTLE, self.events.recv()).await {
+                    Ok(event) => event?,
+                    Err(_) => break,
+                }
+            } else {
+                self.events.recv().await?
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    eprintln!("berth: watching files: {e}");
+                    continue;
+                }
+            };
+            if !matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            ) {
+                continue;
+            }
+            for path in &event.paths {
+                if *path == self.manifest {
+                    manifest = true;
+                    seen = true;
+                }
+                for (i, sources) in self.sources.iter().enumerate() {
+                    if sources.as_ref().is_some_and(|s| s.matches(path)) {
+                        changed[i] = true;
+                        seen = true;
+                    }
+                }
+            }
+        }
+        let services = (0..changed.len()).filter(|&i| changed[i]).collect();
+        Some((services, manifest))
+    }
+}
+
+async fn run(control: Arc<ControlPlane>, mut manifest: Manifest, mut watch: Watch) {
+    while let Some((services, manifest_changed)) = watch.changes().await {
+        if manifest_changed {
+            match reload(&control, &manifest.path).await {
+                Some((new, new_watch)) => {
+                    manifest = new;
+                    watch = new_watch;
+                }
+                None => continue,
+            }
+            continue;
+        }
+        for i in services {
+            rebuild(&control, &manifest, i).await;
+        }
+    }
+}
+
+/// Builds service `i` of `manifest` and deploys what it built, reporting
+/// each step on stderr.
+async fn rebuild(control: &ControlPlane, manifest: &Manifest, i: usize) {
+    let entry = &manifest.services[i];
+    let name = &entry.spec.name;
+    let serving = || async {
+        match control.service(name.clone()).await {
+            Ok(s) => format!("revision {} keeps serving", s.record.active.number),
+            Err(_) => "nothing changed".to_owned(),
+        }
+    };
+    if entry.build.is_some() {
+        eprintln!("berth: {name}: sources changed, building");
+        let (m, e) = (manifest.clone(), entry.clone());
+        let built = tokio::task::spawn_blocking(move || build_service(&m, &e)).await;
+        if let Err(e) = built.map_err(anyhow::Error::from).and_then(|r| r) {
+            eprintln!("berth: {name}: {e:#}; {}", serving().await);
+            return;
+        }
+    } else {
+        eprintln!("berth: {name}: its component changed");
+    }
+    let bytes = match tokio::fs::read(&entry.component).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let file = entry.component.display();
+            eprintln!("berth: {name}: reading {file}: {e}; {}", serving().await);
+            return;
+        }
+    };
+    match deploy_service(control, manifest, entry, bytes, true).await {
+        Ok(Some(revision)) => eprintln!(
+            "berth: {name}: revision {} is serving ({})",
+            revision.number,
+            revision.artifact.short()
+        ),
+        Ok(None) => eprintln!("berth: {name}: the component is unchanged"),
+        Err(e) => eprintln!("berth: {name}: not deployed: {e:#}; {}", serving().await),
+    }
+}
+
+/// Reads the changed manifest, builds and deploys it, and watches it: the
+/// new manifest and watch, or `None` (reported) when the manifest is
+/// invalid, a build fails or the deploy is refused.
+async fn reload(control: &ControlPlane, path: &Path) -> Option<(Manifest, Watch)> {
+    eprintln!("berth: {} changed, reading it again", path.display());
+    let manifest = match Manifest::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("berth: {e}\nberth: the services keep serving as they were");
+            return None;
+        }
+    };
+    let m = manifest.clone();
+    let built = tokio::task::spawn_blocking(move || super::up::build(&m)).await;
+    let result = async {
+        built??;
+        manifest.check_components()?;
+        deploy_manifest(control, &manifest, true).await?;
+        Watch::new(&manifest)
+    }
+    .await;
+    match result {
+        Ok(watch) => {
+            eprintln!("berth: serving {} as it is now", path.display());
+            Some((manifest, watch))
+        }
+        Err(e) => {
+            eprintln!("berth: {e:#}\nberth: the services keep serving as they were");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sources_leave_out_outputs_and_hidden_files() {
+        let below = Sources::Below {
+            root: "/p".into(),
+            component: "/p/app.wasm".into(),
+        };
+        for yes in ["/p/app.py", "/p/src/lib.rs", "/p/Cargo.toml"] {
+            assert!(below.matches(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/p/app.wasm",
+            "/p/target/release/x",
+            "/p/node_modules/a/b.js",
+            "/p/.venv/bin/python",
+            "/p/.git/index",
+            "/p/src/.lib.rs.swp",
+            "/p/pkg/__pycache__/x.pyc",
+            "/elsewhere/app.py",
+        ] {
+            assert!(!below.matches(Path::new(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn patterns_match_below_the_root_only() {
+        let build: crate::values::manifest::BuildSpec = toml::from_str(
+            "command = \"make\"\nwatch = [\"src/**/*.rs\", \"Cargo.toml\", \"*.py\"]",
+        )
+        .unwrap();
+        let sources = Sources::Patterns {
+            root: "/p".into(),
+            set: build.watch_set().unwrap(),
+        };
+        for yes in [
+            "/p/src/lib.rs",
+            "/p/src/a/b.rs",
+            "/p/Cargo.toml",
+            "/p/app.py",
+        ] {
+            assert!(sources.matches(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/p/src/lib.txt",
+            "/p/x/Cargo.toml",
+            "/p/pkg/app.py",
+            "/q/Cargo.toml",
+        ] {
+            assert!(!sources.matches(Path::new(no)), "{no}");
+        }
+    }
+}
