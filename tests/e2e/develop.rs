@@ -388,3 +388,61 @@ async fn watch_rebuilds_on_change_and_swaps_live() {
     std::fs::write(&which, programs::SLEEP).unwrap();
     wait_for_body(&berth, "/v2/?ms=1", "slept 1 ms").await;
 }
+
+#[tokio::test]
+async fn watch_without_patterns_takes_every_source_but_what_builds_write() {
+    // No `watch` list: every file below the workdir is a source, but for
+    // what a build writes (the component, by way of a temporary sibling;
+    // a hidden log) and the state directory.
+    let project = copying_project();
+    let dir = project.path().to_path_buf();
+    let manifest = dir.join("berth.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("watch = [\"src/*\"]\n", "")).unwrap();
+    let script = std::fs::read_to_string(dir.join("build.sh")).unwrap();
+    std::fs::write(
+        dir.join("build.sh"),
+        script.replace("builds.log", ".builds.log"),
+    )
+    .unwrap();
+    let berth = Berth::up_with(
+        project,
+        &[
+            "--watch",
+            "--state",
+            "state",
+            "--cache-dir",
+            shared_cache().to_str().unwrap(),
+        ],
+    );
+    let count = || {
+        std::fs::read_to_string(dir.join(".builds.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(get(&berth, "/?ms=1").await.text(), "slept 1 ms\n");
+
+    // A folder moved in with a source in it (one event, for the folder).
+    let staging = dir.join("..").join(format!(
+        "{}-lib",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("util.txt"), "x").unwrap();
+    std::fs::rename(&staging, dir.join("lib")).unwrap();
+    berth.wait_for_count("app: sources changed, building", 1);
+    berth.wait_for_logs(&["app: the component is unchanged"]);
+
+    // Requests write to the state directory, and builds to their outputs:
+    // neither sets off a build.
+    std::fs::write(dir.join("src/which"), programs::HELLO).unwrap();
+    berth.wait_for_logs(&["app: revision 2 is serving"]);
+    for _ in 0..5 {
+        assert_eq!(get(&berth, "/q").await.status, 200);
+    }
+    let settled = count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(), settled, "{}", berth.logs());
+    assert_eq!(settled, 3);
+}

@@ -123,6 +123,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let state_dir = state.clone();
     let options = args
         .host
         .options(state, Some(cache), args.engine(), ByteSize::gib(4))?;
@@ -151,7 +152,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         token_file.as_deref(),
     )?;
     let _watching = match args.watch {
-        true => Some(super::watch::start(host.control().clone(), manifest)?),
+        true => {
+            let outputs = vec![state_dir];
+            Some(super::watch::start(
+                host.control().clone(),
+                manifest,
+                outputs,
+            )?)
+        }
         false => None,
     };
     host.serve(Listeners { public, admin }, super::shutdown::signal())

@@ -21,6 +21,7 @@ use super::up::{build_service, deploy_manifest, deploy_service};
 use crate::control::ControlPlane;
 use crate::values::manifest::Manifest;
 use anyhow::Context;
+use notify::event::{CreateKind, ModifyKind, RemoveKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,10 +47,14 @@ impl Drop for Watching {
 }
 
 /// Starts watching the sources of `manifest`'s services (built and
-/// deployed already).
-pub fn start(control: Arc<ControlPlane>, manifest: Manifest) -> anyhow::Result<Watching> {
-    let watch = Watch::new(&manifest)?;
-    let task = tokio::spawn(run(control, manifest, watch));
+/// deployed already); `outputs` are never sources (the state directory).
+pub fn start(
+    control: Arc<ControlPlane>,
+    manifest: Manifest,
+    outputs: Vec<PathBuf>,
+) -> anyhow::Result<Watching> {
+    let watch = Watch::new(&manifest, &outputs)?;
+    let task = tokio::spawn(run(control, manifest, watch, outputs));
     Ok(Watching { task })
 }
 
@@ -61,28 +66,35 @@ enum Sources {
         root: PathBuf,
         set: globset::GlobSet,
     },
-    /// Files below `root` but for hidden ones, [`NOT_SOURCES`] and the
-    /// component.
-    Below { root: PathBuf, component: PathBuf },
+    /// Every file below `root`.
+    Below { root: PathBuf },
     /// The component file itself.
     Component(PathBuf),
 }
 
 impl Sources {
-    fn matches(&self, path: &Path) -> bool {
+    /// Whether a change to `path` is a change to these sources. Below a
+    /// root, hidden files and folders, [`NOT_SOURCES`] and what a build
+    /// makes (`outputs`: every service's component; `*.wasm` and their
+    /// temporary siblings `*.wasm.*`) never are.
+    /// A folder made, moved or removed is (its files may have come or gone
+    /// with it, unseen).
+    fn matches(&self, path: &Path, folder: bool, outputs: &[PathBuf]) -> bool {
+        let below = |root: &Path| {
+            path.strip_prefix(root).ok().filter(|rel| {
+                !outputs.iter().any(|o| path.starts_with(o))
+                    && !rel.to_string_lossy().contains(".wasm")
+                    && rel.components().all(|c| {
+                        let part = c.as_os_str().to_string_lossy();
+                        !part.starts_with('.') && !NOT_SOURCES.contains(&part.as_ref())
+                    })
+            })
+        };
         match self {
             Sources::Patterns { root, set } => {
-                path.strip_prefix(root).is_ok_and(|rel| set.is_match(rel))
+                below(root).is_some_and(|rel| folder || set.is_match(rel))
             }
-            Sources::Below { root, component } => {
-                path != component
-                    && path.strip_prefix(root).is_ok_and(|rel| {
-                        rel.components().all(|c| {
-                            let part = c.as_os_str().to_string_lossy();
-                            !part.starts_with('.') && !NOT_SOURCES.contains(&part.as_ref())
-                        })
-                    })
-            }
+            Sources::Below { root } => below(root).is_some(),
             Sources::Component(file) => path == file,
         }
     }
@@ -92,14 +104,26 @@ impl Sources {
 struct Watch {
     /// Each service's sources, in manifest order.
     sources: Vec<Option<Sources>>,
+    /// What builds make, never sources.
+    outputs: Vec<PathBuf>,
     manifest: PathBuf,
     events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     _watcher: notify::RecommendedWatcher,
 }
 
 impl Watch {
-    fn new(manifest: &Manifest) -> anyhow::Result<Watch> {
-        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    /// Watches the sources of `manifest`'s services, and the manifest;
+    /// `outputs` are more paths that are never sources (the state
+    /// directory).
+    fn new(manifest: &Manifest, outputs: &[PathBuf]) -> anyhow::Result<Watch> {
+        // Paths as the file system names them, as events name them.
+        let absolute = |p: &Path| {
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        let mut outputs: Vec<PathBuf> = outputs.iter().map(|p| absolute(p)).collect();
+        outputs.extend(manifest.services.iter().map(|e| absolute(&e.component)));
         let (tx, events) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event| {
             let _ = tx.send(event);
@@ -117,7 +141,7 @@ impl Watch {
                     let root = absolute(&build.dir(&manifest.dir));
                     watch(&root, true);
                     match build.watch.is_empty() {
-                        true => Some(Sources::Below { root, component }),
+                        true => Some(Sources::Below { root }),
                         false => {
                             let set = build.watch_set().map_err(anyhow::Error::msg)?;
                             Some(Sources::Patterns { root, set })
@@ -163,27 +187,27 @@ impl Watch {
         }
         Ok(Watch {
             sources,
+            outputs,
             manifest: manifest_file,
             events,
             _watcher: watcher,
         })
     }
 
-    /// Waits for a change, then for the sources to settle: the services
-    /// whose sources changed (manifest order), and whether the manifest
-    /// did. `None` when the watcher is gone.
+    /// Waits for a change, then for the sources to settle (no change for
+    /// [`SETTLE`]): the services whose sources changed (manifest order),
+    /// and whether the manifest did. `None` when the watcher is gone.
     async fn changes(&mut self) -> Option<(Vec<usize>, bool)> {
         let mut changed = vec![false; self.sources.len()];
         let mut manifest = false;
-        let mut seen = false;
+        let mut settled: Option<tokio::time::Instant> = None;
         loop {
-            let event = if seen {
-                match tokio::time::timeout(SETTLE, self.events.recv()).await {
+            let event = match settled {
+                Some(at) => match tokio::time::timeout_at(at, self.events.recv()).await {
                     Ok(event) => event?,
                     Err(_) => break,
-                }
-            } else {
-                self.events.recv().await?
+                },
+                None => self.events.recv().await?,
             };
             let event = match event {
                 Ok(event) => event,
@@ -192,23 +216,36 @@ impl Watch {
                     continue;
                 }
             };
-            if !matches!(
-                event.kind,
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-            ) {
-                continue;
+            let mut seen = false;
+            if event.need_rescan() {
+                // Events were lost: anything may have changed.
+                changed.iter_mut().for_each(|c| *c = true);
+                seen = true;
             }
+            let folder = match event.kind {
+                EventKind::Create(kind) => kind == CreateKind::Folder,
+                EventKind::Remove(kind) => kind == RemoveKind::Folder,
+                EventKind::Modify(ModifyKind::Name(_)) => event.paths.iter().any(|p| p.is_dir()),
+                EventKind::Modify(_) => false,
+                _ => continue,
+            };
             for path in &event.paths {
                 if *path == self.manifest {
                     manifest = true;
                     seen = true;
                 }
                 for (i, sources) in self.sources.iter().enumerate() {
-                    if sources.as_ref().is_some_and(|s| s.matches(path)) {
+                    if sources
+                        .as_ref()
+                        .is_some_and(|s| s.matches(path, folder, &self.outputs))
+                    {
                         changed[i] = true;
                         seen = true;
                     }
                 }
+            }
+            if seen {
+                settled = Some(tokio::time::Instant::now() + SETTLE);
             }
         }
         let services = (0..changed.len()).filter(|&i| changed[i]).collect();
@@ -216,15 +253,25 @@ impl Watch {
     }
 }
 
-async fn run(control: Arc<ControlPlane>, mut manifest: Manifest, mut watch: Watch) {
+async fn run(
+    control: Arc<ControlPlane>,
+    mut manifest: Manifest,
+    mut watch: Watch,
+    outputs: Vec<PathBuf>,
+) {
+    // A manifest read but not yet applied (its build failed, or its deploy
+    // was refused): every change tries it again.
+    let mut pending = false;
     while let Some((services, manifest_changed)) = watch.changes().await {
-        if manifest_changed {
-            match reload(&control, &manifest.path).await {
-                Some((new, new_watch)) => {
-                    manifest = new;
-                    watch = new_watch;
-                }
+        if manifest_changed || pending {
+            let (new, applied) = match reload(&control, &manifest.path, &outputs, &mut watch).await
+            {
+                Some(reloaded) => reloaded,
                 None => continue,
+            };
+            pending = !applied;
+            if applied {
+                manifest = new;
             }
             continue;
         }
@@ -275,10 +322,17 @@ async fn rebuild(control: &ControlPlane, manifest: &Manifest, i: usize) {
     }
 }
 
-/// Reads the changed manifest, builds and deploys it, and watches it: the
-/// new manifest and watch, or `None` (reported) when the manifest is
-/// invalid, a build fails or the deploy is refused.
-async fn reload(control: &ControlPlane, path: &Path) -> Option<(Manifest, Watch)> {
+/// Reads the changed manifest and, if it is valid, watches what it
+/// names (at once, so that no save made during its build is missed), then
+/// builds and deploys it: `None` (reported) when it is invalid, else the
+/// manifest and whether it is applied (not when a build failed or the
+/// deploy was refused).
+async fn reload(
+    control: &ControlPlane,
+    path: &Path,
+    outputs: &[PathBuf],
+    watch: &mut Watch,
+) -> Option<(Manifest, bool)> {
     eprintln!("berth: {} changed, reading it again", path.display());
     let manifest = match Manifest::load(path) {
         Ok(m) => m,
@@ -287,23 +341,37 @@ async fn reload(control: &ControlPlane, path: &Path) -> Option<(Manifest, Watch)
             return None;
         }
     };
-    let m = manifest.clone();
-    let built = tokio::task::spawn_blocking(move || super::up::build(&m)).await;
-    let result = async {
-        built??;
-        manifest.check_components()?;
-        deploy_manifest(control, &manifest, true).await?;
-        Watch::new(&manifest)
-    }
-    .await;
-    match result {
-        Ok(watch) => {
-            eprintln!("berth: serving {} as it is now", path.display());
-            Some((manifest, watch))
-        }
+    match Watch::new(&manifest, outputs) {
+        Ok(new) => *watch = new,
         Err(e) => {
             eprintln!("berth: {e:#}\nberth: the services keep serving as they were");
-            None
+            return None;
+        }
+    }
+    let m = manifest.clone();
+    let built = tokio::task::spawn_blocking(move || super::up::build(&m)).await;
+    let built = built.map_err(anyhow::Error::from).and_then(|r| r);
+    let result = match built.and_then(|()| Ok(manifest.check_components()?)) {
+        Err(e) => {
+            eprintln!(
+                "berth: {e:#}\nberth: the services keep serving as they were; \
+                 the manifest is tried again at the next change"
+            );
+            return Some((manifest, false));
+        }
+        Ok(()) => deploy_manifest(control, &manifest, true).await,
+    };
+    match result {
+        Ok(()) => {
+            eprintln!("berth: serving {} as it is now", path.display());
+            Some((manifest, true))
+        }
+        Err(e) => {
+            eprintln!(
+                "berth: {e:#}\nberth: the manifest is applied only up to that service; \
+                 it is tried again at the next change"
+            );
+            Some((manifest, false))
         }
     }
 }
@@ -314,15 +382,15 @@ mod tests {
 
     #[test]
     fn default_sources_leave_out_outputs_and_hidden_files() {
-        let below = Sources::Below {
-            root: "/p".into(),
-            component: "/p/app.wasm".into(),
-        };
+        let below = Sources::Below { root: "/p".into() };
+        let outputs = [PathBuf::from("/p/out/app.bin"), PathBuf::from("/p/state")];
         for yes in ["/p/app.py", "/p/src/lib.rs", "/p/Cargo.toml"] {
-            assert!(below.matches(Path::new(yes)), "{yes}");
+            assert!(below.matches(Path::new(yes), false, &outputs), "{yes}");
         }
         for no in [
             "/p/app.wasm",
+            "/p/out/app.bin",
+            "/p/state/berth.db-wal",
             "/p/target/release/x",
             "/p/node_modules/a/b.js",
             "/p/.venv/bin/python",
@@ -331,35 +399,41 @@ mod tests {
             "/p/pkg/__pycache__/x.pyc",
             "/elsewhere/app.py",
         ] {
-            assert!(!below.matches(Path::new(no)), "{no}");
+            assert!(!below.matches(Path::new(no), false, &outputs), "{no}");
         }
     }
 
     #[test]
-    fn patterns_match_below_the_root_only() {
+    fn patterns_match_below_the_root_and_folders_made_or_moved() {
         let build: crate::values::manifest::BuildSpec = toml::from_str(
-            "command = \"make\"\nwatch = [\"src/**/*.rs\", \"Cargo.toml\", \"*.py\"]",
+            "command = \"make\"\nwatch = [\"src/**/*.rs\", \"./Cargo.toml\", \"**/*.py\"]",
         )
         .unwrap();
         let sources = Sources::Patterns {
             root: "/p".into(),
             set: build.watch_set().unwrap(),
         };
+        let file = |p: &str| sources.matches(Path::new(p), false, &[]);
         for yes in [
             "/p/src/lib.rs",
             "/p/src/a/b.rs",
             "/p/Cargo.toml",
             "/p/app.py",
+            "/p/pkg/mod.py",
         ] {
-            assert!(sources.matches(Path::new(yes)), "{yes}");
+            assert!(file(yes), "{yes}");
         }
         for no in [
             "/p/src/lib.txt",
             "/p/x/Cargo.toml",
-            "/p/pkg/app.py",
             "/q/Cargo.toml",
+            "/p/.venv/lib/site.py",
+            "/p/target/x.rs",
         ] {
-            assert!(!sources.matches(Path::new(no)), "{no}");
+            assert!(!file(no), "{no}");
         }
+        // A folder moved in may hold sources no event named.
+        assert!(sources.matches(Path::new("/p/src/handlers"), true, &[]));
+        assert!(!sources.matches(Path::new("/p/target/debug"), true, &[]));
     }
 }

@@ -147,6 +147,7 @@ impl BuildSpec {
     pub fn watch_set(&self) -> Result<globset::GlobSet, String> {
         let mut set = globset::GlobSetBuilder::new();
         for pattern in &self.watch {
+            let pattern = pattern.strip_prefix("./").unwrap_or(pattern);
             let leaves = Path::new(pattern)
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)));

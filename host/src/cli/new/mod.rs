@@ -125,17 +125,16 @@ fn topic(name: &str) -> String {
 /// How to invoke a running project, for the README and `berth new`'s
 /// output.
 fn try_it(name: &str, trigger: Trigger) -> String {
-    match trigger {
-        Trigger::Http => "Then: curl http://127.0.0.1:3000/\n\
-             `berth up --watch` rebuilds it and swaps it in on each save."
-            .into(),
+    let invoke = match trigger {
+        Trigger::Http => "Then:\n\n    curl http://127.0.0.1:3000/".to_owned(),
         Trigger::Events => format!(
-            "With the admin API on (berth up --build --admin-listen 127.0.0.1:3001), then:\n\
-             \n    berth publish {} --data hello\n\n\
-             `berth up --watch` rebuilds it and swaps it in on each save.",
+            "To publish to it, turn the admin API on:\n\n    \
+             berth up --build --admin-listen 127.0.0.1:3001\n    \
+             berth publish {} --data hello     # in another terminal",
             topic(name)
         ),
-    }
+    };
+    format!("{invoke}\n\n`berth up --watch` also rebuilds it and swaps it in on each save.")
 }
 
 /// The service's name: the folder's last part, a valid service name (and
@@ -292,7 +291,7 @@ fn manifest(name: &str, template: Template, trigger: Trigger) -> String {
             "rustup target add wasm32-wasip2 2>/dev/null; \
              cargo build --release --target wasm32-wasip2 --target-dir target"
                 .into(),
-            &["src/**/*.rs", "Cargo.toml"],
+            &["src/**/*.rs", "Cargo.toml", "build.rs"],
         ),
         Template::Js => (
             format!("{name}.wasm"),
@@ -302,11 +301,11 @@ fn manifest(name: &str, template: Template, trigger: Trigger) -> String {
         Template::Python => (
             format!("{name}.wasm"),
             format!(
-                "[ -d .venv ] || python3 -m venv .venv && \
+                "[ -x .venv/bin/pip ] || python3 -m venv --clear .venv && \
                  .venv/bin/pip install --quiet --disable-pip-version-check componentize-py=={COMPONENTIZE_PY} && \
                  .venv/bin/componentize-py -d wit -w service componentize app -o {name}.wasm"
             ),
-            &["*.py", "wit/**/*.wit"],
+            &["**/*.py", "wit/**/*.wit"],
         ),
     };
     let quote = |s: &str| toml::Value::String(s.into()).to_string();
