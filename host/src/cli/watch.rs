@@ -107,8 +107,54 @@ struct Watch {
     /// What builds make, never sources.
     outputs: Vec<PathBuf>,
     manifest: PathBuf,
+    /// The build folders, each watched with every folder below it that
+    /// may hold sources.
+    roots: Vec<PathBuf>,
     events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+}
+
+/// Whether a folder may hold sources: not hidden, not one of
+/// [`NOT_SOURCES`], not an output.
+fn may_hold_sources(folder: &Path, outputs: &[PathBuf]) -> bool {
+    let name = folder.file_name().unwrap_or_default().to_string_lossy();
+    !name.starts_with('.')
+        && !NOT_SOURCES.contains(&name.as_ref())
+        && !outputs.iter().any(|o| folder.starts_with(o))
+}
+
+/// Watches `root` and every folder below it that may hold sources, each
+/// on its own: `target/`, `node_modules/` and `.git` cost no watches.
+/// Symbolic links are not followed.
+fn watch_tree(
+    watcher: &mut notify::RecommendedWatcher,
+    root: &Path,
+    outputs: &[PathBuf],
+) -> anyhow::Result<()> {
+    watcher
+        .watch(root, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", root.display()))?;
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && may_hold_sources(&path, outputs) {
+                // A folder gone meanwhile is no loss; running out of
+                // watches is said.
+                if let Err(e) = watcher.watch(&path, RecursiveMode::NonRecursive) {
+                    if !matches!(&e.kind, notify::ErrorKind::PathNotFound) {
+                        eprintln!("berth: watching {}: {e}", path.display());
+                    }
+                    continue;
+                }
+                folders.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Watch {
@@ -129,17 +175,15 @@ impl Watch {
             let _ = tx.send(event);
         })
         .context("watching files")?;
-        // Folders to watch, and whether below them too.
-        let mut folders: Vec<(PathBuf, bool)> = Vec::new();
-        let mut watch =
-            |path: &Path, recursive: bool| folders.push((path.to_path_buf(), recursive));
+        let mut roots: Vec<PathBuf> = Vec::new();
+        let mut folders: Vec<PathBuf> = Vec::new();
         let mut sources = Vec::new();
         for entry in &manifest.services {
             let component = absolute(&entry.component);
             let service = match &entry.build {
                 Some(build) => {
                     let root = absolute(&build.dir(&manifest.dir));
-                    watch(&root, true);
+                    roots.push(root.clone());
                     match build.watch.is_empty() {
                         true => Some(Sources::Below { root }),
                         false => {
@@ -152,45 +196,29 @@ impl Watch {
                 None if entry.oci().is_some() => None,
                 None => {
                     // The folder, not the file: a new build may replace it.
-                    if let Some(folder) = component.parent() {
-                        watch(folder, false);
-                    }
+                    folders.extend(component.parent().map(Path::to_path_buf));
                     Some(Sources::Component(component))
                 }
             };
             sources.push(service);
         }
         let manifest_file = absolute(&manifest.path);
-        if let Some(folder) = manifest_file.parent() {
-            watch(folder, false);
+        folders.extend(manifest_file.parent().map(Path::to_path_buf));
+        for root in &roots {
+            watch_tree(&mut watcher, root, &outputs)?;
         }
-        // A folder is watched once (watching it again would replace the
-        // first watch), and not at all below a folder watched recursively.
-        for (i, (path, recursive)) in folders.iter().enumerate() {
-            let covered = folders
-                .iter()
-                .enumerate()
-                .any(|(j, (other, other_recursive))| {
-                    j != i
-                        && ((*other_recursive && path.starts_with(other) && path != other)
-                            || (path == other && (*other_recursive, j) > (*recursive, i)))
-                });
-            if !covered {
-                let mode = match recursive {
-                    true => RecursiveMode::Recursive,
-                    false => RecursiveMode::NonRecursive,
-                };
-                watcher
-                    .watch(path, mode)
-                    .with_context(|| format!("watching {}", path.display()))?;
-            }
+        for folder in &folders {
+            watcher
+                .watch(folder, RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", folder.display()))?;
         }
         Ok(Watch {
             sources,
             outputs,
             manifest: manifest_file,
+            roots,
             events,
-            _watcher: watcher,
+            watcher,
         })
     }
 
@@ -230,6 +258,17 @@ impl Watch {
                 _ => continue,
             };
             for path in &event.paths {
+                // A folder made or moved in below a root: watch it and
+                // what it holds.
+                let below_root = self.roots.iter().any(|r| path.starts_with(r) && path != r);
+                if folder
+                    && below_root
+                    && path.is_dir()
+                    && may_hold_sources(path, &self.outputs)
+                    && let Err(e) = watch_tree(&mut self.watcher, path, &self.outputs)
+                {
+                    eprintln!("berth: {e:#}");
+                }
                 if *path == self.manifest {
                     manifest = true;
                     seen = true;
