@@ -7,6 +7,7 @@ mod console;
 mod control;
 mod creds;
 mod develop;
+mod escape;
 mod events;
 mod examples;
 mod failures;
