@@ -121,3 +121,63 @@ async fn no_spelling_of_this_host_reaches_its_admin_api_and_redirects_are_not_fo
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "hello from berth: /hello/still-here\n");
 }
+
+#[tokio::test]
+async fn path_tricks_through_links_loops_and_odd_spellings_stay_inside_the_mount() {
+    // Beyond the plain tricks (capabilities.rs): chains of links, a link
+    // to a folder above, loops, `.` and `//`, names that only look like
+    // `..`, and a path longer than any the host takes.
+    let dir = manifest_dir(&format!(
+        "[service.site]\ncomponent = {:?}\nroute = \"/...\"\n\
+         files = [{{ host = \"./static\", guest = \"/static\" }}]\n",
+        programs::CAPS
+    ));
+    let root = dir.path().to_path_buf();
+    let link = |target: &str, name: &str| {
+        std::os::unix::fs::symlink(target, root.join("static").join(name)).unwrap()
+    };
+    std::fs::create_dir_all(root.join("static/sub")).unwrap();
+    std::fs::write(root.join("static/hello.txt"), "hello file").unwrap();
+    std::fs::write(root.join("outside.txt"), "outside the preopen").unwrap();
+    link("chain-2", "chain-1");
+    link("../outside.txt", "chain-2");
+    link("..", "up");
+    link("sub/../..", "up-through-sub");
+    link("loop-b", "loop-a");
+    link("loop-a", "loop-b");
+    link("/", "root");
+    let berth = Berth::up_with(dir, &["--cache-dir", shared_cache().to_str().unwrap()]);
+
+    // Longer than PATH_MAX, and it would end above the mount.
+    let long = format!("/static/{}../outside.txt", "sub/../".repeat(640));
+    let attacks = [
+        "/read?p=/static/chain-1".to_owned(),
+        "/read?p=/static/up/outside.txt".to_owned(),
+        "/read?p=/static/up-through-sub/outside.txt".to_owned(),
+        "/read?p=/static/root/etc/passwd".to_owned(),
+        "/list?p=/static/up".to_owned(),
+        "/list?p=/static/root".to_owned(),
+        "/read?p=/static/loop-a".to_owned(),
+        "/read?p=/static/sub/../../outside.txt".to_owned(),
+        "/read?p=/static/./../outside.txt".to_owned(),
+        "/read?p=/static//../outside.txt".to_owned(),
+        "/read?p=/static/hello.txt/../../outside.txt".to_owned(),
+        "/read?p=/static/%2e%2e/outside.txt".to_owned(),
+        "/read?p=/static/.../outside.txt".to_owned(),
+        "/read?p=//outside.txt".to_owned(),
+        format!("/read?p={long}"),
+    ];
+    for attack in &attacks {
+        let reply = get(&berth, attack).await;
+        let text = reply.text();
+        assert!(
+            !text.contains("outside the preopen") && !text.contains("root:"),
+            "{attack} escaped: {text}"
+        );
+        assert_eq!(reply.status, 422, "{attack}: {text}");
+        assert!(text.starts_with("error: "), "{attack}: {text}");
+    }
+    // What stays inside still works, and the host serves on.
+    let reply = get(&berth, "/read?p=/static/sub/../hello.txt").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "hello file"));
+}
