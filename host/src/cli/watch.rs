@@ -3,8 +3,9 @@
 //! the revision they started on).
 //!
 //! - A service with a build is watched below its workdir: the files its
-//!   `watch` patterns match, or without any, every file but hidden ones,
-//!   `target/`, `node_modules/`, `__pycache__/` and the component itself.
+//!   `watch` patterns match, or without any, every file. Never sources:
+//!   hidden files and folders, `target/`, `node_modules/`, `__pycache__/`,
+//!   `*.wasm`, every service's component and the state directory.
 //! - A service without a build (a component file) is watched for that file.
 //! - The manifest is watched too: when it changes it is read again (an
 //!   invalid one is reported and ignored), every service is built, and the
@@ -31,8 +32,8 @@ use tokio::sync::mpsc;
 /// How long the sources must be quiet before a build starts.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Folders whose contents are never sources when a build names no
-/// patterns: build outputs and installed packages.
+/// Folders whose contents are never sources: build outputs and installed
+/// packages.
 const NOT_SOURCES: &[&str] = &["target", "node_modules", "__pycache__"];
 
 /// The watch, for as long as it is held.
@@ -84,10 +85,7 @@ impl Sources {
             path.strip_prefix(root).ok().filter(|rel| {
                 !outputs.iter().any(|o| path.starts_with(o))
                     && !rel.to_string_lossy().contains(".wasm")
-                    && rel.components().all(|c| {
-                        let part = c.as_os_str().to_string_lossy();
-                        !part.starts_with('.') && !NOT_SOURCES.contains(&part.as_ref())
-                    })
+                    && rel.components().all(|c| may_be_source(c.as_os_str()))
             })
         };
         match self {
@@ -114,12 +112,17 @@ struct Watch {
     watcher: notify::RecommendedWatcher,
 }
 
-/// Whether a folder may hold sources: not hidden, not one of
-/// [`NOT_SOURCES`], not an output.
+/// Whether a file or folder of this name may be or hold sources: not
+/// hidden, not one of [`NOT_SOURCES`].
+fn may_be_source(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    !name.starts_with('.') && !NOT_SOURCES.contains(&name.as_ref())
+}
+
+/// Whether a folder may hold sources: its name may, and it is not an
+/// output.
 fn may_hold_sources(folder: &Path, outputs: &[PathBuf]) -> bool {
-    let name = folder.file_name().unwrap_or_default().to_string_lossy();
-    !name.starts_with('.')
-        && !NOT_SOURCES.contains(&name.as_ref())
+    may_be_source(folder.file_name().unwrap_or_default())
         && !outputs.iter().any(|o| folder.starts_with(o))
 }
 
@@ -168,8 +171,13 @@ impl Watch {
                 .or_else(|_| std::path::absolute(p))
                 .unwrap_or_else(|_| p.to_path_buf())
         };
+        let components: Vec<PathBuf> = manifest
+            .services
+            .iter()
+            .map(|e| absolute(&e.component))
+            .collect();
         let mut outputs: Vec<PathBuf> = outputs.iter().map(|p| absolute(p)).collect();
-        outputs.extend(manifest.services.iter().map(|e| absolute(&e.component)));
+        outputs.extend(components.iter().cloned());
         let (tx, events) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event| {
             let _ = tx.send(event);
@@ -178,8 +186,7 @@ impl Watch {
         let mut roots: Vec<PathBuf> = Vec::new();
         let mut folders: Vec<PathBuf> = Vec::new();
         let mut sources = Vec::new();
-        for entry in &manifest.services {
-            let component = absolute(&entry.component);
+        for (entry, component) in manifest.services.iter().zip(components) {
             let service = match &entry.build {
                 Some(build) => {
                     let root = absolute(&build.dir(&manifest.dir));

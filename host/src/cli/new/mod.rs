@@ -168,7 +168,19 @@ fn project(name: &ServiceName, template: Template, trigger: Trigger) -> anyhow::
     };
     let mut files: Files = Vec::new();
     let mut add = |path: &str, text: String| files.push((PathBuf::from(path), text));
-    let events = trigger == Trigger::Events;
+    let (source_path, source) = match (template, trigger) {
+        (Template::Rust, Trigger::Http) => ("src/lib.rs", include_str!("templates/rust/http.rs")),
+        (Template::Rust, Trigger::Events) => {
+            ("src/lib.rs", include_str!("templates/rust/events.rs"))
+        }
+        (Template::Js, Trigger::Http) => ("src/index.js", include_str!("templates/js/http.js")),
+        (Template::Js, Trigger::Events) => ("src/index.js", include_str!("templates/js/events.js")),
+        (Template::Python, Trigger::Http) => ("app.py", include_str!("templates/python/http.py")),
+        (Template::Python, Trigger::Events) => {
+            ("app.py", include_str!("templates/python/events.py"))
+        }
+    };
+    add(source_path, fill(source));
     match template {
         Template::Rust => {
             add(
@@ -179,12 +191,6 @@ fn project(name: &ServiceName, template: Template, trigger: Trigger) -> anyhow::
                 ".cargo/config.toml",
                 include_str!("templates/rust/config.toml").into(),
             );
-            let source = if events {
-                include_str!("templates/rust/events.rs")
-            } else {
-                include_str!("templates/rust/http.rs")
-            };
-            add("src/lib.rs", fill(source));
             add(
                 ".gitignore",
                 include_str!("templates/rust/gitignore").into(),
@@ -199,21 +205,9 @@ fn project(name: &ServiceName, template: Template, trigger: Trigger) -> anyhow::
                 "package.json",
                 fill(include_str!("templates/js/package.json")),
             );
-            let source = if events {
-                include_str!("templates/js/events.js")
-            } else {
-                include_str!("templates/js/http.js")
-            };
-            add("src/index.js", fill(source));
             add(".gitignore", include_str!("templates/js/gitignore").into());
         }
         Template::Python => {
-            let source = if events {
-                include_str!("templates/python/events.py")
-            } else {
-                include_str!("templates/python/http.py")
-            };
-            add("app.py", fill(source));
             add(
                 ".gitignore",
                 include_str!("templates/python/gitignore").into(),
