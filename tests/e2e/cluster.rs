@@ -4,7 +4,7 @@
 //! node does without NATS; bad credentials, tampered artifacts, missing
 //! secrets.
 
-use crate::host::{Host, TOKEN, cli_with_token};
+use crate::host::{Host, TOKEN, batch_request, cli_with_token};
 use crate::nats::Nats;
 use crate::support::*;
 use serde_json::Value;
@@ -785,15 +785,7 @@ async fn kill_9_of_a_node_while_10000_events_flow_loses_none() {
                     .iter()
                     .map(|id| crate::events::event(id, "load", "x"))
                     .collect();
-                let req = http::Request::post("/v1/events/load.test")
-                    .header("host", "berth-admin")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .header("content-type", "application/cloudevents-batch+json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(
-                        serde_json::to_vec(&events).unwrap(),
-                    )))
-                    .unwrap();
-                let reply = send(admin, req).await;
+                let reply = send(admin, batch_request("load.test", &events)).await;
                 assert_eq!(reply.status, 202, "{}", reply.text());
             }
         })

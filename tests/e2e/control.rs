@@ -459,40 +459,7 @@ fn an_exposed_admin_api_needs_a_token() {
     assert!(!stderr.contains("http://"), "it must not listen: {stderr}");
 }
 
-/// Every stored artifact hashes to its name, every indexed one is stored,
-/// and the database passes SQLite's own checks.
-fn assert_state_consistent(host: &Host) {
-    let dir = host.state.join("artifacts");
-    let mut on_disk = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if let Some(hex) = name.strip_suffix(".wasm") {
-            let bytes = std::fs::read(&path).unwrap();
-            assert_eq!(
-                berth::values::digest::Digest::of(&bytes).hex(),
-                hex,
-                "{name} is damaged"
-            );
-            on_disk += 1;
-        }
-    }
-    let state =
-        berth::control::state::State::open(&host.state.join(berth::control::state::DB_FILE))
-            .unwrap();
-    state.check().expect("the database is consistent");
-    let indexed = state.artifacts().unwrap();
-    for artifact in &indexed {
-        assert!(
-            dir.join(format!("{}.wasm", artifact.digest.hex()))
-                .is_file(),
-            "{} is indexed but not stored",
-            artifact.digest
-        );
-    }
-    assert!(indexed.len() <= on_disk);
-}
-
+/// The active revision and artifact of `svc`.
 fn active(host: &Host) -> (u64, String) {
     let services = host.services();
     let svc = services
@@ -530,14 +497,7 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_revision() {
             "sha256:{}",
             berth::values::digest::Digest::of(&std::fs::read(component).unwrap()).hex()
         );
-        let mut deploy = std::process::Command::new(berth_bin())
-            .args(["deploy", "svc", "--component", component])
-            .env("BERTH_HOST", host.admin_url())
-            .env("BERTH_TOKEN", TOKEN)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut deploy = host.spawn_cli(&["deploy", "svc", "--component", component]);
         tokio::time::sleep(delay).await;
         host.berth.kill9();
         let acknowledged = deploy.wait().unwrap().success();

@@ -181,3 +181,139 @@ async fn path_tricks_through_links_loops_and_odd_spellings_stay_inside_the_mount
     let reply = get(&berth, "/read?p=/static/sub/../hello.txt").await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "hello file"));
 }
+
+/// GETs `path` over a raw connection and returns whatever arrived before
+/// the connection ended, however it ended (a guest stopped mid-body
+/// aborts its response).
+fn raw_get(berth: &Berth, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(berth.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        berth.addr
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The last `made=N` a guest of `exhaust` wrote.
+fn made(raw: &str) -> usize {
+    raw.split("made=")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .last()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn what_a_guest_makes_the_host_hold_is_bounded_by_its_limits() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // An upstream that takes connections and never answers.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = sink.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let manifest = format!(
+        "[service.greedy]\ncomponent = {:?}\nroute = \"/x/...\"\n\
+         allowed_outbound = [\"http://127.0.0.1:{sink_port}\"]\n\
+         [service.greedy.limits]\nmemory = \"64MiB\"\ntimeout = \"20s\"\n\
+         [service.bystander]\ncomponent = {:?}\nroute = \"/hello/...\"\n",
+        programs::EXHAUST,
+        programs::HELLO,
+    );
+    let berth = Berth::up(&manifest);
+    assert_eq!(get(&berth, "/hello/warm").await.status, 200);
+    let pid = berth.pid();
+    let peak_before = proc_status_kib(pid, "VmHWM");
+    let fds_before = open_fds(pid);
+    // 64 MiB of memory cap: 1024 handles (the floor; one per 128 KiB of
+    // cap above 128 MiB).
+    let handles = 1024;
+
+    // Header maps of 60 KiB each, kept: the guest is stopped at its
+    // handle limit, having made the host hold at most 128 MiB (without
+    // the limit it went on to the deadline: 1.3 GB in 30 s).
+    let raw = raw_get(&berth, "/x/fields?kib=60");
+    let n = made(&raw);
+    assert!((512..handles).contains(&n), "made {n} header maps:\n{raw}");
+    assert!(!raw.contains("stopped"), "{raw}");
+    berth.wait_for_logs(&["store handle limit exceeded"]);
+
+    // One header map larger than wasi:http's limit: refused at once.
+    let raw = raw_get(&berth, "/x/fields?kib=130");
+    assert_eq!(made(&raw), 0, "{raw}");
+    berth.wait_for_logs(&["total size of fields exceeds limit"]);
+
+    // Handles that hold little: the same limit.
+    let n = made(&raw_get(&berth, "/x/pollables"));
+    assert!((512..handles).contains(&n), "made {n} pollables");
+
+    // 150 requests at once to an upstream that never answers: 100 are in
+    // flight, the guest is told no for the others, and nothing more
+    // reaches the upstream.
+    let reply = get(
+        &berth,
+        &format!("/x/requests?url=127.0.0.1:{sink_port}&n=150"),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (
+            200,
+            "in flight=100 refused=50: ErrorCode::ConnectionLimitReached"
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(accepted.load(Ordering::SeqCst) <= 100);
+
+    // A body written before anyone reads it: the host takes two writes
+    // of 32 KiB and then no more (wasi:http's default took 2 MiB).
+    let reply = get(&berth, "/x/body?mib=1024").await;
+    assert_eq!(reply.status, 200);
+    let sent = reply.body.as_ref().map(|b| b.len()).unwrap_or(0);
+    assert!(sent > 0 && sent <= 64 << 10, "the host took {sent} bytes");
+
+    // Responses never sent, each holding as much body as the host takes:
+    // the same handle limit (2 MiB each before, 2 GB in all).
+    let n = made(&raw_get(&berth, "/x/bodies"));
+    assert!((256..handles).contains(&n), "made {n} unsent responses");
+
+    // Headers past wasi:http's limit: refused.
+    let raw = raw_get(&berth, "/x/headers?n=100000&kib=1");
+    assert!(!raw.starts_with("HTTP/1.1 200"), "{raw}");
+
+    // The host is unharmed: every connection the guest opened is closed,
+    // its memory grew by far less than one guest could have made it hold
+    // (header maps and bodies as many as its handles), and the bystander
+    // serves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_fds(pid) > fds_before + 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        open_fds(pid) <= fds_before + 8,
+        "{} files open, {fds_before} before",
+        open_fds(pid)
+    );
+    let grown_mib = (proc_status_kib(pid, "VmHWM") - peak_before) / 1024;
+    assert!(
+        grown_mib < 512,
+        "the host's peak memory grew by {grown_mib} MiB"
+    );
+    let reply = get(&berth, "/hello/still-here").await;
+    assert_eq!(reply.status, 200);
+}

@@ -85,6 +85,19 @@ impl Host {
         format!("http://{}", self.berth.admin.unwrap())
     }
 
+    /// Starts the `berth` CLI against this host with the right token,
+    /// without waiting for it (its output is dropped).
+    pub fn spawn_cli(&self, args: &[&str]) -> std::process::Child {
+        Command::new(berth_bin())
+            .args(args)
+            .env("BERTH_HOST", self.admin_url())
+            .env("BERTH_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs the `berth` CLI against this host with the right token.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli_with_token(&self.admin_url(), Some(TOKEN), args)
@@ -153,13 +166,7 @@ impl Host {
 
     /// Publishes CloudEvents in structured batch mode.
     pub async fn publish_batch(&self, topic: &str, events: &[serde_json::Value]) -> Reply {
-        let req = http::Request::post(format!("/v1/events/{topic}"))
-            .header("host", "berth-admin")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(events).unwrap())))
-            .unwrap();
-        send(self.berth.admin.unwrap(), req).await
+        send(self.berth.admin.unwrap(), batch_request(topic, events)).await
     }
 
     /// `berth ls --json`, parsed.
@@ -217,4 +224,50 @@ pub fn cli_with_token(host: &str, token: Option<&str>, args: &[&str]) -> Output 
         cmd.env("BERTH_TOKEN", token);
     }
     cmd.output().expect("run the berth CLI")
+}
+
+/// `POST /v1/events/{topic}` of `events` in structured batch mode, with
+/// the admin token.
+pub fn batch_request(topic: &str, events: &[serde_json::Value]) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("/v1/events/{topic}"))
+        .header("host", "berth-admin")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(events).unwrap())))
+        .unwrap()
+}
+
+/// Every stored artifact hashes to its name, the state database passes
+/// its integrity and foreign-key checks, and every indexed artifact is
+/// stored.
+pub fn assert_state_consistent(host: &Host) {
+    let dir = host.state.join("artifacts");
+    let mut on_disk = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if let Some(hex) = name.strip_suffix(".wasm") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(
+                berth::values::digest::Digest::of(&bytes).hex(),
+                hex,
+                "{name} is damaged"
+            );
+            on_disk += 1;
+        }
+    }
+    let state =
+        berth::control::state::State::open(&host.state.join(berth::control::state::DB_FILE))
+            .unwrap();
+    state.check().expect("the database is consistent");
+    let indexed = state.artifacts().unwrap();
+    for artifact in &indexed {
+        assert!(
+            dir.join(format!("{}.wasm", artifact.digest.hex()))
+                .is_file(),
+            "{} is indexed but not stored",
+            artifact.digest
+        );
+    }
+    assert!(indexed.len() <= on_disk);
 }

@@ -34,13 +34,7 @@ async fn metric(berth: &Berth, sample: &str) -> f64 {
 
 /// The resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
+    proc_status_kib(pid, "VmRSS") * 1024
 }
 
 #[tokio::test]

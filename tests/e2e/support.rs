@@ -29,6 +29,8 @@ pub struct Berth {
     /// The admin listener (`berth serve` only).
     pub admin: Option<SocketAddr>,
     output: Arc<Mutex<String>>,
+    /// The thread that reads its stderr into `output`.
+    reader: Option<std::thread::JoinHandle<()>>,
     /// Holds the manifest, if it was written for the test; removed when
     /// the test ends.
     _dir: Option<tempfile::TempDir>,
@@ -150,7 +152,7 @@ impl Berth {
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
-        std::thread::spawn({
+        let reader = std::thread::spawn({
             let output = output.clone();
             move || {
                 for line in BufReader::new(stderr).lines() {
@@ -192,6 +194,7 @@ impl Berth {
             addr: public.unwrap(),
             admin: admin_addr,
             output,
+            reader: Some(reader),
             _dir: dir,
         }
     }
@@ -201,10 +204,19 @@ impl Berth {
         self.child.id()
     }
 
-    /// Kills the process with SIGKILL, as a crash would.
+    /// Kills the process with SIGKILL, as a crash would; then everything
+    /// it wrote is in [`Berth::logs`].
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The reader ends at the pipe's end (give up after 5 s, should
+        // anything the process started still hold the pipe).
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     /// Everything berth wrote to stderr so far.
@@ -355,17 +367,29 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    try_send(addr, req).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One request on a fresh connection; an error if there is no response
+/// (refused, reset, no answer within 60 s).
+pub async fn try_send<B>(addr: SocketAddr, req: http::Request<B>) -> Result<Reply, String>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .expect("handshake");
+            .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
         .await
-        .expect("no response within 60s")
-        .expect("response");
+        .map_err(|_| "no response within 60s".to_owned())?
+        .map_err(|e| format!("response: {e:?}"))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = tokio::time::timeout(Duration::from_secs(60), response.into_body().collect())
@@ -373,12 +397,12 @@ where
         .expect("no end of body within 60s")
         .map(|c| c.to_bytes())
         .map_err(|e| e.to_string());
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body,
         elapsed: started.elapsed(),
-    }
+    })
 }
 
 pub async fn get(berth: &Berth, path: &str) -> Reply {
@@ -471,4 +495,21 @@ pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// A `kB` figure of `/proc/PID/status` (`VmRSS`, `VmHWM`, …).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// How many files process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }

@@ -19,6 +19,12 @@ mod ls;
 mod new;
 mod nodes;
 mod oci;
+/// What the fuzz targets in `fuzz/` reach of the CLI (compiled only
+/// there, with `--cfg fuzzing`): `berth pull`.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    pub use super::oci::{Pulled, pull};
+}
 mod output;
 mod publish;
 mod revisions;

@@ -11,6 +11,10 @@ use crate::values::units::now_ms;
 use base64::Engine;
 use std::time::Duration;
 
+/// The longest a key may be made valid for: 100 years (a longer expiry
+/// is a mistake, or a key that should never expire).
+pub const MAX_VALIDITY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl ControlPlane {
     /// Loads every stored key into the gateway (at start).
     pub async fn load_keys(&self) -> Result<usize, ControlError> {
@@ -39,6 +43,12 @@ impl ControlPlane {
                 "a key opens at least one service: name it with --service".into(),
             ));
         }
+        if valid_for.is_some_and(|d| d > MAX_VALIDITY) {
+            return Err(ControlError::BadRequest(format!(
+                "a key is valid for at most {} days (leave out the expiry for a key that never expires)",
+                MAX_VALIDITY.as_secs() / 86_400
+            )));
+        }
         self.catalog().writable()?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes)
@@ -57,7 +67,8 @@ impl ControlPlane {
             services,
             hash: key::hash(&secret),
             created_ms,
-            expires_ms: valid_for.map(|d| created_ms.saturating_add(d.as_millis() as i64)),
+            // At most MAX_VALIDITY: the sum fits.
+            expires_ms: valid_for.map(|d| created_ms + d.as_millis() as i64),
             revoked_ms: None,
         };
         self.catalog().add_key(&record).await?;

@@ -99,17 +99,12 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str], what: &str) -> R
         let v: u32 = s
             .parse()
             .map_err(|_| format!("{what}: {s:?} is not a number"))?;
-        // Sunday may be written 7.
-        let v = if what == "day of week" && v == 7 {
-            0
-        } else {
-            v
-        };
         if v < min || v > max {
             return Err(format!("{what}: {v} is outside {min}-{max}"));
         }
         Ok(v)
     };
+    let weekdays = what == "day of week";
     let mut bits = 0u64;
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
@@ -127,7 +122,10 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str], what: &str) -> R
         let (lo, hi) = if range == "*" {
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
-            (value(a)?, value(b)?)
+            let (lo, hi) = (value(a)?, value(b)?);
+            // Sunday ends a weekday range as 7: `fri-sun` is 5-7.
+            let hi = if weekdays && hi == 0 && lo > 0 { 7 } else { hi };
+            (lo, hi)
         } else {
             let v = value(range)?;
             (v, if step > 1 { max } else { v })
@@ -138,8 +136,15 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str], what: &str) -> R
         let mut v = lo;
         while v <= hi {
             bits |= 1 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
+    }
+    // Sunday may be written 7.
+    if weekdays && bits & (1 << 7) != 0 {
+        bits = (bits & !(1 << 7)) | 1;
     }
     Ok(bits)
 }
@@ -308,6 +313,32 @@ mod tests {
             next("0 0 0 1 jan *", "2026-06-01T00:00:00"),
             "2027-01-01T00:00:00.000Z"
         );
+        // Sunday ends a weekday range as 7 (or `sun`): Saturday
+        // 2026-11-28, then Sunday 2026-11-29.
+        for expr in ["0 9 * * 6-7", "0 9 * * sat-sun", "0 9 * * fri-7"] {
+            assert_eq!(
+                next(expr, "2026-11-28T10:00:00"),
+                "2026-11-29T09:00:00.000Z",
+                "{expr}"
+            );
+        }
+        assert_eq!(
+            next("0 9 * * 6-7", "2026-11-23T10:00:00"),
+            "2026-11-28T09:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn a_step_past_the_end_of_its_range_fires_once() {
+        // A step near u32::MAX overflowed the walk (a panic in debug
+        // builds, a wrapped walk that also fired at 0 in release).
+        for (expr, minutes) in [
+            ("1/4294967295 * * * *", 1 << 1),
+            ("*/4294967295 * * * *", 1),
+        ] {
+            let cron: Cron = expr.parse().unwrap();
+            assert_eq!(cron.minutes, minutes, "{expr}");
+        }
     }
 
     #[test]

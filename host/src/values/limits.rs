@@ -10,6 +10,27 @@ use std::time::Duration;
 /// The largest linear memory a wasm32 instance can address.
 pub const MAX_MEMORY: ByteSize = ByteSize::gib(4);
 
+/// The most bytes one header map a guest makes may hold, as `wasi:http`
+/// counts them (names, values and about 72 bytes per field): its own
+/// default, so a guest can copy any request head the public listener
+/// takes (64 KiB on the wire, at most 100 fields).
+pub const MAX_FIELDS_SIZE: usize = 128 * 1024;
+
+/// The most bytes one `wasi:http` body write may carry; with the one
+/// write buffered besides, what an unsent body holds on the host is twice
+/// this.
+pub const BODY_CHUNK: usize = 32 * 1024;
+
+/// The fewest handles (resources, streams, futures) an instance may hold
+/// at once, whatever its memory cap.
+pub const MIN_HANDLES: usize = 1024;
+
+/// The most outbound HTTP requests and service calls one instance may
+/// have in flight at once (each until its connection closes, or the
+/// called service's response ends); the next fails inside the guest
+/// (`connection-limit-reached`) until one ends.
+pub const MAX_OUTBOUND_IN_FLIGHT: usize = 100;
+
 /// Limits applied to every invocation of a service.
 ///
 /// ```toml
@@ -57,6 +78,21 @@ pub struct Limits {
     /// start).
     #[serde(deserialize_with = "de_idle_timeout", serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The most handles (resources, streams, futures) one instance may
+    /// hold at once: one per [`MAX_FIELDS_SIZE`] of its memory cap, at
+    /// least [`MIN_HANDLES`]. What a guest can make the host hold outside
+    /// its linear memory (header maps above all, each at most
+    /// `MAX_FIELDS_SIZE`; unsent bodies, each at most twice
+    /// [`BODY_CHUNK`]) is bounded by its memory cap (for caps from
+    /// 128 MiB up; by 128 MiB below), not by the host's memory.
+    pub fn max_handles(&self) -> usize {
+        let per_memory =
+            usize::try_from(self.memory.bytes() / MAX_FIELDS_SIZE as u64).unwrap_or(usize::MAX);
+        per_memory.max(MIN_HANDLES)
+    }
 }
 
 impl Default for Limits {
@@ -210,6 +246,24 @@ fn de_queue<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_grow_with_the_memory_cap_from_a_floor() {
+        let with = |memory| Limits {
+            memory,
+            ..Limits::default()
+        };
+        assert_eq!(with(ByteSize::mib(1)).max_handles(), MIN_HANDLES);
+        assert_eq!(with(ByteSize::mib(64)).max_handles(), 1024);
+        assert_eq!(Limits::default().max_handles(), 1024);
+        assert_eq!(with(ByteSize::mib(512)).max_handles(), 4096);
+        assert_eq!(with(MAX_MEMORY).max_handles(), 32768);
+        const { assert!(2 * BODY_CHUNK <= MAX_FIELDS_SIZE) };
+        // Header maps at their largest, as many as there are handles, fit
+        // in the memory cap.
+        let l = with(ByteSize::mib(256));
+        assert!((l.max_handles() * MAX_FIELDS_SIZE) as u64 <= l.memory.bytes());
+    }
 
     #[test]
     fn defaults_are_finite() {

@@ -186,10 +186,14 @@ pub struct InvalidTime(pub String);
 /// duration ago (`"1h"`, `"7d"`). Returns ms since the epoch.
 pub fn parse_time(s: &str) -> Result<i64, InvalidTime> {
     let s = s.trim();
-    if let Ok(ago) = parse_duration(s) {
-        return Ok(now_ms() - ago.as_millis() as i64);
-    }
     let bad = || InvalidTime(s.to_owned());
+    if let Ok(ago) = parse_duration(s) {
+        // Longer ago than the epoch's range is no time.
+        return i64::try_from(ago.as_millis())
+            .ok()
+            .and_then(|ago| now_ms().checked_sub(ago))
+            .ok_or_else(bad);
+    }
     if let Ok(timestamp) = s.parse::<jiff::Timestamp>() {
         return Ok(timestamp.as_millisecond());
     }
@@ -263,6 +267,12 @@ mod tests {
             "2026-13-01",
             "2026-11-23T25:00:00Z",
             "2026-11-23T21:00:00",
+            // Further ago than an i64 of milliseconds reaches (it
+            // overflowed: a panic in debug builds, a time in the future in
+            // release).
+            "9223372036854775808ms",
+            "18446744073709551615ms",
+            "18446744073709551615d",
         ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }

@@ -319,7 +319,7 @@ fn encode(event: &Event) -> Result<HeaderMap, BusError> {
     Ok(headers)
 }
 
-fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Event, String> {
+pub(super) fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Event, String> {
     let headers = headers.ok_or("no headers")?;
     let attributes: Attributes = serde_json::from_str(
         headers

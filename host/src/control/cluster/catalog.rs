@@ -341,13 +341,26 @@ fn encode(doc: &ServiceDoc) -> Result<bytes::Bytes, ControlError> {
 fn parse(entry: &Entry) -> Result<Option<ServiceDoc>, ControlError> {
     match entry.operation {
         Operation::Delete | Operation::Purge => Ok(None),
-        Operation::Put => serde_json::from_slice(&entry.value).map(Some).map_err(|e| {
-            ControlError::Storage(format!(
-                "the cluster holds an unreadable record of service `{}`: {e}",
-                entry.key
-            ))
-        }),
+        Operation::Put => parse_value(&entry.key, &entry.value).map(Some),
     }
+}
+
+fn parse_value(key: &str, value: &[u8]) -> Result<ServiceDoc, ControlError> {
+    serde_json::from_slice(value).map_err(|e| {
+        ControlError::Storage(format!(
+            "the cluster holds an unreadable record of service `{key}`: {e}"
+        ))
+    })
+}
+
+/// What a follower makes of `value` put under `key` in the services
+/// bucket: the record it converges to (for the fuzz targets).
+#[cfg(fuzzing)]
+pub(super) fn record_of(key: &str, value: &[u8]) -> Option<(ServiceName, Option<ServiceRecord>)> {
+    let name = ServiceName::parse(key).ok()?;
+    let doc = parse_value(key, value).ok()?;
+    let record = doc.record(&name);
+    Some((name, record))
 }
 
 #[async_trait]

@@ -92,7 +92,7 @@ pub struct RemoteLine {
 
 impl RemoteLine {
     /// Reads one NDJSON line; `None` for anything else.
-    fn parse(json: &[u8]) -> Option<RemoteLine> {
+    pub(super) fn parse(json: &[u8]) -> Option<RemoteLine> {
         #[derive(Deserialize)]
         struct Fields {
             node: Arc<str>,

@@ -27,6 +27,8 @@
 pub mod bus;
 pub mod catalog;
 pub mod firings;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod keys;
 pub mod logs;
 pub mod nodes;

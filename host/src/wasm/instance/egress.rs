@@ -10,6 +10,7 @@
 use super::{CallChain, Tag};
 use crate::values::capabilities::{self, Destination, OutboundRule};
 use crate::values::id::InvocationId;
+use crate::values::limits::{BODY_CHUNK, MAX_OUTBOUND_IN_FLIGHT};
 use crate::values::trace::{Attr, SpanKind, SpanRecord, Spans, TRACEPARENT, TraceContext};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,6 +89,10 @@ pub(super) struct Outbound {
     pub(super) listeners: Listeners,
     pub(super) calls: Option<Arc<dyn ServiceCalls>>,
     pub(super) spans: Spans,
+    /// Permits for requests in flight
+    /// ([`MAX_OUTBOUND_IN_FLIGHT`]),
+    /// each held until its connection ends.
+    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// What `send_request` returns: the response and the future that drives
@@ -118,7 +123,39 @@ impl Hooks {
     }
 }
 
+/// A response body that holds an outbound permit until it is done.
+struct Held {
+    body: WasiBody,
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl WasiHttpHooks for Hooks {
+    /// A body write carries at most [`BODY_CHUNK`] (wasi-http's default is
+    /// 1 MiB): an unsent body holds at most two on the host.
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -132,6 +169,19 @@ impl WasiHttpHooks for Hooks {
             );
         };
         let destination = capabilities::destination(&out.rules, request.uri());
+        // Each request in flight holds a connection (a socket) or a
+        // callee's instance: a guest gets a bounded number at once.
+        let Ok(permit) = out.in_flight.clone().try_acquire_owned() else {
+            tracing::warn!(
+                service = %self.tag.service,
+                invocation = %self.tag.invocation,
+                uri = %request.uri(),
+                "outgoing HTTP request refused: {MAX_OUTBOUND_IN_FLIGHT} are in flight already"
+            );
+            return Box::new(std::future::ready(Err(
+                wasmtime_wasi_http::Error::ConnectionLimitReached,
+            )));
+        };
         // A traced invocation's request is a span of its own, under the
         // invocation's.
         let span = out
@@ -147,17 +197,36 @@ impl WasiHttpHooks for Hooks {
             request.headers_mut().insert(TRACEPARENT, value);
         }
         let sent = self.send(out, destination, request, options);
-        match span {
-            None => sent,
-            Some(span) => Box::new(async move {
-                let result = Box::into_pin(sent).await;
+        Box::new(async move {
+            let result = Box::into_pin(sent).await;
+            if let Some(span) = span {
                 span.end(match &result {
                     Ok((response, _)) => Ok(response.status().as_u16()),
                     Err(error) => Err(error.to_string()),
                 });
-                result
-            }),
-        }
+            }
+            // The permit goes with the connection's own future and with
+            // the response's body: it is released when both are done (a
+            // socket closed; a called service's response ended or
+            // dropped).
+            result.map(|(response, io)| {
+                use http_body_util::BodyExt;
+                let permit = Arc::new(permit);
+                let held = permit.clone();
+                let io = async move {
+                    let _permit = held;
+                    Box::into_pin(io).await
+                };
+                let response = response.map(|body| {
+                    Held {
+                        body,
+                        _permit: permit,
+                    }
+                    .boxed_unsync()
+                });
+                (response, Box::new(io) as Box<dyn Future<Output = _> + Send>)
+            })
+        })
     }
 }
 

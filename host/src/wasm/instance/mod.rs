@@ -28,7 +28,7 @@ pub mod turns;
 use crate::values::capabilities::{EnvValue, Mode, OutboundRule};
 use crate::values::capabilities::{FileMount, MountError};
 use crate::values::id::InvocationId;
-use crate::values::limits::Limits;
+use crate::values::limits::{Limits, MAX_FIELDS_SIZE, MAX_OUTBOUND_IN_FLIGHT};
 use crate::values::service::{ServiceName, ServiceSpec};
 use crate::values::topic::TopicPattern;
 use crate::values::trace::{Spans, TraceContext};
@@ -58,6 +58,10 @@ pub struct InstanceState {
     /// The component instance, once made: kept with the store so that a
     /// reused store serves its next invocation without instantiating.
     instance: Option<wasmtime::component::Instance>,
+    /// Permits for the instance's outbound requests in flight
+    /// ([`MAX_OUTBOUND_IN_FLIGHT`]): the instance's, whichever invocation
+    /// it serves, as what a guest keeps outlives the invocation.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl WasiView for InstanceState {
@@ -106,7 +110,10 @@ impl InstanceState {
     /// Its output gets a new allowance (see [`output`]): in a shared
     /// instance, the allowance is the instance's, renewed as each
     /// invocation joins it.
-    pub fn join(&mut self, joining: Joining) {
+    pub fn join(&mut self, mut joining: Joining) {
+        if let Some(out) = &mut joining.hooks.outbound {
+            out.in_flight = self.in_flight.clone();
+        }
         self.hooks = joining.hooks;
         self.publisher = joining.publisher;
         for output in &self.output {
@@ -130,7 +137,8 @@ pub fn joining(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Joi
                 service: sandbox.spec.name.clone(),
                 invocation: invocation.id,
             },
-            outbound: outbound(sandbox, ports, invocation),
+            // The instance's own permits replace these in `join`.
+            outbound: outbound(sandbox, ports, invocation, in_flight()),
         },
         publisher: publisher(sandbox, ports, invocation),
     }
@@ -299,6 +307,14 @@ pub struct Invocation {
     pub chain: CallChain,
 }
 
+/// The instance's `wasi:http` context: header maps the guest makes hold
+/// at most [`MAX_FIELDS_SIZE`] bytes each.
+fn http_context() -> WasiHttpCtx {
+    let mut http = WasiHttpCtx::new();
+    http.set_field_size_limit(MAX_FIELDS_SIZE);
+    http
+}
+
 /// Makes the `Store` for one invocation of the service of `sandbox`.
 ///
 /// The WASI context is deny-by-default, and grants only what the
@@ -317,8 +333,12 @@ pub struct Invocation {
 ///   `publish` list allows, and the events carry the invocation's
 ///   `traceparent` (see [`crate::values::trace`]).
 ///
-/// Limits: linear memory is capped by a [`MemoryLimiter`], the fuel budget
-/// is set, and the epoch deadline yields to the async runtime on every
+/// Limits: linear memory is capped by a [`MemoryLimiter`]; what the guest
+/// makes the host hold by the number of handles it may have
+/// ([`Limits::max_handles`]) and the size of each header map
+/// ([`MAX_FIELDS_SIZE`]) and body write ([`BODY_CHUNK`](crate::values::limits::BODY_CHUNK)),
+/// and outbound requests in flight by [`MAX_OUTBOUND_IN_FLIGHT`];
+/// the fuel budget is set, and the epoch deadline yields to the async runtime on every
 /// engine tick so a guest that never calls the host never holds a runtime
 /// thread. (The wall-clock deadline itself is enforced by the caller, which
 /// drops the invocation's future when it passes.) A guest still running
@@ -336,21 +356,28 @@ pub fn new_store(
     let limits = sandbox.limits();
     let output = ports.output.instance(&tag);
     let wasi = wasi_context(sandbox, &ports.secrets, &output)?;
-    let outbound = outbound(sandbox, ports, &invocation);
+    let in_flight = in_flight();
+    let outbound = outbound(sandbox, ports, &invocation, in_flight.clone());
     let publisher = publisher(sandbox, ports, &invocation);
     let state = InstanceState {
         table: ResourceTable::new(),
         wasi,
-        http: WasiHttpCtx::new(),
+        http: http_context(),
         hooks: Hooks { tag, outbound },
         limiter: MemoryLimiter::new(limits.memory.bytes()),
         turn: CpuTurn::new(sandbox.cpu_turns.clone()),
         publisher,
         output,
         instance: None,
+        in_flight,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
+    // What the guest can make the host hold outside its linear memory:
+    // handles (each header map at most MAX_FIELDS_SIZE) bounded by its cap,
+    // for each invocation a shared instance serves at once.
+    let shared = sandbox.spec.config.reuse.map_or(1, |r| r.max_concurrent);
+    store.set_max_component_handles(limits.max_handles().saturating_mul(shared as usize));
     budget(&mut store, limits)?;
     store.epoch_deadline_callback(|store| {
         let turn = store.data().turn.clone();
@@ -400,7 +427,12 @@ fn budget(store: &mut Store<InstanceState>, limits: &Limits) -> Result<(), Start
 }
 
 /// What an invocation may send out, if the service may send anything.
-fn outbound(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Option<Outbound> {
+fn outbound(
+    sandbox: &Sandbox,
+    ports: &Ports,
+    invocation: &Invocation,
+    in_flight: Arc<tokio::sync::Semaphore>,
+) -> Option<Outbound> {
     (!sandbox.outbound.is_empty()).then(|| Outbound {
         rules: sandbox.outbound.clone(),
         trace: invocation.trace,
@@ -409,7 +441,13 @@ fn outbound(sandbox: &Sandbox, ports: &Ports, invocation: &Invocation) -> Option
         listeners: ports.listeners.clone(),
         calls: ports.calls.clone(),
         spans: ports.spans.clone(),
+        in_flight,
     })
+}
+
+/// Permits for [`MAX_OUTBOUND_IN_FLIGHT`] requests.
+fn in_flight() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_IN_FLIGHT))
 }
 
 /// What an invocation may publish, if the host has an event bus.
