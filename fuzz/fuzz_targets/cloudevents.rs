@@ -65,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
             // (CloudEvents' JSON format): read back, it says so.
             let mut expected = event.attributes.clone();
             if expected.datacontenttype.is_none()
-                && json.get("data").is_some_and(|d| !d.is_string())
+                && json
+                    .get("data")
+                    .is_some_and(|d| !d.is_string() && !d.is_null())
             {
                 expected.datacontenttype = Some("application/json".into());
             }

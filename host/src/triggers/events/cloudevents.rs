@@ -108,6 +108,10 @@ fn binary(topic: &Topic, headers: &HeaderMap, body: Bytes) -> Result<Event, Pars
 }
 
 fn structured(topic: &Topic, mut map: Map<String, Value>) -> Result<Event, ParseError> {
+    // Only `data` that is JSON other than a string is kept as JSON text;
+    // without a `datacontenttype`, that is what it is (CloudEvents' JSON
+    // format). A string is kept as its text, `data_base64` as its bytes.
+    let is_json = matches!(map.get("data"), Some(v) if !v.is_string() && !v.is_null());
     let data = match (map.remove("data"), map.remove("data_base64")) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -141,7 +145,7 @@ fn structured(topic: &Topic, mut map: Map<String, Value>) -> Result<Event, Parse
         attrs.insert(name, text);
     }
     let content_type = attrs.remove("datacontenttype");
-    let json_data = data.is_some() && content_type.is_none();
+    let json_data = is_json && content_type.is_none();
     let mut event = build(topic, attrs, content_type, data)?;
     if json_data {
         event.attributes.datacontenttype = Some("application/json".into());
@@ -279,9 +283,11 @@ pub fn to_json(event: &Event) -> Value {
     }
     if let Some(data) = &event.data {
         let media = a.datacontenttype.as_deref().unwrap_or("");
+        // JSON `null` would read back as no data at all: kept as text.
         let json = (media.is_empty() || media.contains("json"))
             .then(|| serde_json::from_slice::<Value>(data).ok())
-            .flatten();
+            .flatten()
+            .filter(|v| !v.is_null());
         let textual = media.is_empty()
             || media.starts_with("text/")
             || media.contains("json")
@@ -361,6 +367,17 @@ mod tests {
         );
     }
 
+    /// A binary-mode event of `data`, with no content type.
+    fn binary_event(data: Bytes) -> Event {
+        let h = headers(&[
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+            ("ce-specversion", "1.0"),
+        ]);
+        from_request(&topic(), &h, data).unwrap().remove(0)
+    }
+
     #[test]
     fn structured_and_batch_modes() {
         let h = headers(&[(
@@ -377,6 +394,24 @@ mod tests {
         assert_eq!(e.attributes.extensions["region"], "eu");
         let round = to_json(e);
         assert_eq!(round["data"]["name"], "ada");
+
+        // Found by the fuzzer: data that is no JSON text (a string, bytes)
+        // was labelled application/json when no type was given.
+        for (data, ty) in [
+            (r#""data":"hi""#, None),
+            (r#""data_base64":"AAEC""#, None),
+            (r#""data":[1]"#, Some("application/json")),
+        ] {
+            let body =
+                format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t",{data}}}"#);
+            let e = &from_request(&topic(), &h, Bytes::from(body)).unwrap()[0];
+            assert_eq!(e.attributes.datacontenttype.as_deref(), ty, "{data}");
+        }
+
+        // Data that is the JSON text `null` is handed on as that text,
+        // not as no data.
+        let null = binary_event(Bytes::from_static(b"null"));
+        assert_eq!(to_json(&null)["data"], "null");
 
         let b64 = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/octet-stream","data_base64":"AAEC"}"#;
         let e = &from_request(&topic(), &h, Bytes::from(b64)).unwrap()[0];
