@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (or those named) for SECONDS each, after replaying
-# its corpus and every saved regression once:
+# every saved regression once and running its corpus:
 #
 #   bash fuzz/run.sh [SECONDS] [TARGET...]      # default: 10 s, every target
 #
@@ -25,7 +25,8 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 build=(cargo fuzz build --sanitizer none --fuzz-dir fuzz)
 bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release"
 # BERTH_FUZZ_PROFILE=dev: unoptimised, quicker to build, slower to run.
-if [ "${BERTH_FUZZ_PROFILE:-release}" = dev ]; then
+profile="${BERTH_FUZZ_PROFILE:-release}"
+if [ "$profile" = dev ]; then
     build+=(--dev)
     bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug"
 fi
@@ -53,10 +54,16 @@ seed() {
             done ;;
         component)
             # The fixtures of the tests, built to wasm32-wasip2 by their
-            # build script (the big Python ones left out).
+            # build script (the big Python ones left out); an unoptimised
+            # build compiles one in about 30 s, so it takes the smallest.
             cargo build --quiet -p berth-test-programs
-            find "$CARGO_TARGET_DIR"/debug/build/berth-test-programs-*/out/target/wasm32-wasip2/release \
-                -maxdepth 1 -name '*.wasm' -size -4M -exec cp -n {} "$corpus"/ \; ;;
+            local fixtures=("$CARGO_TARGET_DIR"/debug/build/berth-test-programs-*/out/target/wasm32-wasip2/release)
+            if [ "$profile" = dev ]; then
+                find "${fixtures[@]}" -maxdepth 1 -name '*.wasm' -printf '%s %p\n' | sort -n | head -1 |
+                    cut -d' ' -f2- | xargs -I{} cp -n {} "$corpus"/
+            else
+                find "${fixtures[@]}" -maxdepth 1 -name '*.wasm' -size -4M -exec cp -n {} "$corpus"/ \;
+            fi ;;
     esac
 }
 
@@ -69,12 +76,13 @@ for target in "${targets[@]}"; do
     mkdir -p "$artifacts"
     log="$work/$target.log"
     args=(-rss_limit_mb=4096 -timeout=60 -print_final_stats=1 -artifact_prefix="$artifacts/")
-    # Every saved regression and the whole corpus, once; then new inputs.
-    replay=("$corpus")
-    [ -d "fuzz/regressions/$target" ] && replay+=("fuzz/regressions/$target")
+    # Every saved regression, once; then the corpus (libFuzzer runs all
+    # of it first) and new inputs.
     status=ok
-    if ! "$bin/$target" "${args[@]}" -runs=0 "${replay[@]}" >"$log" 2>&1; then
-        status="CRASH (replay)"
+    : >"$log"
+    if [ -d "fuzz/regressions/$target" ] &&
+        ! "$bin/$target" "${args[@]}" -runs=0 "fuzz/regressions/$target" >>"$log" 2>&1; then
+        status="CRASH (regression)"
     elif ! "$bin/$target" "${args[@]}" -max_total_time="$seconds" "$corpus" >>"$log" 2>&1; then
         status="CRASH"
     fi
