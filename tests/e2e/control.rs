@@ -529,28 +529,6 @@ async fn kill_9_during_deploys_leaves_the_old_or_the_new_revision() {
     );
 }
 
-/// Runs `berth serve` on a small tmpfs of its own (a private mount
-/// namespace), so the test can fill it or make it read-only.
-fn host_on_tmpfs(size: &str) -> (Berth, std::path::PathBuf, tempfile::TempDir) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o size={size} berth-test \"$1\" || exit 99; exec \"$2\" serve --state \"$1\" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"
-        ))
-        .arg("sh")
-        .arg(&state)
-        .arg(berth_bin())
-        .env("BERTH_TOKEN", TOKEN);
-    (
-        Berth::start(cmd, Duration::from_secs(60), None, true),
-        state,
-        dir,
-    )
-}
-
 #[tokio::test]
 async fn a_full_or_unwritable_state_dir_fails_changes_clearly_and_keeps_serving() {
     let (berth, state, _dir) = host_on_tmpfs("16m");
@@ -572,14 +550,8 @@ async fn a_full_or_unwritable_state_dir_fails_changes_clearly_and_keeps_serving(
     assert_eq!(get(&berth, "/svc/x").await.text(), V1);
 
     // The state directory as berth sees it, inside its mount namespace.
-    let pid = berth.pid();
-    let inside = std::path::PathBuf::from(format!("/proc/{pid}/root"))
-        .join(state.strip_prefix("/").unwrap());
-    let filler = inside.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
-    drop(f);
+    let inside = inside(&berth, &state);
+    let filler = fill(&inside);
 
     let full = cli(&["deploy", "svc", "--component", programs::HELLO_WSTD]);
     assert!(!full.status.success());

@@ -26,23 +26,7 @@ impl Rng {
 /// The usage records of `service` in the ledger of `host`, after checking
 /// the ledger's integrity.
 fn ledger_records(host: &Host, service: &str) -> u64 {
-    let db = rusqlite::Connection::open_with_flags(
-        host.state.join(berth::control::ledger::USAGE_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let integrity: String = db
-        .pragma_query_value(None, "integrity_check", |r| r.get(0))
-        .unwrap();
-    assert_eq!(integrity, "ok", "the ledger is damaged");
-    let n: i64 = db
-        .query_row(
-            "SELECT count(*) FROM usage WHERE service = ?1",
-            [service],
-            |r| r.get(0),
-        )
-        .unwrap();
-    n as u64
+    ledger_count(&host.state, service)
 }
 
 #[tokio::test]

@@ -213,20 +213,8 @@ fn made(raw: &str) -> usize {
 
 #[tokio::test]
 async fn what_a_guest_makes_the_host_hold_is_bounded_by_its_limits() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    // An upstream that takes connections and never answers.
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_port = sink.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = sink.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
+    use std::sync::atomic::Ordering;
+    let (sink_port, accepted) = silent_upstream().await;
     let manifest = format!(
         "[service.greedy]\ncomponent = {:?}\nroute = \"/x/...\"\n\
          allowed_outbound = [\"http://127.0.0.1:{sink_port}\"]\n\

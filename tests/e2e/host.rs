@@ -271,3 +271,65 @@ pub fn assert_state_consistent(host: &Host) {
     }
     assert!(indexed.len() <= on_disk);
 }
+
+/// Runs `berth serve` on a small tmpfs of its own (a private mount
+/// namespace), so the test can fill it or make it read-only.
+pub fn host_on_tmpfs(size: &str) -> (Berth, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size={size} berth-test \"$1\" || exit 99; exec \"$2\" serve --state \"$1\" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"
+        ))
+        .arg("sh")
+        .arg(&state)
+        .arg(berth_bin())
+        .env("BERTH_TOKEN", TOKEN);
+    (
+        Berth::start(cmd, Duration::from_secs(60), None, true),
+        state,
+        dir,
+    )
+}
+
+/// A path in the state directory `state` of the host `berth`, as the host
+/// sees it (inside its mount namespace, when it has one).
+pub fn inside(berth: &Berth, state: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root", berth.pid())).join(state.strip_prefix("/").unwrap())
+}
+
+/// Fills the file system holding `dir` with a file in it, until it is
+/// full; returns the file.
+pub fn fill(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    // The last blocks, smaller than a chunk.
+    while std::io::Write::write_all(&mut f, &[0u8; 4096]).is_ok() {}
+    filler
+}
+
+/// The usage records of `service` in the ledger of the state directory
+/// `state`, after checking the ledger's integrity.
+pub fn ledger_count(state: &Path, service: &str) -> u64 {
+    let db = rusqlite::Connection::open_with_flags(
+        state.join(berth::control::ledger::USAGE_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let integrity: String = db
+        .pragma_query_value(None, "integrity_check", |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok", "the ledger is damaged");
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM usage WHERE service = ?1",
+            [service],
+            |r| r.get(0),
+        )
+        .unwrap();
+    n as u64
+}

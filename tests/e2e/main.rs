@@ -2,6 +2,7 @@
 //! against guest components built from source (`tests/programs`).
 
 mod capabilities;
+mod chaos;
 mod cluster;
 mod console;
 mod control;

@@ -513,3 +513,20 @@ pub fn open_fds(pid: u32) -> usize {
         .unwrap()
         .count()
 }
+
+/// An upstream on loopback that takes connections and never answers; its
+/// port, and how many connections it took.
+pub async fn silent_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = sink.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, accepted)
+}

@@ -47,6 +47,17 @@ pub const SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// Most records in one commit.
 const MAX_BATCH: usize = 8192;
 
+/// Most records held in memory while the ledger cannot be written (a full
+/// or read-only disk), about 30 MiB; past it the oldest are dropped, and
+/// logged as lost.
+const MAX_HELD: usize = 100_000;
+
+/// How often records held back are tried again.
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often a ledger that still cannot be written says so again.
+const REPEAT_ERROR: Duration = Duration::from_secs(60);
+
 /// How often records past their retention are deleted.
 const EXPIRY_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -110,7 +121,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if version >= SCHEMA_VERSION {
         return Ok(());
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if version == 2 {
         tx.execute_batch("ALTER TABLE usage ADD COLUMN instance TEXT;")?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -199,6 +210,8 @@ impl Ledger {
             retention,
             next_expiry: Instant::now(),
             unsynced_since: None,
+            held: Vec::new(),
+            failing: None,
         };
         let handle = std::thread::Builder::new()
             .name("berth-usage".into())
@@ -419,6 +432,11 @@ struct Writer {
     next_expiry: Instant,
     /// When the oldest commit not yet checkpointed was made.
     unsynced_since: Option<Instant>,
+    /// Records whose commit failed, oldest first, tried again with the
+    /// next ones and every [`RETRY_PERIOD`].
+    held: Vec<Record>,
+    /// Since when commits fail, and when that was last logged.
+    failing: Option<(Instant, Instant)>,
 }
 
 impl Writer {
@@ -430,6 +448,7 @@ impl Writer {
             let first = match rx.recv_timeout(self.next_wake()) {
                 Ok(message) => message,
                 Err(RecvTimeoutError::Timeout) => {
+                    self.commit(Vec::new());
                     self.sync_if_due();
                     continue;
                 }
@@ -446,7 +465,7 @@ impl Writer {
                 std::thread::sleep(BATCH_WINDOW);
             }
             let (records, flushes) = gather(first, &rx);
-            self.commit(&records);
+            self.commit(records);
             self.sync_if_due();
             if !flushes.is_empty() {
                 // A flush also applies the retention to what it flushed.
@@ -466,23 +485,65 @@ impl Writer {
         if let Some(since) = self.unsynced_since {
             wake = wake.min((since + SYNC_PERIOD).saturating_duration_since(now));
         }
+        if !self.held.is_empty() {
+            wake = wake.min(RETRY_PERIOD);
+        }
         wake.max(Duration::from_millis(1))
     }
 
-    fn commit(&mut self, records: &[Record]) {
-        if records.is_empty() {
+    /// Commits `records` after any held back. When the commit fails (the
+    /// disk is full or read-only), they are all held, bounded by
+    /// [`MAX_HELD`], and tried again: nothing is lost to an outage that
+    /// passes, and [`Ledger::pending`] shows the backlog meanwhile.
+    fn commit(&mut self, records: Vec<Record>) {
+        if records.is_empty() && self.held.is_empty() {
             return;
         }
-        match insert(&mut self.conn, records) {
+        self.held.extend(records);
+        match insert(&mut self.conn, &self.held) {
             Ok(()) => {
                 self.unsynced_since.get_or_insert_with(Instant::now);
+                if let Some((since, _)) = self.failing.take() {
+                    tracing::info!(
+                        stored = self.held.len(),
+                        after_secs = since.elapsed().as_secs(),
+                        "usage records held back are stored"
+                    );
+                }
+                self.pending
+                    .fetch_sub(self.held.len() as u64, Ordering::Relaxed);
+                self.held.clear();
+            }
+            Err(e) if !unwritable(&e) => {
+                // Not the disk: no use trying again.
+                tracing::error!(error = %e, lost = self.held.len(), "usage records could not be stored");
+                self.pending
+                    .fetch_sub(self.held.len() as u64, Ordering::Relaxed);
+                self.held.clear();
             }
             Err(e) => {
-                tracing::error!(error = %e, lost = records.len(), "usage records could not be stored")
+                let now = Instant::now();
+                let (since, logged) = self.failing.get_or_insert((now, now));
+                if *since == now || now.duration_since(*logged) >= REPEAT_ERROR {
+                    *logged = now;
+                    tracing::error!(
+                        error = %e,
+                        held = self.held.len(),
+                        "usage records could not be stored; holding them in memory and trying again every second"
+                    );
+                }
+                if self.held.len() > MAX_HELD {
+                    let lost = self.held.len() - MAX_HELD;
+                    self.held.drain(..lost);
+                    self.pending.fetch_sub(lost as u64, Ordering::Relaxed);
+                    tracing::error!(
+                        lost,
+                        held = MAX_HELD,
+                        "usage records lost: the ledger could not be written for too long"
+                    );
+                }
             }
         }
-        self.pending
-            .fetch_sub(records.len() as u64, Ordering::Relaxed);
     }
 
     /// Checkpoints if a commit has waited for [`SYNC_PERIOD`].
@@ -517,6 +578,13 @@ impl Writer {
 
     /// The last commit and checkpoint, when the ledger closes.
     fn close(&mut self) {
+        self.commit(Vec::new());
+        if !self.held.is_empty() {
+            tracing::error!(
+                lost = self.held.len(),
+                "usage records lost: the ledger could not be written before it closed"
+            );
+        }
         if self.unsynced_since.is_some() {
             self.checkpoint("TRUNCATE");
         }
@@ -563,8 +631,28 @@ fn gather(first: Message, rx: &Receiver<Message>) -> (Vec<Record>, Vec<Sender<()
     (records, flushes)
 }
 
+/// Whether a commit failed because the ledger's file cannot be written
+/// now (a full or read-only disk, an I/O error, a lock held too long):
+/// worth trying again later.
+fn unwritable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    e.sqlite_error_code().is_some_and(|code| {
+        matches!(
+            code,
+            DiskFull
+                | SystemIoFailure
+                | ReadOnly
+                | DatabaseBusy
+                | DatabaseLocked
+                | CannotOpen
+                | PermissionDenied
+                | OutOfMemory
+        )
+    })
+}
+
 fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO usage (invocation, service, revision, trigger, started_ms, wall_us,
@@ -621,6 +709,81 @@ mod tests {
             cold: false,
             instance: None,
         }
+    }
+
+    /// A ledger that cannot be written (here: a read-only connection, as
+    /// a read-only or full disk would) holds its records and stores them
+    /// once it can; the backlog shows in `pending` meanwhile.
+    #[test]
+    fn records_are_held_while_the_ledger_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let mut conn = open_db(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        drop(conn);
+        let read_only =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let pending = Arc::new(AtomicU64::new(3));
+        let mut writer = Writer {
+            conn: read_only,
+            pending: pending.clone(),
+            retention: Duration::from_secs(86_400 * 365 * 100),
+            next_expiry: Instant::now(),
+            unsynced_since: None,
+            held: Vec::new(),
+            failing: None,
+        };
+        writer.commit(vec![
+            record("a", "svc", 1, "ok"),
+            record("b", "svc", 2, "ok"),
+        ]);
+        writer.commit(vec![record("c", "svc", 3, "trap")]);
+        assert_eq!(writer.held.len(), 3);
+        assert!(writer.failing.is_some());
+        assert!(writer.next_wake() <= RETRY_PERIOD);
+        assert_eq!(pending.load(Ordering::Relaxed), 3);
+
+        // Writable again: the next try stores them all, in order.
+        writer.conn = open_db(&path).unwrap();
+        writer.commit(Vec::new());
+        assert!(writer.held.is_empty() && writer.failing.is_none());
+        assert_eq!(pending.load(Ordering::Relaxed), 0);
+        let stored: Vec<String> = writer
+            .conn
+            .prepare("SELECT invocation FROM usage ORDER BY started_ms")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn at_most_max_held_records_are_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(USAGE_FILE);
+        let mut conn = open_db(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        drop(conn);
+        let pending = Arc::new(AtomicU64::new((MAX_HELD + 10) as u64));
+        let mut writer = Writer {
+            conn: Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap(),
+            pending: pending.clone(),
+            retention: Duration::from_secs(3600),
+            next_expiry: Instant::now(),
+            unsynced_since: None,
+            held: Vec::new(),
+            failing: None,
+        };
+        let records = (0..MAX_HELD + 10)
+            .map(|i| record(&format!("r{i}"), "svc", i as i64, "ok"))
+            .collect();
+        writer.commit(records);
+        assert_eq!(writer.held.len(), MAX_HELD);
+        assert_eq!(writer.held[0].invocation, "r10", "the oldest are dropped");
+        assert_eq!(pending.load(Ordering::Relaxed), MAX_HELD as u64);
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! A schedule that should have fired while the host was down fires once
 //! when it comes back, not once per missed time.
 //!
+//! Firing times are on the wall clock (UTC), which can step: when it steps
+//! forward past firing times, a schedule fires once, as after downtime;
+//! when it steps back, a cron schedule waits until the clock reaches its
+//! next time again (a time never fires twice), and an `every` schedule
+//! keeps its interval. The scheduler looks at the clock at least every
+//! second, so a step is seen within one.
+//!
 //! When each schedule last fired is kept by [`Firings`]: the state
 //! database of a standalone host ([`LocalFirings`]), or a cluster's KV
 //! bucket, where the node that wins a compare-and-swap on the schedule's
@@ -22,8 +29,15 @@ use crate::values::service::ServiceName;
 use crate::values::units::{now_ms, rfc3339};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// The longest the scheduler sleeps without looking at the wall clock.
+const CLOCK_CHECK: Duration = Duration::from_secs(1);
+
+/// A wall clock that moved this much less than the monotonic one stepped
+/// back.
+const STEP_BACK: i64 = 1000;
 
 /// Where the last firing of each schedule is kept.
 #[async_trait::async_trait]
@@ -140,7 +154,12 @@ impl Scheduler {
             let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
             let fired = self.firings.last_fired(service.name(), &names, now).await;
             for schedule in schedules {
-                let last = fired.get(&schedule.name).copied().unwrap_or(now);
+                let mut last = fired.get(&schedule.name).copied().unwrap_or(now);
+                // Fired "in the future": the clock stepped back since. An
+                // interval counts from now.
+                if schedule.every.is_some() {
+                    last = last.min(now);
+                }
                 let Some(next) = schedule.next_after(last) else {
                     continue;
                 };
@@ -158,6 +177,7 @@ impl Scheduler {
     }
 
     async fn run(self: Arc<Self>) {
+        let mut clock = (now_ms(), Instant::now());
         loop {
             let next = self
                 .entries
@@ -172,9 +192,23 @@ impl Scheduler {
             };
             tokio::select! {
                 () = self.changed.notified() => continue,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait.min(CLOCK_CHECK)) => {}
             }
             let now = now_ms();
+            // How far the wall clock stepped back since the last look:
+            // interval schedules move back with it.
+            let step = clock.1.elapsed().as_millis() as i64 - (now - clock.0);
+            clock = (now, Instant::now());
+            if step > STEP_BACK {
+                tracing::warn!(
+                    back_ms = step,
+                    "the wall clock stepped back; interval schedules keep their interval, cron schedules wait for their next time"
+                );
+                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                for entry in entries.iter_mut().filter(|e| e.schedule.every.is_some()) {
+                    entry.next_ms = entry.next_ms.saturating_sub(step);
+                }
+            }
             let due: Vec<Entry> = {
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 let due = entries

@@ -185,6 +185,7 @@ impl SqliteBus {
         };
         let path = path.to_path_buf();
         let writer_conn = open(&path)?;
+        let writers = crate::control::state::writers(&path);
         let reader = open(&path)?;
 
         let mut queues = Queues::default();
@@ -231,6 +232,7 @@ impl SqliteBus {
                 Writer {
                     conn: writer_conn,
                     queues: writer_queues,
+                    writers,
                 }
                 .run(rx)
             })
@@ -600,6 +602,9 @@ fn event_from_row(topic: String, attrs: String, data: Option<Vec<u8>>) -> rusqli
 struct Writer {
     conn: Connection,
     queues: Arc<Mutex<Queues>>,
+    /// The lock of the file's writers in this process, taken around each
+    /// commit (see [`crate::control::state::writers`]).
+    writers: Arc<Mutex<()>>,
 }
 
 /// What a committed change does to memory, applied after the commit.
@@ -662,7 +667,15 @@ impl Writer {
         reason = "the batch goes back to be retried op by op"
     )]
     fn commit(&mut self, batch: Vec<Op>) -> Result<Vec<Effect>, (Vec<Op>, rusqlite::Error)> {
-        let tx = match self.conn.transaction() {
+        // Immediate (the write lock at once): staging reads before it
+        // writes, and a deferred transaction whose snapshot another
+        // connection to the file (the state's) wrote past fails at once
+        // instead of waiting its turn.
+        let _write = crate::control::state::lock(&self.writers);
+        let tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => return Err((batch, e)),
         };

@@ -22,8 +22,9 @@ use crate::values::digest::Digest;
 use crate::values::key::ApiKey;
 use crate::values::service::{ServiceConfig, ServiceName};
 use crate::values::units::now_ms;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// The database file's name in the state directory.
 pub const DB_FILE: &str = "berth.db";
@@ -165,12 +166,50 @@ pub struct ServiceRecord {
 /// The state database.
 pub struct State {
     conn: Connection,
+    /// Taken around every change: see [`writers`].
+    writers: Arc<Mutex<()>>,
+}
+
+/// The lock the writers of the database file at `path` in this process
+/// (the state and the event bus) take around each change. SQLite commits
+/// one writer at a time and makes the others wait in its busy handler,
+/// which polls (sleeping up to 100 ms between tries): a rare writer, a
+/// deploy, could wait there past its timeout behind a busy one, the bus
+/// committing batch after batch. Taking this first, they queue instead.
+pub fn writers(path: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<Mutex<()>>)>> =
+        Mutex::new(Vec::new());
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.retain(|(_, lock)| lock.strong_count() > 0);
+    if let Some(lock) = locks
+        .iter()
+        .find(|(p, _)| *p == key)
+        .and_then(|(_, lock)| lock.upgrade())
+    {
+        return lock;
+    }
+    let lock = Arc::new(Mutex::new(()));
+    locks.push((key, Arc::downgrade(&lock)));
+    lock
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State").finish_non_exhaustive()
     }
+}
+
+/// How every change begins: taking the write lock at once (`BEGIN
+/// IMMEDIATE`). A deferred transaction that reads first and writes after
+/// fails at once with "database is locked" when another connection to the
+/// file (the event bus's) committed in between — its busy timeout cannot
+/// help, as its snapshot is stale; an immediate one waits its turn.
+const WRITE: TransactionBehavior = TransactionBehavior::Immediate;
+
+/// Takes a writers' lock (one a panicking writer left is as good).
+pub fn lock(writers: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    writers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StateError {
@@ -197,13 +236,16 @@ impl State {
         // Each step moves the schema one version up, in one transaction.
         for (target, sql) in [(1, SCHEMA), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
             if version < target {
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(WRITE)?;
                 tx.execute_batch(sql)?;
                 tx.pragma_update(None, "user_version", target)?;
                 tx.commit()?;
             }
         }
-        Ok(State { conn })
+        Ok(State {
+            conn,
+            writers: writers(path),
+        })
     }
 
     /// `PRAGMA integrity_check` and `foreign_key_check`: `Ok` when both find
@@ -225,6 +267,7 @@ impl State {
 
     /// Records an artifact; `false` if it was already known.
     pub fn add_artifact(&mut self, digest: &Digest, size: u64) -> Result<bool, StateError> {
+        let _write = lock(&self.writers);
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO artifacts (digest, size, created_ms) VALUES (?1, ?2, ?3)",
             params![digest.to_string(), size as i64, now_ms()],
@@ -262,7 +305,8 @@ impl State {
         config: &ServiceConfig,
     ) -> Result<RevisionRecord, StateError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let _write = lock(&self.writers);
+        let tx = self.conn.transaction_with_behavior(WRITE)?;
         let number: u32 = tx.query_row(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE service = ?1",
             [service.as_str()],
@@ -286,7 +330,8 @@ impl State {
 
     /// Makes revision `number` of `service` the active one.
     pub fn activate(&mut self, service: &ServiceName, number: u32) -> Result<(), StateError> {
-        let tx = self.conn.transaction()?;
+        let _write = lock(&self.writers);
+        let tx = self.conn.transaction_with_behavior(WRITE)?;
         set_active(&tx, service, number, now_ms())?;
         tx.commit()?;
         Ok(())
@@ -294,7 +339,8 @@ impl State {
 
     /// Deletes a service and all its revisions; `false` if there was none.
     pub fn remove(&mut self, service: &ServiceName) -> Result<bool, StateError> {
-        let tx = self.conn.transaction()?;
+        let _write = lock(&self.writers);
+        let tx = self.conn.transaction_with_behavior(WRITE)?;
         let n = tx.execute("DELETE FROM services WHERE name = ?1", [service.as_str()])?;
         tx.execute(
             "DELETE FROM revisions WHERE service = ?1",
@@ -364,6 +410,7 @@ impl State {
         name: &str,
         ms: i64,
     ) -> Result<(), StateError> {
+        let _write = lock(&self.writers);
         self.conn.execute(
             "INSERT INTO schedules (service, name, last_fired_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (service, name) DO UPDATE SET last_fired_ms = excluded.last_fired_ms",
@@ -402,6 +449,7 @@ impl State {
         } else {
             "INSERT INTO api_keys (name, record) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING"
         };
+        let _write = lock(&self.writers);
         let changed = self.conn.execute(sql, params![key.name.as_str(), record])?;
         Ok(changed == 1)
     }
@@ -511,6 +559,59 @@ mod tests {
         assert!(state.services().unwrap().is_empty());
         assert!(state.revisions(&name).unwrap().is_empty());
         assert_eq!(state.artifacts().unwrap().len(), 2);
+        state.check().unwrap();
+    }
+
+    /// Deploys and rollbacks while another connection writes to the same
+    /// file all the time (as the event bus does under load) wait their
+    /// turn; none fails with "database is locked" (found by the soak).
+    #[test]
+    fn changes_wait_for_another_connection_writing_the_file() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut state = State::open(&path).unwrap();
+        let a = Digest::of(b"a");
+        state.add_artifact(&a, 1).unwrap();
+        let name = ServiceName::parse("svc").unwrap();
+        state.deploy(&name, &a, &config("/x")).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE other (n INTEGER)")
+            .unwrap();
+        let (stop, writes) = (
+            std::sync::Arc::new(AtomicBool::new(false)),
+            std::sync::Arc::new(AtomicU64::new(0)),
+        );
+        let writer = std::thread::spawn({
+            let (stop, writes) = (stop.clone(), writes.clone());
+            move || {
+                while !stop.load(Relaxed) {
+                    let tx = conn.transaction_with_behavior(WRITE).unwrap();
+                    tx.execute("INSERT INTO other VALUES (1)", []).unwrap();
+                    tx.commit().unwrap();
+                    writes.fetch_add(1, Relaxed);
+                }
+            }
+        });
+        while writes.load(Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        for i in 0..300 {
+            state
+                .deploy(&name, &a, &config("/x"))
+                .unwrap_or_else(|e| panic!("deploy {i}: {e}"));
+            state
+                .activate(&name, 1)
+                .unwrap_or_else(|e| panic!("rollback {i}: {e}"));
+        }
+        stop.store(true, Relaxed);
+        writer.join().unwrap();
+        assert!(
+            writes.load(Relaxed) > 10,
+            "the other connection wrote meanwhile"
+        );
         state.check().unwrap();
     }
 

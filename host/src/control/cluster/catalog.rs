@@ -152,12 +152,8 @@ impl ClusterCatalog {
         &self,
         name: &ServiceName,
     ) -> Result<(Option<ServiceDoc>, Option<u64>), ControlError> {
-        let entry = self
-            .cluster
-            .services
-            .entry(name.as_str())
-            .await
-            .map_err(|e| self.cluster.unavailable(e))?;
+        let kv = &self.cluster.services;
+        let entry = self.cluster.read(move || kv.entry(name.as_str())).await?;
         match entry {
             None => Ok((None, None)),
             Some(entry) => Ok((parse(&entry)?, Some(entry.revision))),
@@ -260,16 +256,15 @@ impl ClusterCatalog {
     /// is the one from when it was opened): its last sequence, and how
     /// many messages it holds.
     async fn bucket_state(&self) -> Result<(u64, u64), ControlError> {
-        let mut stream = self
+        let js = &self.cluster.js;
+        let name = &format!("KV_{}", super::SERVICES_BUCKET);
+        let info = self
             .cluster
-            .js
-            .get_stream(format!("KV_{}", super::SERVICES_BUCKET))
-            .await
-            .map_err(|e| self.cluster.unavailable(e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| self.cluster.unavailable(e))?;
+            .read(move || async move {
+                let mut stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
+                stream.info().await.cloned().map_err(|e| e.to_string())
+            })
+            .await?;
         Ok((info.state.last_sequence, info.state.messages))
     }
 

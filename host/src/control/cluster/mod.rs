@@ -303,6 +303,37 @@ impl Cluster {
         ControlError::Unavailable(format!("the cluster at {}: {why}", self.display))
     }
 
+    /// Runs `read`, a request JetStream answers without changing anything,
+    /// again while JetStream refuses it, for up to [`catalog::TRANSIENT`]:
+    /// a server of the cluster died and its streams are electing new
+    /// leaders ("no responders", or no answer in time). Other errors, and
+    /// one that lasts, are
+    /// [`Cluster::unavailable`].
+    pub async fn read<T, E, F>(&self, mut read: impl FnMut() -> F) -> Result<T, ControlError>
+    where
+        E: std::fmt::Display,
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let started = std::time::Instant::now();
+        loop {
+            match read().await {
+                Ok(value) => return Ok(value),
+                // A read can be asked again whatever became of it: one that
+                // timed out (no leader answered in time) too.
+                Err(e)
+                    if (catalog::refused(&e.to_string())
+                        || e.to_string().contains("timed out"))
+                        && started.elapsed() < catalog::TRANSIENT
+                        && self.ensure_up().is_ok() =>
+                {
+                    tracing::debug!(error = %e, "the cluster refused a read; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(self.unavailable(e)),
+            }
+        }
+    }
+
     /// Sends what is buffered and closes the connection.
     pub async fn close(&self) {
         if let Err(e) = self.client.flush().await {
