@@ -304,7 +304,7 @@ impl Cluster {
     }
 
     /// Runs `read`, a request JetStream answers without changing anything,
-    /// again while JetStream refuses it, for up to [`catalog::TRANSIENT`]:
+    /// again while JetStream refuses it, for up to 15 s:
     /// a server of the cluster died and its streams are electing new
     /// leaders ("no responders", or no answer in time). Other errors, and
     /// one that lasts, are
