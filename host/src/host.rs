@@ -205,6 +205,7 @@ impl Host {
                 None => Spans::default(),
             },
             output: Arc::new(Outputs::new(options.output)),
+            memory: runtime.engine().memory().clone(),
         });
         let events = Events {
             dispatcher: Dispatcher::new(runtime.clone(), bus.clone()),

@@ -1,5 +1,6 @@
 //! Chaos on the environment (issue 17): a full disk under the ledger and
-//! the event bus, a slow disk, and a process out of file descriptors.
+//! the event bus, a slow disk, a process out of file descriptors, clock
+//! steps, and memory pressure (an address-space limit, a memory cgroup).
 //! Berth degrades with clear errors, loses nothing it acknowledged, and
 //! recovers by itself.
 
@@ -472,4 +473,209 @@ async fn wall_clock_steps_leave_deadlines_alone_and_move_schedules_as_documented
     // A deadline still stops a guest, on its own time.
     let reply = get(&host.berth, "/sleep?ms=10000").await;
     assert_eq!(reply.status, 504);
+}
+
+/// `berth up` with an admin listener and its state in `dir/state`, run by
+/// `sh -c SETUP; exec berth …` (a limit set, a cgroup joined first).
+fn up_under(setup: &str, manifest: &str) -> (Berth, std::path::PathBuf) {
+    let dir = manifest_dir(manifest);
+    let state = dir.path().join("state");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &format!("{setup} && exec \"$0\" \"$@\"")])
+        .arg(berth_bin())
+        .args(["up", "berth.toml", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .arg("--cache-dir")
+        .arg(shared_cache())
+        .env("BERTH_TOKEN", TOKEN)
+        .current_dir(dir.path());
+    let berth = Berth::start(cmd, Duration::from_secs(120), Some(dir), true);
+    (berth, state)
+}
+
+/// Guests that grow their memory as far as they may (8 at once, 256 MiB
+/// each), and a bystander. Where a memory bound leaves the guests less
+/// than that, the host's guest memory budget refuses their growth inside
+/// the guests (500, a clear reason), the bystander is served throughout,
+/// the memory comes back, and the host (alive, not aborted or OOM-killed)
+/// stops cleanly with every invocation in its ledger.
+const PRESSURED: &str = "[service.hello]\ncomponent = \"HELLO\"\nroute = \"/hello/...\"\n\
+     [service.alloc]\ncomponent = \"ALLOC\"\nroute = \"/alloc/...\"\n\
+     limits = { memory = \"256MiB\", concurrency = 8 }\n";
+
+async fn under_memory_pressure(mut berth: Berth, state: &std::path::Path, bound: &str) {
+    const MIB: f64 = (1 << 20) as f64;
+    let line = berth.log_line("INFO", "guest memory budget set by");
+    assert!(line.contains(bound), "{line}");
+    let scrape = berth.admin_get("/metrics").await.text();
+    let budget = metric(&scrape, "berth_guest_memory_budget_bytes");
+    assert!(
+        budget > 0.0 && budget < 8.0 * 256.0 * MIB,
+        "budget {budget}"
+    );
+    assert_eq!(get(&berth, "/hello/warm").await.status, 200);
+
+    let greedy: Vec<_> = (0..8)
+        .map(|i| spawn_get(&berth, &format!("/alloc/{i}")))
+        .collect();
+    let mut served = 1;
+    for i in 0..20 {
+        let reply = get(&berth, &format!("/hello/{i}")).await;
+        assert_eq!(reply.status, 200, "the bystander was not served");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for g in greedy {
+        let reply = g.await.unwrap();
+        assert_eq!(reply.status, 500, "{}", reply.text());
+    }
+    let logs = berth.logs();
+    let refused = logs
+        .matches("host memory budget: the guest asked for")
+        .count();
+    assert!(
+        refused > 0,
+        "no growth refused by the host's budget:\n{logs}"
+    );
+    // (Rust's message when the host's own allocation fails, not a guest's.)
+    assert!(
+        !logs.lines().any(|l| l.starts_with("memory allocation of")),
+        "the host aborted"
+    );
+
+    // The memory comes back; one guest alone then grows as far as its cap
+    // or the budget allows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = berth.admin_get("/metrics").await.text();
+        if metric(&scrape, "berth_guest_memory_bytes") == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guests' memory never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = get(&berth, "/alloc/try").await;
+    let text = reply.text();
+    let mib: f64 = text
+        .strip_prefix("allocated ")
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected answer {text:?}"));
+    let most = (budget / MIB).min(256.0);
+    assert!(
+        mib <= most && mib >= most - 8.0,
+        "{mib} MiB alone, budget {budget}"
+    );
+    for i in 0..5 {
+        assert_eq!(get(&berth, &format!("/hello/after{i}")).await.status, 200);
+    }
+    served += 5;
+    assert!(berth.terminate().success(), "{}", berth.logs());
+    assert_eq!(ledger_count(state, "alloc"), 9);
+    assert_eq!(ledger_count(state, "hello"), served);
+    eprintln!(
+        "{bound}: budget {:.0} MiB; {refused} of 8 guests refused by it, the bystander served {served} of {served}, {mib} MiB for one guest alone",
+        budget / MIB
+    );
+}
+
+fn pressured() -> String {
+    PRESSURED
+        .replace("HELLO", programs::HELLO)
+        .replace("ALLOC", programs::ALLOC)
+}
+
+#[tokio::test]
+async fn memory_pressure_under_an_address_space_limit_refuses_guests_not_the_host() {
+    // 2 GiB of address space: too little for the pooling allocator's
+    // reservations, so instances are allocated on demand, each reserving
+    // what it holds.
+    let (berth, state) = up_under("ulimit -v 2097152", &pressured());
+    assert!(
+        berth
+            .logs()
+            .contains("falling back to on-demand allocation"),
+        "{}",
+        berth.logs()
+    );
+    under_memory_pressure(berth, &state, "the address-space limit").await;
+}
+
+/// A memory cgroup of `limit` bytes below the test's own (v1's memory
+/// controller, or v2), removed when dropped.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let name = format!("berth-test-{}-{}", std::process::id(), limit);
+        let (dir, file) = if let Some(path) = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _ = parts.next();
+            parts
+                .next()?
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| parts.next())?
+        }) {
+            (
+                std::path::Path::new("/sys/fs/cgroup/memory")
+                    .join(path.trim_start_matches('/'))
+                    .join(&name),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            let path = own
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("the test's cgroup");
+            (
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(path.trim_start_matches('/'))
+                    .join(&name),
+                "memory.max",
+            )
+        };
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating the memory cgroup {}: {e}", dir.display()));
+        std::fs::write(dir.join(file), limit.to_string()).unwrap();
+        MemoryCgroup(dir)
+    }
+
+    /// The kernel's OOM kills in it so far (v1's `oom_control`, v2's
+    /// `memory.events`).
+    fn oom_kills(&self) -> u64 {
+        ["memory.oom_control", "memory.events"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.0.join(f)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn memory_pressure_in_a_memory_cgroup_refuses_guests_and_no_one_is_oom_killed() {
+    let cgroup = MemoryCgroup::new(512 << 20);
+    let (berth, state) = up_under(
+        &format!("echo $$ > {}/cgroup.procs", cgroup.0.display()),
+        &pressured(),
+    );
+    let pid = berth.pid();
+    under_memory_pressure(berth, &state, "the memory cgroup's limit").await;
+    assert_eq!(cgroup.oom_kills(), 0, "the kernel killed in the cgroup");
+    eprintln!("cgroup: host {pid} never OOM-killed");
 }

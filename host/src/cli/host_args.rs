@@ -28,6 +28,13 @@ pub struct HostArgs {
     #[arg(long, default_value_t = EngineOptions::default().max_instances)]
     pub max_instances: u32,
 
+    /// Linear memory all instances may hold together (e.g. 2GiB); a
+    /// growth past it fails inside the guest. Default: what the machine's
+    /// memory, the memory cgroup and `ulimit -v` leave, with room kept
+    /// for the host.
+    #[arg(long)]
+    pub guest_memory: Option<ByteSize>,
+
     /// CPU-bound invocations of one service that may run at once (default:
     /// the machine's cores but one, at least 1).
     #[arg(long)]
@@ -215,6 +222,7 @@ impl HostArgs {
             cache,
             engine: EngineOptions {
                 max_instances: self.max_instances,
+                guest_memory: self.guest_memory,
                 ..engine
             },
             max_upload,

@@ -54,6 +54,10 @@ impl Runtime {
     /// (see [`default_cpu_turns`]).
     pub fn new(engine: BerthEngine, cpu_turns: usize) -> Arc<Runtime> {
         let host_slots = Arc::new(Semaphore::new(engine.max_instances() as usize));
+        let default_ports = Ports {
+            memory: engine.memory().clone(),
+            ..Ports::default()
+        };
         Arc::new(Runtime {
             engine: Arc::new(engine),
             cpu_turns,
@@ -61,7 +65,7 @@ impl Runtime {
             metrics: Metrics::default(),
             meter: Arc::default(),
             ports: OnceLock::new(),
-            default_ports: Ports::default(),
+            default_ports,
             host_slots,
             tasks: TaskTracker::new(),
             unready: std::sync::Mutex::new(None),
@@ -118,10 +122,12 @@ impl Runtime {
     }
 
     /// Sets what instances reach beyond themselves (once; later calls
-    /// change nothing). Its listeners are replaced by the runtime's own.
+    /// change nothing). Its listeners and memory budget are replaced by
+    /// the runtime's own.
     pub fn set_ports(&self, ports: Ports) {
         let _ = self.ports.set(Ports {
             listeners: self.default_ports.listeners.clone(),
+            memory: self.default_ports.memory.clone(),
             ..ports
         });
     }

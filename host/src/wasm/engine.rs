@@ -13,11 +13,16 @@
 //! - the pooling instance allocator, sized by [`EngineOptions::max_instances`],
 //!   with pages of each slot kept resident between instances; where the
 //!   address-space reservation fails (small devices, tight `ulimit -v`) it
-//!   falls back to on-demand allocation;
-//! - copy-on-write memory images for linear-memory initialization.
+//!   falls back to on-demand allocation, whose memories reserve only what
+//!   they hold (plus 64 MiB to grow into) when the address space is
+//!   limited;
+//! - copy-on-write memory images for linear-memory initialization;
+//! - the host's budget of guest linear memory ([`crate::wasm::budget`]).
 
 use crate::values::limits::MAX_MEMORY;
 use crate::values::units::ByteSize;
+use crate::wasm::budget;
+use crate::wasm::instance::limiter::MemoryBudget;
 use crate::wasm::instance::{self, InstanceState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +55,10 @@ pub struct EngineOptions {
     /// Reset pool slots by scanning for the pages a guest actually touched
     /// (Linux `PAGEMAP_SCAN`, kernel 6.7+; ignored where unsupported).
     pub pagemap_scan: bool,
+    /// Linear memory all instances may hold together; `None`: what the
+    /// machine, the memory cgroup and `ulimit -v` leave
+    /// ([`budget::guest_memory`]).
+    pub guest_memory: Option<ByteSize>,
 }
 
 impl Default for EngineOptions {
@@ -63,6 +72,7 @@ impl Default for EngineOptions {
             stack_keep_resident: ByteSize::mib(2),
             memory_init_cow: true,
             pagemap_scan: true,
+            guest_memory: None,
         }
     }
 }
@@ -73,6 +83,7 @@ pub struct BerthEngine {
     concurrent: Flavour,
     pooled: bool,
     max_instances: u32,
+    memory: Arc<MemoryBudget>,
     _ticker: EpochTicker,
 }
 
@@ -117,6 +128,18 @@ fn base_config(options: &EngineOptions, concurrent: bool) -> Config {
     config
 }
 
+/// On-demand allocation where the address space is limited: a memory
+/// reserves what it holds and 64 MiB to grow into (moving when it grows
+/// past), without guard regions (bounds are checked), instead of the
+/// 4 GiB and more each that would leave room for few instances.
+fn within_address_space(config: &mut Config) {
+    config
+        .memory_reservation(0)
+        .memory_guard_size(0)
+        .memory_reservation_for_growth(64 << 20)
+        .memory_may_move(true);
+}
+
 fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
     let n = options.max_instances;
     let mut pool = PoolingAllocationConfig::new();
@@ -148,11 +171,17 @@ impl BerthEngine {
         let engines = [plain.engine.clone(), concurrent.engine.clone()];
         let ticker = EpochTicker::start(engines, options.epoch_tick)
             .map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
+        // Read once the engines hold their reservations.
+        let memory = match budget::guest_memory(options.guest_memory) {
+            Some(limit) => MemoryBudget::new(limit),
+            None => MemoryBudget::unlimited(),
+        };
         Ok(BerthEngine {
             plain,
             concurrent,
             pooled,
             max_instances: options.max_instances,
+            memory,
             _ticker: ticker,
         })
     }
@@ -174,18 +203,30 @@ impl BerthEngine {
                         error = %e,
                         "the pooling allocator is unavailable here; falling back to on-demand allocation"
                     );
-                    Engine::new(&base_config(options, concurrent))
-                        .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
+                    Self::on_demand(options, concurrent)?
                 }
             }
         } else {
-            Engine::new(&base_config(options, concurrent))
-                .map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?
+            Self::on_demand(options, concurrent)?
         };
         let mut linker = Linker::new(&engine);
         instance::add_to_linker(&mut linker, concurrent)
             .map_err(|e| anyhow::anyhow!("linking WASI into the engine: {e}"))?;
         Ok((Flavour { engine, linker }, pooled))
+    }
+
+    /// An engine allocating each instance's memories when it is made.
+    fn on_demand(options: &EngineOptions, concurrent: bool) -> anyhow::Result<Engine> {
+        let mut config = base_config(options, concurrent);
+        if budget::address_space_limited() {
+            within_address_space(&mut config);
+        }
+        Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the engine: {e}"))
+    }
+
+    /// The linear memory all instances may hold together.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
     }
 
     /// The engines, the plain one first: a component runs on the first

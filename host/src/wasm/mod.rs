@@ -5,6 +5,7 @@
 //! [`instance::Ports`].
 //!
 //! - [`engine`] — the one wasmtime engine, its linker and epoch ticker.
+//! - [`budget`] — the host's budget of guest linear memory.
 //! - [`cache`] — compiled code on disk, keyed by digest and engine.
 //! - [`artifact`] — `.wasm` components on disk, by digest.
 //! - [`component`] — loading and checking a component into handlers.
@@ -16,6 +17,7 @@
 
 pub mod artifact;
 pub mod bindings;
+pub mod budget;
 pub mod cache;
 pub mod component;
 pub mod engine;

@@ -5,6 +5,7 @@
 use crate::values::units::{ByteSize, format_duration};
 use crate::values::usage::OutcomeKind;
 use crate::wasm::instance::InstanceState;
+use crate::wasm::instance::limiter::Denial;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +40,33 @@ pub enum Outcome {
         /// Where in the guest, when known.
         backtrace: Option<String>,
     },
+    /// The guest trapped after the host's memory budget, which all
+    /// instances share, refused to grow its memory.
+    HostMemory {
+        /// The growth asked for.
+        growth: ByteSize,
+        /// What the host's instances held then.
+        used: ByteSize,
+        /// The host's budget.
+        budget: ByteSize,
+        /// The trap that followed.
+        trap: String,
+        /// Where in the guest, when known.
+        backtrace: Option<String>,
+    },
+    /// The guest trapped after the system failed to map the memory it was
+    /// allowed to grow (the address space or the machine's memory ran
+    /// out).
+    SystemMemory {
+        /// The growth asked for.
+        growth: ByteSize,
+        /// What the system said.
+        error: String,
+        /// The trap that followed.
+        trap: String,
+        /// Where in the guest, when known.
+        backtrace: Option<String>,
+    },
     /// The wall-clock deadline passed; the instance was stopped.
     Deadline(Deadline),
 }
@@ -60,7 +88,9 @@ impl Outcome {
             Outcome::Ok => OutcomeKind::Ok,
             Outcome::Trap { .. } => OutcomeKind::Trap,
             Outcome::OutOfFuel { .. } => OutcomeKind::Fuel,
-            Outcome::MemoryLimit { .. } => OutcomeKind::Memory,
+            Outcome::MemoryLimit { .. }
+            | Outcome::HostMemory { .. }
+            | Outcome::SystemMemory { .. } => OutcomeKind::Memory,
             Outcome::Deadline(_) => OutcomeKind::Deadline,
         }
     }
@@ -73,9 +103,10 @@ impl Outcome {
     /// The guest's stack when it trapped, if the outcome is a trap.
     pub fn backtrace(&self) -> Option<&str> {
         match self {
-            Outcome::Trap { backtrace, .. } | Outcome::MemoryLimit { backtrace, .. } => {
-                backtrace.as_deref()
-            }
+            Outcome::Trap { backtrace, .. }
+            | Outcome::MemoryLimit { backtrace, .. }
+            | Outcome::HostMemory { backtrace, .. }
+            | Outcome::SystemMemory { backtrace, .. } => backtrace.as_deref(),
             _ => None,
         }
     }
@@ -97,6 +128,25 @@ impl fmt::Display for Outcome {
             } => write!(
                 f,
                 "memory limit: the guest asked for {requested} of linear memory, over its limit of {cap}, then trapped: {trap}"
+            ),
+            Outcome::HostMemory {
+                growth,
+                used,
+                budget,
+                trap,
+                ..
+            } => write!(
+                f,
+                "host memory budget: the guest asked for {growth} more linear memory while the host's instances held {used} of its budget of {budget}, then trapped: {trap}"
+            ),
+            Outcome::SystemMemory {
+                growth,
+                error,
+                trap,
+                ..
+            } => write!(
+                f,
+                "out of host memory: growing the guest's linear memory by {growth} failed ({error}), then trapped: {trap}"
             ),
             Outcome::Deadline(Deadline::Own(timeout)) => write!(
                 f,
@@ -169,15 +219,32 @@ pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, fuel: u64
         return Outcome::OutOfFuel { budget: fuel };
     }
     let limiter = store.data().limiter();
-    if let Some(requested) = limiter.denied() {
-        return Outcome::MemoryLimit {
+    match limiter.denied() {
+        Some(Denial::Cap { requested }) => Outcome::MemoryLimit {
             cap: ByteSize(limiter.cap() as u64),
-            requested: ByteSize(requested as u64),
+            requested: ByteSize(*requested as u64),
             trap,
             backtrace,
-        };
+        },
+        Some(Denial::Host {
+            growth,
+            used,
+            budget,
+        }) => Outcome::HostMemory {
+            growth: ByteSize(*growth as u64),
+            used: ByteSize(*used as u64),
+            budget: ByteSize(*budget as u64),
+            trap,
+            backtrace,
+        },
+        Some(Denial::System { growth, error }) => Outcome::SystemMemory {
+            growth: ByteSize(*growth as u64),
+            error: error.clone(),
+            trap,
+            backtrace,
+        },
+        None => Outcome::Trap { trap, backtrace },
     }
-    Outcome::Trap { trap, backtrace }
 }
 
 /// Fuel used so far by `store`'s invocation, which started with `budget`.

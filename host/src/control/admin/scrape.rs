@@ -163,6 +163,21 @@ fn host_gauges(runtime: &Runtime) -> Vec<Gauge> {
             rss as f64,
         ));
     }
+    let memory = runtime.engine().memory();
+    gauges.push((
+        "berth_guest_memory_bytes",
+        "Linear memory the host's instances hold now, all services.",
+        String::new(),
+        memory.used() as f64,
+    ));
+    if memory.limit() != usize::MAX {
+        gauges.push((
+            "berth_guest_memory_budget_bytes",
+            "Linear memory the host's instances may hold together (--guest-memory).",
+            String::new(),
+            memory.limit() as f64,
+        ));
+    }
     gauges
 }
 

@@ -1,7 +1,95 @@
 //! The memory limiter: caps an instance's linear memory and records its
-//! peak, for the memory limit and the usage record.
+//! peak, for the memory limit and the usage record; and the host's budget
+//! of linear memory, which all instances share.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::ResourceLimiter;
+
+/// The linear memory all the host's instances may hold together. A growth
+/// past it fails inside the guest (`memory.grow` returns -1) as one past
+/// the instance's own cap does, so guests together never take the memory
+/// the host itself needs (see [`crate::wasm::budget`]).
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// No budget: only each instance's cap.
+    pub fn unlimited() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The budget, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Linear memory the host's instances hold now, in bytes.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` out of the budget, if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` back.
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget {
+            limit: usize::MAX,
+            used: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Why a growth of an instance's memory was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// Past the instance's own cap.
+    Cap {
+        /// The total the guest asked for.
+        requested: usize,
+    },
+    /// Past the host's budget.
+    Host {
+        /// The growth asked for.
+        growth: usize,
+        /// What the host's instances held then.
+        used: usize,
+        /// The budget.
+        budget: usize,
+    },
+    /// Allowed, but the system could not map the memory (the address
+    /// space or the machine's memory ran out).
+    System {
+        /// The growth asked for.
+        growth: usize,
+        /// What the system said.
+        error: String,
+    },
+}
 
 /// Caps an instance's linear memory (the sum over all its memories) and
 /// records its peak and whether the cap was hit.
@@ -11,20 +99,22 @@ pub struct MemoryLimiter {
     total: usize,
     peak: usize,
     last_growth: usize,
-    denied: Option<usize>,
+    denied: Option<Denial>,
+    budget: Arc<MemoryBudget>,
 }
 
 /// Largest table an instance may grow, in elements.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl MemoryLimiter {
-    pub(super) fn new(cap: u64) -> Self {
+    pub(super) fn new(cap: u64, budget: Arc<MemoryBudget>) -> Self {
         MemoryLimiter {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             total: 0,
             peak: 0,
             last_growth: 0,
             denied: None,
+            budget,
         }
     }
 
@@ -45,9 +135,16 @@ impl MemoryLimiter {
         self.cap
     }
 
-    /// If a growth was refused, the total the guest asked for.
-    pub fn denied(&self) -> Option<usize> {
-        self.denied
+    /// If a growth was refused, why.
+    pub fn denied(&self) -> Option<&Denial> {
+        self.denied.as_ref()
+    }
+}
+
+impl Drop for MemoryLimiter {
+    /// The instance is gone: its memory goes back to the host's budget.
+    fn drop(&mut self) {
+        self.budget.give(self.total);
     }
 }
 
@@ -61,7 +158,15 @@ impl ResourceLimiter for MemoryLimiter {
         let growth = desired.saturating_sub(current);
         let total = self.total.saturating_add(growth);
         if total > self.cap {
-            self.denied = Some(total);
+            self.denied = Some(Denial::Cap { requested: total });
+            return Ok(false);
+        }
+        if !self.budget.take(growth) {
+            self.denied = Some(Denial::Host {
+                growth,
+                used: self.budget.used(),
+                budget: self.budget.limit(),
+            });
             return Ok(false);
         }
         self.total = total;
@@ -70,8 +175,13 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.denied = Some(Denial::System {
+            growth: self.last_growth,
+            error: format!("{error:#}"),
+        });
         self.total -= self.last_growth;
+        self.budget.give(self.last_growth);
         self.last_growth = 0;
         Ok(())
     }
@@ -91,16 +201,67 @@ mod tests {
 
     #[test]
     fn limiter_caps_the_sum_and_records_the_peak() {
-        let mut l = MemoryLimiter::new(4 << 16);
+        let mut l = MemoryLimiter::new(4 << 16, MemoryBudget::unlimited());
         assert!(l.memory_growing(0, 2 << 16, None).unwrap());
         assert!(l.memory_growing(0, 1 << 16, None).unwrap());
         assert_eq!(l.peak(), 3 << 16);
         assert!(!l.memory_growing(2 << 16, 4 << 16, None).unwrap());
-        assert_eq!(l.denied(), Some(5 << 16));
+        assert_eq!(l.denied(), Some(&Denial::Cap { requested: 5 << 16 }));
         assert!(l.memory_growing(1 << 16, 2 << 16, None).unwrap());
         assert_eq!(l.peak(), 4 << 16);
         l.memory_grow_failed(wasmtime::format_err!("os said no"))
             .unwrap();
         assert!(l.memory_growing(1 << 16, 2 << 16, None).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn instances_share_the_host_budget_and_give_it_back() {
+        let page = 1 << 16;
+        let budget = MemoryBudget::new(5 * page);
+        let mut a = MemoryLimiter::new(4 * page, budget.clone());
+        let mut b = MemoryLimiter::new(4 * page, budget.clone());
+        assert!(a.memory_growing(0, 3 * page as usize, None).unwrap());
+        assert!(b.memory_growing(0, page as usize, None).unwrap());
+        assert_eq!(budget.used(), 4 * page as usize);
+        // Within b's own cap, past the host's budget.
+        assert!(
+            !b.memory_growing(page as usize, 3 * page as usize, None)
+                .unwrap()
+        );
+        assert_eq!(
+            b.denied(),
+            Some(&Denial::Host {
+                growth: 2 * page as usize,
+                used: 4 * page as usize,
+                budget: 5 * page as usize,
+            })
+        );
+        // A growth the system then failed is given back.
+        assert!(
+            b.memory_growing(page as usize, 2 * page as usize, None)
+                .unwrap()
+        );
+        b.memory_grow_failed(wasmtime::format_err!("mmap failed"))
+            .unwrap();
+        assert_eq!(budget.used(), 4 * page as usize);
+        assert_eq!(
+            b.denied(),
+            Some(&Denial::System {
+                growth: page as usize,
+                error: "mmap failed".into()
+            })
+        );
+        // A dropped instance gives back all it held.
+        drop(a);
+        assert_eq!(budget.used(), page as usize);
+        let mut c = MemoryLimiter::new(4 * page, budget.clone());
+        assert!(c.memory_growing(0, 4 * page as usize, None).unwrap());
+        drop((b, c));
+        assert_eq!(budget.used(), 0);
     }
 }

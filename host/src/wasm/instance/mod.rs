@@ -291,6 +291,8 @@ pub struct Ports {
     pub spans: Spans,
     /// How much guests may write to stdout and stderr.
     pub output: Arc<Outputs>,
+    /// The linear memory all instances may hold together (the engine's).
+    pub memory: Arc<limiter::MemoryBudget>,
 }
 
 /// One invocation, as its instance sees it.
@@ -364,7 +366,7 @@ pub fn new_store(
         wasi,
         http: http_context(),
         hooks: Hooks { tag, outbound },
-        limiter: MemoryLimiter::new(limits.memory.bytes()),
+        limiter: MemoryLimiter::new(limits.memory.bytes(), ports.memory.clone()),
         turn: CpuTurn::new(sandbox.cpu_turns.clone()),
         publisher,
         output,
