@@ -1,6 +1,7 @@
 //! Chaos on the environment (issue 17): a full disk under the ledger and
 //! the event bus, a slow disk, a process out of file descriptors, clock
-//! steps, and memory pressure (an address-space limit, a memory cgroup).
+//! steps, memory pressure (an address-space limit, a memory cgroup), and
+//! the ledger's and the bus's files made read-only under the host.
 //! Berth degrades with clear errors, loses nothing it acknowledged, and
 //! recovers by itself.
 
@@ -678,4 +679,135 @@ async fn memory_pressure_in_a_memory_cgroup_refuses_guests_and_no_one_is_oom_kil
     under_memory_pressure(berth, &state, "the memory cgroup's limit").await;
     assert_eq!(cgroup.oom_kills(), 0, "the kernel killed in the cgroup");
     eprintln!("cgroup: host {pid} never OOM-killed");
+}
+
+/// Sets (`+i`) or clears (`-i`) the immutable flag of `files`: even root
+/// can no longer write them, through descriptors already open too.
+fn chattr(flag: &str, files: &[std::path::PathBuf]) {
+    let status = std::process::Command::new("chattr")
+        .arg(flag)
+        .args(files)
+        .status()
+        .unwrap();
+    assert!(status.success(), "chattr {flag} {files:?} failed");
+}
+
+#[tokio::test]
+async fn read_only_ledger_and_bus_files_hold_records_refuse_changes_clearly_and_lose_nothing() {
+    let manifest = format!(
+        "{}{}",
+        service("svc", programs::HELLO, "/svc/...", ""),
+        consumer("ro.*", "")
+    );
+    let (mut berth, state) = up_under("true", &manifest);
+    let admin = format!("http://{}", berth.admin.unwrap());
+    let mut answered = serve(&berth, 20).await;
+    let (mut acked, reply) = publish(&berth, "ro.before", "before", 20).await;
+    assert_eq!(reply.status, 202);
+    wait_handled(&berth, &acked);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while invocations(&berth, "svc").await != answered {
+        assert!(Instant::now() < deadline, "the ledger never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The ledger's and the state's (and the bus's) files become read-only
+    // under the running host: its open descriptors can no longer write
+    // them. (Their shared-memory index, mapped, is left alone.)
+    let files: Vec<_> = [
+        berth::control::ledger::USAGE_FILE,
+        berth::control::state::DB_FILE,
+    ]
+    .iter()
+    .flat_map(|f| [state.join(f), state.join(format!("{f}-wal"))])
+    .filter(|f| f.exists())
+    .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    chattr("+i", &files);
+
+    // Requests are served; their usage records are held.
+    answered += serve(&berth, 30).await;
+    let line = berth.wait_for_logs(&["holding them in memory"]);
+    assert!(line.contains("usage records could not be stored"), "{line}");
+    let line = berth.log_line("ERROR", "usage records could not be stored");
+    assert!(line.contains("disk I/O error"), "{line}");
+    let scrape = berth.admin_get("/metrics").await.text();
+    assert!(metric(&scrape, "berth_ledger_pending_records") > 0.0);
+    // A publish is refused, clearly; nothing acknowledged.
+    let (_, reply) = publish(&berth, "ro.during", "during", 10).await;
+    assert_eq!(reply.status, 507, "{}", reply.text());
+    let text = reply.text();
+    assert!(
+        text.contains("storage_error") && text.contains("disk I/O error"),
+        "{text}"
+    );
+    // So is a deploy; the service deployed serves on.
+    let out = cli_with_token(
+        &admin,
+        Some(TOKEN),
+        &[
+            "deploy",
+            "other",
+            "--component",
+            programs::ECHO,
+            "--route",
+            "/other",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("storage_error"),
+        "{stderr}"
+    );
+    answered += serve(&berth, 10).await;
+    assert_eq!(get(&berth, "/other").await.status, 404);
+
+    // Writable again: the held records are stored, one per request
+    // answered; publishes and deploys are taken; every acknowledged event
+    // is handled.
+    chattr("-i", &files);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = invocations(&berth, "svc").await;
+        if stored == answered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} usage records for {answered} requests answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    berth.wait_for_logs(&["usage records held back are stored"]);
+    let (ids, reply) = publish(&berth, "ro.after", "after", 20).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    acked.extend(ids);
+    wait_handled(&berth, &acked);
+    let out = cli_with_token(
+        &admin,
+        Some(TOKEN),
+        &[
+            "deploy",
+            "other",
+            "--component",
+            programs::ECHO,
+            "--route",
+            "/other",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(post(&berth, "/other", "back").await.text(), "back");
+    answered += serve(&berth, 5).await;
+
+    // Stopped cleanly, the state and the ledger are whole.
+    assert!(berth.terminate().success(), "{}", berth.logs());
+    berth::control::state::State::open(&state.join(berth::control::state::DB_FILE))
+        .unwrap()
+        .check()
+        .expect("the state database is consistent");
+    assert_eq!(ledger_count(&state, "svc"), answered);
+    eprintln!(
+        "read-only files: {answered} requests answered, all in the ledger; {} events acknowledged, all handled",
+        acked.len()
+    );
 }
