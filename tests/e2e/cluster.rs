@@ -4,7 +4,7 @@
 //! node does without NATS; bad credentials, tampered artifacts, missing
 //! secrets.
 
-use crate::host::{Host, TOKEN, batch_request, cli_with_token};
+use crate::host::{Host, TOKEN, assert_artifacts_whole, batch_request, cli_with_token};
 use crate::nats::Nats;
 use crate::support::*;
 use serde_json::Value;
@@ -1218,4 +1218,158 @@ async fn a_backlog_on_jetstream_shows_as_bus_lag_until_it_drains() {
     a.wait_for_events("drained", |e| {
         e["subscriptions"][0]["depth"] == 0 && e["subscriptions"][0]["lag_ms"] == 0
     });
+}
+
+/// Crash loops in a cluster (issue 17): twenty rounds, each a deploy
+/// through one node and event batches published through another, with
+/// `kill -9` of a Berth node or of a NATS server at a random point, and the
+/// victim restarted. No acknowledged deploy or event is lost: every node
+/// converges on the acknowledged revision (else on the old one or the new
+/// one, the same everywhere), every acknowledged event is handled, and
+/// every node's artifacts hash to their names.
+#[tokio::test]
+async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const ROUNDS: usize = 20;
+    let mut rng = crate::crash::Rng::seeded("cluster crash loop");
+    let mut nats = Nats::cluster(3);
+    // Guest log lines are the record of what was handled: each is written
+    // as it is logged, so a kill loses none.
+    let mut nodes = ["a", "b", "c"].map(|name| node(&nats, name, &["--log-buffer", "0ms"]));
+    nodes[0].deploy_manifest(&crate::events::consumer("load.*", "concurrency = 8"));
+    nodes[0].deploy("svc", programs::HELLO, "/svc/...");
+    serving_everywhere(&nodes[1], "consumer", 3);
+    serving_everywhere(&nodes[2], "svc", 3);
+    let components = [programs::HELLO, programs::HELLO_WSTD, programs::ECHO];
+    let mut gone: Vec<String> = Vec::new();
+    let mut acked_events: Vec<String> = Vec::new();
+    let mut table = Vec::new();
+
+    for round in 0..ROUNDS {
+        let (deployer, publisher) = (round % 3, (round + 1) % 3);
+        let (_, old) = crate::crash::active_of(&nodes[deployer], "svc");
+        let component = components[round % components.len()];
+        let new = format!(
+            "sha256:{}",
+            berth::values::digest::Digest::of(&std::fs::read(component).unwrap()).hex()
+        );
+        let mut deploy = nodes[deployer].spawn_cli(&[
+            "deploy",
+            "svc",
+            "--component",
+            component,
+            "--route",
+            "/svc/...",
+        ]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let publishing = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let admin = nodes[publisher].berth.admin.unwrap();
+            tokio::spawn(async move {
+                // Ten events every 100 ms: what the consumers drain in
+                // about the time the round takes.
+                let mut batch = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let ids: Vec<String> =
+                        (0..10).map(|i| format!("r{round}-b{batch}-{i}")).collect();
+                    let events: Vec<_> = ids
+                        .iter()
+                        .map(|id| crate::events::event(id, "load", "x"))
+                        .collect();
+                    let req = batch_request("load.crash", &events);
+                    match try_send(admin, req).await {
+                        Ok(r) if r.status == 202 => acked.lock().unwrap().extend(ids),
+                        Ok(_) => {}
+                        // Its node is gone: wait for the round to end.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    batch += 1;
+                }
+            })
+        };
+        // A deploy takes tens of milliseconds: the kill lands in it or
+        // just after, while events are published and delivered.
+        let delay = Duration::from_millis(5 + rng.below(400));
+        tokio::time::sleep(delay).await;
+        let victim = rng.below(6) as usize;
+        let what = if victim < 3 {
+            nodes[victim].berth.kill9();
+            gone.push(nodes[victim].berth.logs());
+            format!("node {}", ["a", "b", "c"][victim])
+        } else {
+            nats.kill(victim - 3);
+            format!("nats-{}", victim - 3)
+        };
+        // Publishing and the deploy go on for a moment without it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        publishing.await.unwrap();
+        let deploy_acked = deploy.wait().unwrap().success();
+        if victim < 3 {
+            nodes[victim].start_again();
+        } else {
+            nats.start(victim - 3);
+            nats.wait_all_ready();
+        }
+
+        // Every node converges on one revision: the new one if the deploy
+        // was acknowledged, else the old one or the new one.
+        let mut now = String::new();
+        wait_until(
+            &format!("round {round}: every node has one active artifact"),
+            Duration::from_secs(60),
+            || {
+                let seen: Vec<String> = nodes
+                    .iter()
+                    .map(|n| crate::crash::active_of(n, "svc").1)
+                    .collect();
+                now = seen[0].clone();
+                seen.iter().all(|s| *s == now) && (!deploy_acked || now == new)
+            },
+        );
+        assert!(
+            now == old || now == new,
+            "round {round}: {now} is neither {old} nor {new}"
+        );
+        let round_acked = acked.lock().unwrap().len();
+        acked_events.extend(acked.lock().unwrap().drain(..));
+        table.push(format!(
+            "round {round:2}: {what:6} killed after {:4} ms; deploy through {} {}; {round_acked:4} events acknowledged through {}",
+            delay.as_millis(),
+            ["a", "b", "c"][deployer],
+            if deploy_acked {
+                "acknowledged"
+            } else if now == new {
+                "kept unacknowledged"
+            } else {
+                "not kept"
+            },
+            ["a", "b", "c"][publisher],
+        ));
+    }
+
+    // Every acknowledged event is handled, at least once, on some node.
+    drained(&nodes[0]);
+    let refs: Vec<&Host> = nodes.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen = handled_across(&refs, &gone);
+        if acked_events.iter().all(|id| seen.contains_key(id)) || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let duplicates = crate::events::all_handled(&acked_events, &seen);
+    for node in &nodes {
+        assert!(assert_artifacts_whole(node) >= 1);
+    }
+    wait_all(&refs, "/svc/x", 200, "").await;
+    eprintln!("{}", table.join("\n"));
+    eprintln!(
+        "{ROUNDS} kill -9s of nodes and NATS servers: {} events acknowledged, all handled ({duplicates} twice); every acknowledged deploy kept on every node",
+        acked_events.len()
+    );
 }

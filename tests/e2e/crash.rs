@@ -12,10 +12,27 @@ use std::time::{Duration, Instant};
 
 /// A small deterministic generator (xorshift), seeded from
 /// `BERTH_CRASH_SEED` or the clock, so that a failing run can be replayed.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    /// Seeded from `BERTH_CRASH_SEED` or the clock; the seed is printed.
+    pub fn seeded(what: &str) -> Rng {
+        let seed = std::env::var("BERTH_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("{what} seed: {seed} (BERTH_CRASH_SEED={seed} replays it)");
+        Rng(seed)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -32,18 +49,7 @@ fn ledger_records(host: &Host, service: &str) -> u64 {
 #[tokio::test]
 async fn twenty_kill_9s_during_deploys_events_and_metered_traffic_lose_nothing_acknowledged() {
     const ROUNDS: usize = 20;
-    let seed = std::env::var("BERTH_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash loop seed: {seed} (BERTH_CRASH_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded("crash loop");
 
     // Guest log lines are the record of what was handled: each is written
     // as it is logged, so a crash loses none.
@@ -189,7 +195,7 @@ async fn twenty_kill_9s_during_deploys_events_and_metered_traffic_lose_nothing_a
 }
 
 /// The active artifact of service `name`, with its revision.
-fn active_of(host: &Host, name: &str) -> (u64, String) {
+pub fn active_of(host: &Host, name: &str) -> (u64, String) {
     let services = host.services();
     let svc = services
         .iter()

@@ -1,6 +1,7 @@
 //! The escape suite (issue 17, growing): guests that try to get out of
-//! their sandbox through the loopholes an allow-list leaves. Each attempt
-//! fails inside the guest, and the host keeps serving.
+//! their sandbox through the loopholes an allow-list leaves, or to make the
+//! host hold what it should not (resources, tables, instances). Each
+//! attempt fails inside the guest, and the host keeps serving.
 
 use crate::support::*;
 use bytes::Bytes;
@@ -304,4 +305,85 @@ async fn what_a_guest_makes_the_host_hold_is_bounded_by_its_limits() {
     );
     let reply = get(&berth, "/hello/still-here").await;
     assert_eq!(reply.status, 200);
+}
+
+/// Tables and instances: a guest that grows its table without end is
+/// refused inside the guest at the host's limit (with pooled and with
+/// on-demand instances alike); a component of a thousand core instances,
+/// each with a memory and a table, which would hold half the host's
+/// instance pool, is refused at deploy with the limit named (without the
+/// pool, its instantiation fails at the same limits).
+#[tokio::test]
+async fn tables_and_core_instances_are_bounded() {
+    for extra in [&[][..], &["--no-pooling"][..]] {
+        let pooled = extra.is_empty();
+        let many = if pooled {
+            String::new()
+        } else {
+            service("many", programs::WAT_INSTANCES, "/many", "")
+        };
+        let dir = manifest_dir(&format!(
+            "{}{}{many}",
+            service("table", programs::WAT_TABLE, "/table", "timeout = \"10s\""),
+            service("bystander", programs::HELLO, "/hello/...", "")
+        ));
+        let berth = Berth::up_with(dir, extra);
+        let table: Vec<_> = (0..4).map(|_| spawn_get(&berth, "/table")).collect();
+        for i in 0..10 {
+            assert_eq!(get(&berth, &format!("/hello/{i}")).await.status, 200);
+        }
+        for t in table {
+            // 500, not the deadline's 504: the growth was refused.
+            assert_eq!(t.await.unwrap().status, 500);
+        }
+        let line = berth.log_line("WARN", "table limit: the guest asked for a table of");
+        assert!(
+            line.contains("over the limit of 100000") && line.contains("outcome=\"memory\""),
+            "{line}"
+        );
+        if !pooled {
+            assert_eq!(get(&berth, "/many").await.status, 500);
+            let line = berth.log_line("WARN", "resource limit exceeded");
+            assert!(line.contains("count too high"), "{line}");
+        }
+        assert_eq!(get(&berth, "/hello/after").await.status, 200);
+    }
+
+    // In a manifest, the host refuses to start, naming the file and the
+    // limit; through the admin API, the deploy is refused and the host
+    // serves on.
+    let out = std::process::Command::new(berth_bin())
+        .args(["up", "berth.toml", "--listen", "127.0.0.1:0"])
+        .current_dir(manifest_dir(&service("many", programs::WAT_INSTANCES, "/many", "")).path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("berth.toml")
+            && stderr.contains("991 core module instances")
+            && stderr.contains("maximum of 64"),
+        "{stderr}"
+    );
+    let host = crate::host::Host::start(&[]);
+    let refused = host.cli(&[
+        "deploy",
+        "many",
+        "--component",
+        programs::WAT_INSTANCES,
+        "--route",
+        "/many",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("maximum of 64"), "{stderr}");
+    host.cli_ok(&[
+        "deploy",
+        "hello",
+        "--component",
+        programs::HELLO,
+        "--route",
+        "/hello/...",
+    ]);
+    assert_eq!(get(&host.berth, "/hello/x").await.status, 200);
 }

@@ -242,20 +242,7 @@ pub fn batch_request(topic: &str, events: &[serde_json::Value]) -> http::Request
 /// stored.
 pub fn assert_state_consistent(host: &Host) {
     let dir = host.state.join("artifacts");
-    let mut on_disk = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if let Some(hex) = name.strip_suffix(".wasm") {
-            let bytes = std::fs::read(&path).unwrap();
-            assert_eq!(
-                berth::values::digest::Digest::of(&bytes).hex(),
-                hex,
-                "{name} is damaged"
-            );
-            on_disk += 1;
-        }
-    }
+    let on_disk = assert_artifacts_whole(host);
     let state =
         berth::control::state::State::open(&host.state.join(berth::control::state::DB_FILE))
             .unwrap();
@@ -270,6 +257,26 @@ pub fn assert_state_consistent(host: &Host) {
         );
     }
     assert!(indexed.len() <= on_disk);
+}
+
+/// Every artifact `host` stores hashes to its name; how many there are.
+pub fn assert_artifacts_whole(host: &Host) -> usize {
+    let dir = host.state.join("artifacts");
+    let mut on_disk = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if let Some(hex) = name.strip_suffix(".wasm") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(
+                berth::values::digest::Digest::of(&bytes).hex(),
+                hex,
+                "{name} is damaged"
+            );
+            on_disk += 1;
+        }
+    }
+    on_disk
 }
 
 /// Runs `berth serve` on a small tmpfs of its own (a private mount

@@ -8,6 +8,10 @@
 //! The Python guests in `python/` are built by componentize-py (pinned,
 //! installed from PyPI if missing), against the WIT of the
 //! `wasmtime-wasi-http` Berth links, so they import what Berth provides.
+//!
+//! The guests in `wat/` are components in the WebAssembly text format, for
+//! what a compiler does not emit (growing a table, a component of
+//! thousands of core instances); `instances` is written here.
 
 #[path = "../../host/build_support.rs"]
 mod build_support;
@@ -97,7 +101,67 @@ fn main() {
             wasm.display().to_string()
         ));
     }
+    let wat = manifest_dir.join("wat");
+    println!("cargo:rerun-if-changed={}", wat.display());
+    let mut texts: Vec<(String, String)> = std::fs::read_dir(&wat)
+        .expect("list wat")
+        .map(|e| e.expect("wat entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wat"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).expect("read wat"))
+        })
+        .collect();
+    texts.push(("instances".into(), many_instances(MANY_INSTANCES)));
+    texts.sort();
+    for (name, text) in texts {
+        let wasm = wat::parse_str(&text).unwrap_or_else(|e| panic!("wat/{name}: {e}"));
+        let path = out_dir.join(format!("{name}.wasm"));
+        std::fs::write(&path, wasm).expect("write wat guest");
+        consts.push_str(&format!(
+            "/// Path of the `{name}` guest component (WebAssembly text).\npub const WAT_{}: &str = {:?};\n",
+            name.to_uppercase(),
+            path.display().to_string()
+        ));
+    }
     std::fs::write(out_dir.join("programs.rs"), consts).expect("write programs.rs");
+}
+
+/// Core instances of `small` in the `instances` guest: about as many as
+/// a component may have (the parser's limit is 1,000), each with a memory
+/// and a table, against the pool's 8 core instances and 2 memories and
+/// tables per instance slot.
+const MANY_INSTANCES: usize = 990;
+
+/// `instances`: an HTTP handler whose component instantiates a small
+/// module (a table, a memory page) `n` times, then spins until its
+/// deadline, to hold as much of the host's instance pool as it can.
+fn many_instances(n: usize) -> String {
+    let mut text = String::from(
+        r#"(component
+  (import "wasi:http/types@0.2.0" (instance $types
+    (export "incoming-request" (type (sub resource)))
+    (export "response-outparam" (type (sub resource)))
+  ))
+  (alias export $types "incoming-request" (type $request))
+  (alias export $types "response-outparam" (type $outparam))
+  (core module $small (table 1 funcref) (memory 1))
+  (core module $m (func (export "handle") (param i32 i32) (loop $spin (br $spin))))
+"#,
+    );
+    for _ in 0..n {
+        text.push_str("  (core instance (instantiate $small))\n");
+    }
+    text.push_str(
+        r#"  (core instance $i (instantiate $m))
+  (func $handle (param "request" (own $request)) (param "response-out" (own $outparam))
+    (canon lift (core func $i "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $handler))
+)
+"#,
+    );
+    text
 }
 
 /// The Python guests: their folder under `python/` and the world they

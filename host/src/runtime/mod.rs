@@ -107,7 +107,15 @@ impl Runtime {
         handlers: Option<Handlers>,
     ) -> Service {
         let metrics = self.metrics.service(spec.name.as_str());
-        Service::new(spec, revision, source, handlers, self.cpu_turns, metrics)
+        Service::new(
+            spec,
+            revision,
+            source,
+            handlers,
+            self.cpu_turns,
+            self.engine.memory(),
+            metrics,
+        )
     }
 
     /// The host's metrics.

@@ -15,6 +15,7 @@ use crate::values::units::now_ms;
 use crate::wasm::component::{Handlers, LoadError, Source};
 use crate::wasm::engine::BerthEngine;
 use crate::wasm::instance::Sandbox;
+use crate::wasm::instance::limiter::MemoryBudget;
 use crate::wasm::instance::pool::InstancePool;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
@@ -58,13 +59,15 @@ pub enum Warmth {
 impl Service {
     /// A service from its configuration, its source and, when it was just
     /// loaded (a deploy), its handlers; `None` makes it start unloaded.
-    /// Its invocations get `cpu_turns` CPU turns and count into `metrics`.
+    /// Its invocations get `cpu_turns` CPU turns, half of the host's
+    /// guest `memory` budget at most, and count into `metrics`.
     pub fn new(
         spec: ServiceSpec,
         revision: u32,
         source: Source,
         handlers: Option<Handlers>,
         cpu_turns: usize,
+        memory: &MemoryBudget,
         metrics: Arc<ServiceMetrics>,
     ) -> Self {
         let limits = &spec.config.limits;
@@ -72,7 +75,7 @@ impl Service {
         let pool = spec.config.reuse.map(InstancePool::new);
         Service {
             pool,
-            sandbox: Sandbox::new(spec, cpu_turns),
+            sandbox: Sandbox::new(spec, cpu_turns, memory),
             revision,
             admission,
             source,

@@ -22,7 +22,9 @@
 use crate::values::limits::MAX_MEMORY;
 use crate::values::units::ByteSize;
 use crate::wasm::budget;
-use crate::wasm::instance::limiter::MemoryBudget;
+use crate::wasm::instance::limiter::{
+    MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES, MemoryBudget,
+};
 use crate::wasm::instance::{self, InstanceState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,7 +153,10 @@ fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
         .total_tables(n.saturating_mul(2))
         .total_stacks(n)
         .max_memory_size(MAX_MEMORY.bytes() as usize)
-        .table_elements(100_000)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
+        .max_memories_per_component(MAX_MEMORIES as u32)
+        .max_tables_per_component(MAX_TABLES as u32)
         .linear_memory_keep_resident(options.memory_keep_resident.bytes() as usize)
         .table_keep_resident(options.table_keep_resident.bytes() as usize)
         .async_stack_keep_resident(options.stack_keep_resident.bytes() as usize)

@@ -54,6 +54,30 @@ pub enum Outcome {
         /// Where in the guest, when known.
         backtrace: Option<String>,
     },
+    /// The guest trapped after its service's share of the host's memory
+    /// budget (half of it) refused to grow its memory.
+    ServiceMemory {
+        /// The growth asked for.
+        growth: ByteSize,
+        /// What the service's instances held then.
+        used: ByteSize,
+        /// The service's share.
+        share: ByteSize,
+        /// The trap that followed.
+        trap: String,
+        /// Where in the guest, when known.
+        backtrace: Option<String>,
+    },
+    /// The guest trapped after its table was refused a growth past
+    /// [`MAX_TABLE_ELEMENTS`](crate::wasm::instance::limiter::MAX_TABLE_ELEMENTS).
+    TableLimit {
+        /// The elements asked for.
+        requested: usize,
+        /// The trap that followed.
+        trap: String,
+        /// Where in the guest, when known.
+        backtrace: Option<String>,
+    },
     /// The guest trapped after the system failed to map the memory it was
     /// allowed to grow (the address space or the machine's memory ran
     /// out).
@@ -90,7 +114,9 @@ impl Outcome {
             Outcome::OutOfFuel { .. } => OutcomeKind::Fuel,
             Outcome::MemoryLimit { .. }
             | Outcome::HostMemory { .. }
-            | Outcome::SystemMemory { .. } => OutcomeKind::Memory,
+            | Outcome::SystemMemory { .. }
+            | Outcome::TableLimit { .. }
+            | Outcome::ServiceMemory { .. } => OutcomeKind::Memory,
             Outcome::Deadline(_) => OutcomeKind::Deadline,
         }
     }
@@ -106,7 +132,9 @@ impl Outcome {
             Outcome::Trap { backtrace, .. }
             | Outcome::MemoryLimit { backtrace, .. }
             | Outcome::HostMemory { backtrace, .. }
-            | Outcome::SystemMemory { backtrace, .. } => backtrace.as_deref(),
+            | Outcome::SystemMemory { backtrace, .. }
+            | Outcome::TableLimit { backtrace, .. }
+            | Outcome::ServiceMemory { backtrace, .. } => backtrace.as_deref(),
             _ => None,
         }
     }
@@ -138,6 +166,23 @@ impl fmt::Display for Outcome {
             } => write!(
                 f,
                 "host memory budget: the guest asked for {growth} more linear memory while the host's instances held {used} of its budget of {budget}, then trapped: {trap}"
+            ),
+            Outcome::ServiceMemory {
+                growth,
+                used,
+                share,
+                trap,
+                ..
+            } => write!(
+                f,
+                "host memory budget: the guest asked for {growth} more linear memory while its service's instances held {used} of its share of {share} (half the host's budget), then trapped: {trap}"
+            ),
+            Outcome::TableLimit {
+                requested, trap, ..
+            } => write!(
+                f,
+                "table limit: the guest asked for a table of {requested} elements, over the limit of {}, then trapped: {trap}",
+                crate::wasm::instance::limiter::MAX_TABLE_ELEMENTS
             ),
             Outcome::SystemMemory {
                 growth,
@@ -234,6 +279,22 @@ pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, fuel: u64
             growth: ByteSize(*growth as u64),
             used: ByteSize(*used as u64),
             budget: ByteSize(*budget as u64),
+            trap,
+            backtrace,
+        },
+        Some(Denial::Share {
+            growth,
+            used,
+            share,
+        }) => Outcome::ServiceMemory {
+            growth: ByteSize(*growth as u64),
+            used: ByteSize(*used as u64),
+            share: ByteSize(*share as u64),
+            trap,
+            backtrace,
+        },
+        Some(Denial::Table { requested }) => Outcome::TableLimit {
+            requested: *requested,
             trap,
             backtrace,
         },

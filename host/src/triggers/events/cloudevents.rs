@@ -190,6 +190,16 @@ fn build(
         ));
     }
     for name in attrs.keys() {
+        // Not attributes: the event's data, and its type (in binary mode
+        // the body and `Content-Type`). Taken as extensions they would
+        // overwrite them once the event is handed on as structured JSON
+        // (found by fuzzing: a `ce-data` header replaced the data).
+        if matches!(name.as_str(), "data" | "data_base64" | "datacontenttype") {
+            return Err(invalid(
+                name,
+                "is not an extension: the data is the body, its type the Content-Type header",
+            ));
+        }
         if name.is_empty()
             || name.len() > 20
             || !name
@@ -314,6 +324,29 @@ pub fn to_json(event: &Event) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_and_its_type_are_not_extensions() {
+        let topic = Topic::parse("orders.created").unwrap();
+        for name in ["data", "datacontenttype"] {
+            let mut headers = HeaderMap::new();
+            for (h, v) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+            ] {
+                headers.insert(h, v.parse().unwrap());
+            }
+            headers.insert(
+                http::HeaderName::from_bytes(format!("ce-{name}").as_bytes()).unwrap(),
+                "\"x\"".parse().unwrap(),
+            );
+            let err = from_request(&topic, &headers, Bytes::from_static(b"body")).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(err.to_string().contains("not an extension"), "{err}");
+        }
+    }
+
     use super::*;
     use http::HeaderValue;
 

@@ -30,6 +30,13 @@ impl MemoryBudget {
         Arc::default()
     }
 
+    /// One service's share of the host's budget `host`: half of it, so
+    /// that no one service's instances can take the memory every other
+    /// service needs.
+    pub fn share_of(host: &MemoryBudget) -> Arc<Self> {
+        Self::new((host.limit / 2) as u64)
+    }
+
     /// The budget, in bytes.
     pub fn limit(&self) -> usize {
         self.limit
@@ -81,6 +88,20 @@ pub enum Denial {
         /// The budget.
         budget: usize,
     },
+    /// Past the service's share of the host's budget.
+    Share {
+        /// The growth asked for.
+        growth: usize,
+        /// What the service's instances held then.
+        used: usize,
+        /// The share.
+        share: usize,
+    },
+    /// A table past [`MAX_TABLE_ELEMENTS`].
+    Table {
+        /// The elements the guest asked for.
+        requested: usize,
+    },
     /// Allowed, but the system could not map the memory (the address
     /// space or the machine's memory ran out).
     System {
@@ -101,13 +122,29 @@ pub struct MemoryLimiter {
     last_growth: usize,
     denied: Option<Denial>,
     budget: Arc<MemoryBudget>,
+    share: Arc<MemoryBudget>,
 }
 
-/// Largest table an instance may grow, in elements.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Largest table an instance may have, in elements (also the pool's
+/// table slots' size).
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Core instances (module instantiations) one component instance may make.
+/// Compilers emit a few (a Rust guest about 3, a componentize-py one 14);
+/// without a bound, one hand-made component of a thousand would hold a
+/// large part of the host's instance pool.
+pub const MAX_CORE_INSTANCES: usize = 64;
+
+/// Linear memories one component instance may have.
+pub const MAX_MEMORIES: usize = 8;
+
+/// Tables one component instance may have.
+pub const MAX_TABLES: usize = 16;
 
 impl MemoryLimiter {
-    pub(super) fn new(cap: u64, budget: Arc<MemoryBudget>) -> Self {
+    /// An instance's limiter: at most `cap`, taken from its service's
+    /// `share` and from the host's `budget`.
+    pub(super) fn new(cap: u64, budget: Arc<MemoryBudget>, share: Arc<MemoryBudget>) -> Self {
         MemoryLimiter {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             total: 0,
@@ -115,6 +152,7 @@ impl MemoryLimiter {
             last_growth: 0,
             denied: None,
             budget,
+            share,
         }
     }
 
@@ -145,6 +183,7 @@ impl Drop for MemoryLimiter {
     /// The instance is gone: its memory goes back to the host's budget.
     fn drop(&mut self) {
         self.budget.give(self.total);
+        self.share.give(self.total);
     }
 }
 
@@ -161,7 +200,16 @@ impl ResourceLimiter for MemoryLimiter {
             self.denied = Some(Denial::Cap { requested: total });
             return Ok(false);
         }
+        if !self.share.take(growth) {
+            self.denied = Some(Denial::Share {
+                growth,
+                used: self.share.used(),
+                share: self.share.limit(),
+            });
+            return Ok(false);
+        }
         if !self.budget.take(growth) {
+            self.share.give(growth);
             self.denied = Some(Denial::Host {
                 growth,
                 used: self.budget.used(),
@@ -182,6 +230,7 @@ impl ResourceLimiter for MemoryLimiter {
         });
         self.total -= self.last_growth;
         self.budget.give(self.last_growth);
+        self.share.give(self.last_growth);
         self.last_growth = 0;
         Ok(())
     }
@@ -192,7 +241,23 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            self.denied = Some(Denial::Table { requested: desired });
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 #[cfg(test)]
@@ -201,7 +266,11 @@ mod tests {
 
     #[test]
     fn limiter_caps_the_sum_and_records_the_peak() {
-        let mut l = MemoryLimiter::new(4 << 16, MemoryBudget::unlimited());
+        let mut l = MemoryLimiter::new(
+            4 << 16,
+            MemoryBudget::unlimited(),
+            MemoryBudget::unlimited(),
+        );
         assert!(l.memory_growing(0, 2 << 16, None).unwrap());
         assert!(l.memory_growing(0, 1 << 16, None).unwrap());
         assert_eq!(l.peak(), 3 << 16);
@@ -212,6 +281,14 @@ mod tests {
         l.memory_grow_failed(wasmtime::format_err!("os said no"))
             .unwrap();
         assert!(l.memory_growing(1 << 16, 2 << 16, None).unwrap());
+        assert!(l.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
+        assert!(!l.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert_eq!(
+            l.denied(),
+            Some(&Denial::Table {
+                requested: MAX_TABLE_ELEMENTS + 1
+            })
+        );
     }
 }
 
@@ -223,8 +300,9 @@ mod budget_tests {
     fn instances_share_the_host_budget_and_give_it_back() {
         let page = 1 << 16;
         let budget = MemoryBudget::new(5 * page);
-        let mut a = MemoryLimiter::new(4 * page, budget.clone());
-        let mut b = MemoryLimiter::new(4 * page, budget.clone());
+        let share = MemoryBudget::unlimited;
+        let mut a = MemoryLimiter::new(4 * page, budget.clone(), share());
+        let mut b = MemoryLimiter::new(4 * page, budget.clone(), share());
         assert!(a.memory_growing(0, 3 * page as usize, None).unwrap());
         assert!(b.memory_growing(0, page as usize, None).unwrap());
         assert_eq!(budget.used(), 4 * page as usize);
@@ -259,9 +337,46 @@ mod budget_tests {
         // A dropped instance gives back all it held.
         drop(a);
         assert_eq!(budget.used(), page as usize);
-        let mut c = MemoryLimiter::new(4 * page, budget.clone());
+        let mut c = MemoryLimiter::new(4 * page, budget.clone(), share());
         assert!(c.memory_growing(0, 4 * page as usize, None).unwrap());
         drop((b, c));
         assert_eq!(budget.used(), 0);
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn a_service_holds_at_most_half_the_host_budget() {
+        let page = 1usize << 16;
+        let host = MemoryBudget::new(8 * page as u64);
+        let greedy = MemoryBudget::share_of(&host);
+        let other = MemoryBudget::share_of(&host);
+        let mut g1 = MemoryLimiter::new(u64::MAX, host.clone(), greedy.clone());
+        let mut g2 = MemoryLimiter::new(u64::MAX, host.clone(), greedy.clone());
+        assert!(g1.memory_growing(0, 3 * page, None).unwrap());
+        assert!(!g2.memory_growing(0, 2 * page, None).unwrap());
+        assert_eq!(
+            g2.denied(),
+            Some(&Denial::Share {
+                growth: 2 * page,
+                used: 3 * page,
+                share: 4 * page,
+            })
+        );
+        // What the greedy service cannot take is left for the others.
+        let mut o = MemoryLimiter::new(u64::MAX, host.clone(), other.clone());
+        assert!(o.memory_growing(0, 4 * page, None).unwrap());
+        // Refused by the host after the share took it: the share gets it
+        // back.
+        assert!(!g2.memory_growing(0, page + page, None).unwrap());
+        assert!(g2.memory_growing(0, page, None).unwrap());
+        assert!(!g1.memory_growing(3 * page, 4 * page, None).unwrap());
+        assert!(matches!(g1.denied(), Some(Denial::Host { .. })));
+        assert_eq!(greedy.used(), 4 * page);
+        drop((g1, g2, o));
+        assert_eq!((host.used(), greedy.used(), other.used()), (0, 0, 0));
     }
 }

@@ -256,15 +256,20 @@ pub struct Sandbox {
     /// How many of its invocations may run guest code at once once they
     /// are CPU-bound (see [`turns`]).
     pub cpu_turns: Arc<tokio::sync::Semaphore>,
+    /// The linear memory its instances may hold together: its share of
+    /// the host's budget.
+    pub memory: Arc<limiter::MemoryBudget>,
 }
 
 impl Sandbox {
-    /// The sandbox of `spec`, with `cpu_turns` turns.
-    pub fn new(spec: ServiceSpec, cpu_turns: usize) -> Sandbox {
+    /// The sandbox of `spec`, with `cpu_turns` turns and its share of the
+    /// host's memory budget `memory`.
+    pub fn new(spec: ServiceSpec, cpu_turns: usize, memory: &limiter::MemoryBudget) -> Sandbox {
         Sandbox {
             outbound: spec.config.allowed_outbound.clone().into(),
             publish: spec.config.publish.clone().into(),
             cpu_turns: Arc::new(tokio::sync::Semaphore::new(cpu_turns.max(1))),
+            memory: limiter::MemoryBudget::share_of(memory),
             spec,
         }
     }
@@ -366,7 +371,11 @@ pub fn new_store(
         wasi,
         http: http_context(),
         hooks: Hooks { tag, outbound },
-        limiter: MemoryLimiter::new(limits.memory.bytes(), ports.memory.clone()),
+        limiter: MemoryLimiter::new(
+            limits.memory.bytes(),
+            ports.memory.clone(),
+            sandbox.memory.clone(),
+        ),
         turn: CpuTurn::new(sandbox.cpu_turns.clone()),
         publisher,
         output,
