@@ -44,6 +44,29 @@ async fn serve(berth: &Berth, n: u64) -> u64 {
     n
 }
 
+/// Once the disk takes writes again: the held usage records are stored,
+/// one per request `answered`; a publish on `topic` is taken; every event
+/// `acked` (that one's too) is handled.
+async fn recovered(berth: &Berth, answered: u64, topic: &str, acked: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = invocations(berth, "svc").await;
+        if stored == answered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} usage records for {answered} requests answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    berth.wait_for_logs(&["usage records held back are stored"]);
+    let (ids, reply) = publish(berth, topic, "after", 20).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    acked.extend(ids);
+    wait_handled(berth, acked);
+}
+
 /// Waits until the consumer of `berth` has logged every one of `ids`.
 fn wait_handled(berth: &Berth, ids: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -130,23 +153,7 @@ async fn a_full_disk_holds_usage_records_refuses_events_clearly_and_loses_nothin
     // Room again: the held records are stored, one per request answered;
     // events are taken again; every acknowledged one is handled.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stored = invocations(&berth, "svc").await;
-        if stored == answered {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{stored} usage records for {answered} requests answered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    berth.wait_for_logs(&["usage records held back are stored"]);
-    let (ids, reply) = publish(&berth, "full.after", "after", 20).await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    acked.extend(ids);
-    wait_handled(&berth, &acked);
+    recovered(&berth, answered, "full.after", &mut acked).await;
     let scrape = berth.admin_get("/metrics").await.text();
     assert_eq!(metric(&scrape, "berth_ledger_pending_records"), 0.0);
     // Stopped cleanly, the state and the ledger are whole. (Read from a
@@ -743,18 +750,21 @@ async fn read_only_ledger_and_bus_files_hold_records_refuse_changes_clearly_and_
         "{text}"
     );
     // So is a deploy; the service deployed serves on.
-    let out = cli_with_token(
-        &admin,
-        Some(TOKEN),
-        &[
-            "deploy",
-            "other",
-            "--component",
-            programs::ECHO,
-            "--route",
-            "/other",
-        ],
-    );
+    let deploy_other = || {
+        cli_with_token(
+            &admin,
+            Some(TOKEN),
+            &[
+                "deploy",
+                "other",
+                "--component",
+                programs::ECHO,
+                "--route",
+                "/other",
+            ],
+        )
+    };
+    let out = deploy_other();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("storage_error"),
@@ -767,35 +777,8 @@ async fn read_only_ledger_and_bus_files_hold_records_refuse_changes_clearly_and_
     // answered; publishes and deploys are taken; every acknowledged event
     // is handled.
     chattr("-i", &files);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stored = invocations(&berth, "svc").await;
-        if stored == answered {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{stored} usage records for {answered} requests answered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    berth.wait_for_logs(&["usage records held back are stored"]);
-    let (ids, reply) = publish(&berth, "ro.after", "after", 20).await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    acked.extend(ids);
-    wait_handled(&berth, &acked);
-    let out = cli_with_token(
-        &admin,
-        Some(TOKEN),
-        &[
-            "deploy",
-            "other",
-            "--component",
-            programs::ECHO,
-            "--route",
-            "/other",
-        ],
-    );
+    recovered(&berth, answered, "ro.after", &mut acked).await;
+    let out = deploy_other();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(post(&berth, "/other", "back").await.text(), "back");
     answered += serve(&berth, 5).await;

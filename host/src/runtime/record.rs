@@ -179,6 +179,31 @@ struct Traced {
     opened: (Instant, SystemTime),
 }
 
+/// The record of invocation `id` of `service`'s `revision`, started now,
+/// before anything happened to it.
+fn blank(id: InvocationId, service: &str, revision: u32, trigger: Trigger) -> Record {
+    Record {
+        invocation: id.to_string(),
+        service: service.to_string(),
+        revision,
+        trigger,
+        started_ms: now_ms(),
+        wall_us: 0,
+        queue_us: 0,
+        load_us: 0,
+        cpu_us: 0,
+        fuel: 0,
+        peak_memory: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        // Until the guest has run.
+        outcome: OutcomeKind::Rejected,
+        status: None,
+        cold: false,
+        instance: None,
+    }
+}
+
 /// A hold on a record: the record is complete, and goes to the meter, once
 /// every hold is dropped.
 pub struct Hold(Arc<RecordDraft>);
@@ -209,26 +234,7 @@ impl RecordDraft {
         span: tracing::Span,
         default_status: Option<u16>,
     ) -> Hold {
-        let record = Record {
-            invocation: id.to_string(),
-            service: service.name().to_string(),
-            revision: service.revision,
-            trigger,
-            started_ms: now_ms(),
-            wall_us: 0,
-            queue_us: 0,
-            load_us: 0,
-            cpu_us: 0,
-            fuel: 0,
-            peak_memory: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            // Until the guest has run.
-            outcome: OutcomeKind::Rejected,
-            status: None,
-            cold: false,
-            instance: None,
-        };
+        let record = blank(id, service.name().as_str(), service.revision, trigger);
         Self::with_record(meter, service.metrics.clone(), record, span, default_status)
     }
 
@@ -540,25 +546,7 @@ mod tests {
     use crate::runtime::metrics::Metrics;
 
     fn record() -> Record {
-        Record {
-            invocation: InvocationId::new().to_string(),
-            service: "hello".into(),
-            revision: 1,
-            trigger: Trigger::Http,
-            started_ms: now_ms(),
-            wall_us: 0,
-            queue_us: 0,
-            load_us: 0,
-            cpu_us: 0,
-            fuel: 0,
-            peak_memory: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            outcome: OutcomeKind::Rejected,
-            status: None,
-            cold: false,
-            instance: None,
-        }
+        blank(InvocationId::new(), "hello", 1, Trigger::Http)
     }
 
     fn queue_count(metrics: &Metrics) -> String {
