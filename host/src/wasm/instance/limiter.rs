@@ -369,14 +369,18 @@ mod share_tests {
         // What the greedy service cannot take is left for the others.
         let mut o = MemoryLimiter::new(u64::MAX, host.clone(), other.clone());
         assert!(o.memory_growing(0, 4 * page, None).unwrap());
-        // Refused by the host after the share took it: the share gets it
-        // back.
-        assert!(!g2.memory_growing(0, page + page, None).unwrap());
-        assert!(g2.memory_growing(0, page, None).unwrap());
-        assert!(!g1.memory_growing(3 * page, 4 * page, None).unwrap());
-        assert!(matches!(g1.denied(), Some(Denial::Host { .. })));
-        assert_eq!(greedy.used(), 4 * page);
-        drop((g1, g2, o));
-        assert_eq!((host.used(), greedy.used(), other.used()), (0, 0, 0));
+        let third = MemoryBudget::share_of(&host);
+        let mut t = MemoryLimiter::new(u64::MAX, host.clone(), third.clone());
+        assert!(t.memory_growing(0, page, None).unwrap());
+        // The host's budget is full: a growth within the share is refused
+        // by the host, and the share gets it back.
+        assert!(!g2.memory_growing(0, page, None).unwrap());
+        assert!(matches!(g2.denied(), Some(Denial::Host { .. })));
+        assert_eq!((host.used(), greedy.used()), (8 * page, 3 * page));
+        drop((g1, g2, o, t));
+        assert_eq!(
+            (host.used(), greedy.used(), other.used(), third.used()),
+            (0, 0, 0, 0)
+        );
     }
 }
