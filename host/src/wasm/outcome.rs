@@ -5,7 +5,7 @@
 use crate::values::units::{ByteSize, format_duration};
 use crate::values::usage::OutcomeKind;
 use crate::wasm::instance::InstanceState;
-use crate::wasm::instance::limiter::Denial;
+use crate::wasm::instance::limiter::{Denial, Whose};
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -41,28 +41,17 @@ pub enum Outcome {
         backtrace: Option<String>,
     },
     /// The guest trapped after the host's memory budget, which all
-    /// instances share, refused to grow its memory.
+    /// instances share, or its service's share of it (half), refused to
+    /// grow its memory.
     HostMemory {
+        /// Which of the two refused.
+        whose: Whose,
         /// The growth asked for.
         growth: ByteSize,
-        /// What the host's instances held then.
+        /// What that budget's instances held then.
         used: ByteSize,
-        /// The host's budget.
-        budget: ByteSize,
-        /// The trap that followed.
-        trap: String,
-        /// Where in the guest, when known.
-        backtrace: Option<String>,
-    },
-    /// The guest trapped after its service's share of the host's memory
-    /// budget (half of it) refused to grow its memory.
-    ServiceMemory {
-        /// The growth asked for.
-        growth: ByteSize,
-        /// What the service's instances held then.
-        used: ByteSize,
-        /// The service's share.
-        share: ByteSize,
+        /// The budget.
+        limit: ByteSize,
         /// The trap that followed.
         trap: String,
         /// Where in the guest, when known.
@@ -115,8 +104,7 @@ impl Outcome {
             Outcome::MemoryLimit { .. }
             | Outcome::HostMemory { .. }
             | Outcome::SystemMemory { .. }
-            | Outcome::TableLimit { .. }
-            | Outcome::ServiceMemory { .. } => OutcomeKind::Memory,
+            | Outcome::TableLimit { .. } => OutcomeKind::Memory,
             Outcome::Deadline(_) => OutcomeKind::Deadline,
         }
     }
@@ -133,8 +121,7 @@ impl Outcome {
             | Outcome::MemoryLimit { backtrace, .. }
             | Outcome::HostMemory { backtrace, .. }
             | Outcome::SystemMemory { backtrace, .. }
-            | Outcome::TableLimit { backtrace, .. }
-            | Outcome::ServiceMemory { backtrace, .. } => backtrace.as_deref(),
+            | Outcome::TableLimit { backtrace, .. } => backtrace.as_deref(),
             _ => None,
         }
     }
@@ -158,25 +145,26 @@ impl fmt::Display for Outcome {
                 "memory limit: the guest asked for {requested} of linear memory, over its limit of {cap}, then trapped: {trap}"
             ),
             Outcome::HostMemory {
+                whose,
                 growth,
                 used,
-                budget,
+                limit,
                 trap,
                 ..
-            } => write!(
-                f,
-                "host memory budget: the guest asked for {growth} more linear memory while the host's instances held {used} of its budget of {budget}, then trapped: {trap}"
-            ),
-            Outcome::ServiceMemory {
-                growth,
-                used,
-                share,
-                trap,
-                ..
-            } => write!(
-                f,
-                "host memory budget: the guest asked for {growth} more linear memory while its service's instances held {used} of its share of {share} (half the host's budget), then trapped: {trap}"
-            ),
+            } => {
+                let held = match whose {
+                    Whose::Host => {
+                        format!("the host's instances held {used} of its budget of {limit}")
+                    }
+                    Whose::Service => format!(
+                        "its service's instances held {used} of its share of {limit} (half the host's budget)"
+                    ),
+                };
+                write!(
+                    f,
+                    "host memory budget: the guest asked for {growth} more linear memory while {held}, then trapped: {trap}"
+                )
+            }
             Outcome::TableLimit {
                 requested, trap, ..
             } => write!(
@@ -271,25 +259,16 @@ pub fn classify(error: &wasmtime::Error, store: &Store<InstanceState>, fuel: u64
             trap,
             backtrace,
         },
-        Some(Denial::Host {
+        Some(Denial::Budget {
+            whose,
             growth,
             used,
-            budget,
+            limit,
         }) => Outcome::HostMemory {
+            whose: *whose,
             growth: ByteSize(*growth as u64),
             used: ByteSize(*used as u64),
-            budget: ByteSize(*budget as u64),
-            trap,
-            backtrace,
-        },
-        Some(Denial::Share {
-            growth,
-            used,
-            share,
-        }) => Outcome::ServiceMemory {
-            growth: ByteSize(*growth as u64),
-            used: ByteSize(*used as u64),
-            share: ByteSize(*share as u64),
+            limit: ByteSize(*limit as u64),
             trap,
             backtrace,
         },
@@ -324,6 +303,32 @@ mod tests {
         assert_eq!(o.kind().as_str(), "fuel");
         assert!(o.to_string().contains("fuel exhausted"));
         assert!(o.to_string().contains("1000"));
+        for (whose, held) in [
+            (
+                Whose::Host,
+                "the host's instances held 3MiB of its budget of 4MiB",
+            ),
+            (
+                Whose::Service,
+                "its service's instances held 3MiB of its share of 4MiB (half the host's budget)",
+            ),
+        ] {
+            let o = Outcome::HostMemory {
+                whose,
+                growth: ByteSize::mib(2),
+                used: ByteSize::mib(3),
+                limit: ByteSize::mib(4),
+                trap: "unreachable".into(),
+                backtrace: None,
+            };
+            assert_eq!(o.kind(), OutcomeKind::Memory);
+            assert_eq!(
+                o.to_string(),
+                format!(
+                    "host memory budget: the guest asked for 2MiB more linear memory while {held}, then trapped: unreachable"
+                )
+            );
+        }
         let o = Outcome::Deadline(Deadline::Own(Duration::from_millis(1500)));
         assert!(o.to_string().contains("1500ms"));
         let o = Outcome::Deadline(Deadline::Caller(Duration::from_millis(250)));

@@ -71,6 +71,15 @@ impl Default for MemoryBudget {
     }
 }
 
+/// Whose budget refused a growth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whose {
+    /// The host's: all instances.
+    Host,
+    /// The service's share of the host's: its instances.
+    Service,
+}
+
 /// Why a growth of an instance's memory was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -79,23 +88,16 @@ pub enum Denial {
         /// The total the guest asked for.
         requested: usize,
     },
-    /// Past the host's budget.
-    Host {
+    /// Past a budget the instance shares with others.
+    Budget {
+        /// Which: the host's, or its service's share of it.
+        whose: Whose,
         /// The growth asked for.
         growth: usize,
-        /// What the host's instances held then.
+        /// What that budget's instances held then.
         used: usize,
         /// The budget.
-        budget: usize,
-    },
-    /// Past the service's share of the host's budget.
-    Share {
-        /// The growth asked for.
-        growth: usize,
-        /// What the service's instances held then.
-        used: usize,
-        /// The share.
-        share: usize,
+        limit: usize,
     },
     /// A table past [`MAX_TABLE_ELEMENTS`].
     Table {
@@ -200,21 +202,19 @@ impl ResourceLimiter for MemoryLimiter {
             self.denied = Some(Denial::Cap { requested: total });
             return Ok(false);
         }
+        let refused = |budget: &MemoryBudget, whose| Denial::Budget {
+            whose,
+            growth,
+            used: budget.used(),
+            limit: budget.limit(),
+        };
         if !self.share.take(growth) {
-            self.denied = Some(Denial::Share {
-                growth,
-                used: self.share.used(),
-                share: self.share.limit(),
-            });
+            self.denied = Some(refused(&self.share, Whose::Service));
             return Ok(false);
         }
         if !self.budget.take(growth) {
             self.share.give(growth);
-            self.denied = Some(Denial::Host {
-                growth,
-                used: self.budget.used(),
-                budget: self.budget.limit(),
-            });
+            self.denied = Some(refused(&self.budget, Whose::Host));
             return Ok(false);
         }
         self.total = total;
@@ -313,10 +313,11 @@ mod budget_tests {
         );
         assert_eq!(
             b.denied(),
-            Some(&Denial::Host {
+            Some(&Denial::Budget {
+                whose: Whose::Host,
                 growth: 2 * page as usize,
                 used: 4 * page as usize,
-                budget: 5 * page as usize,
+                limit: 5 * page as usize,
             })
         );
         // A growth the system then failed is given back.
@@ -360,10 +361,11 @@ mod share_tests {
         assert!(!g2.memory_growing(0, 2 * page, None).unwrap());
         assert_eq!(
             g2.denied(),
-            Some(&Denial::Share {
+            Some(&Denial::Budget {
+                whose: Whose::Service,
                 growth: 2 * page,
                 used: 3 * page,
-                share: 4 * page,
+                limit: 4 * page,
             })
         );
         // What the greedy service cannot take is left for the others.
@@ -375,7 +377,13 @@ mod share_tests {
         // The host's budget is full: a growth within the share is refused
         // by the host, and the share gets it back.
         assert!(!g2.memory_growing(0, page, None).unwrap());
-        assert!(matches!(g2.denied(), Some(Denial::Host { .. })));
+        assert!(matches!(
+            g2.denied(),
+            Some(Denial::Budget {
+                whose: Whose::Host,
+                ..
+            })
+        ));
         assert_eq!((host.used(), greedy.used()), (8 * page, 3 * page));
         drop((g1, g2, o, t));
         assert_eq!(
