@@ -62,6 +62,16 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`] in a test whose tasks go on meanwhile (a blocking
+/// wait would hold up the test's one runtime thread).
+async fn wait_until_async(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn json(host: &Host, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
@@ -652,6 +662,54 @@ fn drained(node: &Host) {
     });
 }
 
+/// Publishes ten events every 100 ms through a node's admin API, until
+/// stopped: what the consumers drain as fast as they come.
+struct Publisher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Publisher {
+    /// Publishes to `topic` through `node`, events of type `load` with ids
+    /// `TAG-bBATCH-I`.
+    fn start(node: &Host, topic: &str, tag: String) -> Publisher {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let admin = node.berth.admin.unwrap();
+        let topic = topic.to_owned();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut acked = Vec::new();
+                let mut batch = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let ids: Vec<String> = (0..10).map(|i| format!("{tag}-b{batch}-{i}")).collect();
+                    let events: Vec<_> = ids
+                        .iter()
+                        .map(|id| crate::events::event(id, "load", "x"))
+                        .collect();
+                    match try_send(admin, batch_request(&topic, &events)).await {
+                        Ok(r) if r.status == 202 => acked.extend(ids),
+                        Ok(_) => {}
+                        // Its node is gone: wait for the stop.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    batch += 1;
+                }
+                acked
+            }
+        });
+        Publisher { stop, task }
+    }
+
+    /// Stops; the ids of the events acknowledged.
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
 #[tokio::test]
 async fn events_published_through_any_node_run_once_across_the_nodes() {
     let nats = Nats::cluster(3);
@@ -1229,8 +1287,6 @@ async fn a_backlog_on_jetstream_shows_as_bus_lag_until_it_drains() {
 /// every node's artifacts hash to their names.
 #[tokio::test]
 async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     const ROUNDS: usize = 20;
     let mut rng = crate::crash::Rng::seeded("cluster crash loop");
     let mut nats = Nats::cluster(3);
@@ -1262,34 +1318,7 @@ async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
             "--route",
             "/svc/...",
         ]);
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let publishing = {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            let admin = nodes[publisher].berth.admin.unwrap();
-            tokio::spawn(async move {
-                // Ten events every 100 ms: what the consumers drain in
-                // about the time the round takes.
-                let mut batch = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let ids: Vec<String> =
-                        (0..10).map(|i| format!("r{round}-b{batch}-{i}")).collect();
-                    let events: Vec<_> = ids
-                        .iter()
-                        .map(|id| crate::events::event(id, "load", "x"))
-                        .collect();
-                    let req = batch_request("load.crash", &events);
-                    match try_send(admin, req).await {
-                        Ok(r) if r.status == 202 => acked.lock().unwrap().extend(ids),
-                        Ok(_) => {}
-                        // Its node is gone: wait for the round to end.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                    batch += 1;
-                }
-            })
-        };
+        let publishing = Publisher::start(&nodes[publisher], "load.crash", format!("r{round}"));
         // The kill lands while events are published and delivered; when it
         // is the deploying node's, within the deploy's first tens of
         // milliseconds (a deploy of a stored artifact takes about that).
@@ -1310,8 +1339,7 @@ async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
         };
         // Publishing and the deploy go on for a moment without it.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        stop.store(true, Ordering::SeqCst);
-        publishing.await.unwrap();
+        let acked = publishing.stop().await;
         let deploy_acked = deploy.wait().unwrap().success();
         if victim < 3 {
             nodes[victim].start_again();
@@ -1339,8 +1367,8 @@ async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
             now == old || now == new,
             "round {round}: {now} is neither {old} nor {new}"
         );
-        let round_acked = acked.lock().unwrap().len();
-        acked_events.extend(acked.lock().unwrap().drain(..));
+        let round_acked = acked.len();
+        acked_events.extend(acked);
         table.push(format!(
             "round {round:2}: {what:6} killed after {:4} ms; deploy through {} {}; {round_acked:4} events acknowledged through {}",
             delay.as_millis(),
@@ -1376,5 +1404,203 @@ async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
     eprintln!(
         "{ROUNDS} kill -9s of nodes and NATS servers: {} events acknowledged, all handled ({duplicates} twice); every acknowledged deploy kept on every node",
         acked_events.len()
+    );
+}
+
+/// A node cut off from NATS by the network — its link down, so what it
+/// sends is lost without a word, as on a cut cable — while the rest of
+/// the cluster carries on: it serves what it has loaded, is not ready,
+/// refuses changes and publishes naming the cluster, and the others stop
+/// listing it; healed, it catches up with what changed, is ready again
+/// and takes changes; no acknowledged event is lost.
+///
+/// The NATS servers run in a network namespace of their own. Nodes a and
+/// b reach them over one veth link; node c runs in a second namespace,
+/// linked to the servers' by another, which is the one cut, and to this
+/// process by a third, on which the test reaches it.
+#[tokio::test]
+async fn a_node_cut_off_from_nats_by_the_network_serves_what_it_has_and_catches_up_when_healed() {
+    use crate::netns::{Netns, Veth};
+    let nats_net = Netns::new("nats");
+    let c_net = Netns::new("node-c");
+    let to_nats = Veth::new(0, None, Some(&nats_net));
+    let c_to_nats = Veth::new(1, Some(&c_net), Some(&nats_net));
+    let to_c = Veth::new(2, None, Some(&c_net));
+    let nats = Nats::cluster_in(3, &nats_net, &to_nats.two());
+    // Without the servers' advertised addresses, the nodes are told the
+    // replicas.
+    let joined = |urls: &str, name: &str| -> Vec<String> {
+        ["--cluster", urls, "--node", name, "--cluster-replicas", "3"]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let on_root = |name: &str| {
+        let args = joined(&nats.urls(), name);
+        Host::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (a, b) = (on_root("a"), on_root("b"));
+    let args = joined(&nats.urls_at(&c_to_nats.two()), "c");
+    let c = Host::start_in(
+        &c_net,
+        &to_c.two(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    a.deploy("hello", programs::HELLO, "/hello");
+    a.deploy_manifest(&crate::events::consumer("load.*", "concurrency = 8"));
+    serving_everywhere(&a, "hello", 3);
+    serving_everywhere(&a, "consumer", 3);
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    assert_eq!(node_names(&a), ["a", "b", "c"]);
+
+    // Events flow through a for the whole test; c takes its part.
+    let publisher = Publisher::start(&a, "load.cut", "cut".into());
+    wait_until_async("c handles events", Duration::from_secs(30), || {
+        crate::events::handled(&c.berth.logs()).len() >= 20
+    })
+    .await;
+
+    c_to_nats.set_two(false);
+    let cut = Instant::now();
+    // A change through c before it notices fails after its request's
+    // timeout rather than hang.
+    let early = tokio::task::spawn_blocking({
+        let admin = c.admin_url();
+        move || {
+            let args = [
+                "deploy",
+                "hello",
+                "--component",
+                programs::HELLO_WSTD,
+                "--route",
+                "/hello",
+            ];
+            let out = cli_with_token(&admin, Some(TOKEN), &args);
+            (out, cut.elapsed())
+        }
+    });
+    // c answers throughout; it notices the loss within its pings.
+    let mut answered = 0;
+    let noticed = loop {
+        assert_eq!(answer(&c, "/hello").await, (200, V1.into()));
+        answered += 1;
+        let (status, why) = answer(&c, "/readyz").await;
+        if status == 503 {
+            assert!(why.contains("lost the cluster"), "{why}");
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "c never noticed the cut: {status} {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (out, early_took) = early.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cluster_unavailable"), "{stderr}");
+    // Noticed, changes and publishes through c fail at once, naming the
+    // cluster.
+    let tried = Instant::now();
+    let out = c.cli(&[
+        "deploy",
+        "hello",
+        "--component",
+        programs::HELLO_WSTD,
+        "--route",
+        "/hello",
+    ]);
+    let took = tried.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cluster_unavailable"), "{stderr}");
+    assert!(stderr.contains(&c_to_nats.two()), "{stderr}");
+    assert!(took < Duration::from_secs(5), "the deploy took {took:?}");
+    let reply = c
+        .publish_batch("load.cut", &[crate::events::event("lost?", "load", "x")])
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(
+        reply.text().contains("cluster_unavailable"),
+        "{}",
+        reply.text()
+    );
+    // Cut off, c knows of no other node, and says why it is not ready.
+    let nodes = json(&c, &["nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    assert_eq!(nodes[0]["name"], "c");
+    assert_eq!(nodes[0]["ready"], false);
+    let why = nodes[0]["unready"].as_str().unwrap();
+    assert!(why.contains("lost the cluster"), "{why}");
+
+    // The rest of the cluster carries on: a change through a reaches b,
+    // not c, which serves what it has; a and b stop listing c.
+    a.cli_ok(&[
+        "deploy",
+        "hello",
+        "--component",
+        programs::HELLO_WSTD,
+        "--route",
+        "/hello",
+    ]);
+    wait_all(&[&a, &b], "/hello", 200, V2).await;
+    wait_until_async("a lists c no more", Duration::from_secs(30), || {
+        node_names(&a) == ["a", "b"]
+    })
+    .await;
+    // Cut for 10 s more at least, c answering all along.
+    while cut.elapsed() < noticed + Duration::from_secs(10) {
+        assert_eq!(answer(&c, "/hello").await, (200, V1.into()));
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer(&c, "/readyz").await.0, 503);
+
+    c_to_nats.set_two(true);
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(60);
+    while answer(&c, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "c never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_after = healed.elapsed();
+    // Ready means caught up: the change made while it was cut off.
+    assert_eq!(answer(&c, "/hello").await, (200, V2.into()));
+    wait_until_async("a lists c again", Duration::from_secs(30), || {
+        node_names(&a) == ["a", "b", "c"]
+    })
+    .await;
+    // c takes changes and publishes again.
+    c.deploy("hello", programs::HELLO, "/hello");
+    wait_all(&[&a, &b, &c], "/hello", 200, V1).await;
+    let reply = c
+        .publish_batch("load.cut", &[crate::events::event("after", "load", "x")])
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+
+    // Every acknowledged event is handled, at least once, on some node
+    // (c's in flight at the cut, again on another).
+    let mut acked = publisher.stop().await;
+    acked.push("after".into());
+    drained(&a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen = handled_across(&[&a, &b, &c], &[]);
+        if acked.iter().all(|id| seen.contains_key(id)) || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let duplicates = crate::events::all_handled(&acked, &seen);
+    assert!(!seen.contains_key("lost?"));
+    for node in [&a, &b, &c] {
+        assert!(assert_artifacts_whole(node) >= 2);
+    }
+    eprintln!(
+        "node c cut off from NATS for {:.1} s: noticed after {:.1} s (a deploy through it before then failed after {:.1} s), answered {answered} requests with what it had; ready again {:.1} s after the heal, caught up; {} events acknowledged, all handled ({duplicates} twice)",
+        (healed - cut).as_secs_f64(),
+        noticed.as_secs_f64(),
+        early_took.as_secs_f64(),
+        ready_after.as_secs_f64(),
+        acked.len(),
     );
 }

