@@ -123,6 +123,158 @@ async fn no_spelling_of_this_host_reaches_its_admin_api_and_redirects_are_not_fo
     assert_eq!(reply.text(), "hello from berth: /hello/still-here\n");
 }
 
+/// A stand-in for a cloud's metadata service: answers every request on
+/// its listener with `credentials`, and counts the connections; stops when
+/// dropped.
+struct MetadataService {
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MetadataService {
+    fn start(listener: std::net::TcpListener) -> MetadataService {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        listener.set_nonblocking(true).unwrap();
+        let service = MetadataService {
+            hits: Default::default(),
+            stop: Default::default(),
+        };
+        let (hits, stop) = (service.hits.clone(), service.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                hits.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\ncredentials",
+                );
+            }
+        });
+        service
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for MetadataService {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Metadata services (where a cloud machine's credentials are served) are
+/// out of a guest's reach by every name and spelling its allow-list lets
+/// by — a name that resolves to one, a wildcard, the address as a decimal,
+/// hexadecimal or octal number — and reached only when the allow-list
+/// names the address itself. The host runs in a network namespace of the
+/// test's, where the metadata addresses are stand-ins of the test's own
+/// and the names resolve through the namespace's `/etc/hosts`.
+#[tokio::test]
+async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() {
+    use crate::netns::{Netns, Veth};
+    let ns = Netns::new("escape");
+    let link = Veth::new(3, None, Some(&ns));
+    for cidr in [
+        "169.254.169.254/32",
+        "100.100.100.200/32",
+        "fd00:ec2::254/128",
+    ] {
+        ns.add_address(cidr);
+    }
+    ns.hosts(
+        "127.0.0.1 localhost\n\
+         169.254.169.254 metadata.google.internal metadata.test\n\
+         100.100.100.200 aliyun.test\n\
+         fd00:ec2::254 imds.test\n",
+    );
+    let services = [
+        "169.254.169.254:80",
+        "100.100.100.200:80",
+        "[fd00:ec2::254]:80",
+    ]
+    .map(|addr| MetadataService::start(ns.bind(addr)));
+    let attempts = [
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://metadata.test/latest/meta-data/",
+        "http://aliyun.test/latest/meta-data/",
+        "http://imds.test/latest/api/token",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2852039166/latest/meta-data/",
+        "http://0xa9fea9fe/latest/meta-data/",
+        "http://0251.0376.0251.0376/latest/meta-data/",
+    ];
+    let allowed = [
+        "http://metadata.google.internal",
+        "http://*.test",
+        "http://*.254",
+        "http://2852039166",
+        "http://0xa9fea9fe",
+        "http://0251.0376.0251.0376",
+    ];
+    let list = |rules: &[&str]| {
+        rules
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let host = crate::host::Host::start_in(&ns, &link.two(), &[]);
+    host.deploy_manifest(&format!(
+        "[service.sneaky]\ncomponent = {:?}\nroute = \"/sneaky/...\"\nallowed_outbound = [{}]\n\
+         [service.operator]\ncomponent = {:?}\nroute = \"/operator/...\"\n\
+         allowed_outbound = [\"http://169.254.169.254\", \"http://[fd00:ec2::254]\"]\n\
+         [service.bystander]\ncomponent = {:?}\nroute = \"/hello/...\"\n",
+        programs::CAPS,
+        list(&allowed),
+        programs::CAPS,
+        programs::HELLO,
+    ));
+    for url in attempts {
+        let reply = get(&host.berth, &format!("/sneaky/fetch?url={url}")).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (502, "error=ErrorCode::HttpRequestDenied"),
+            "{url}"
+        );
+    }
+    host.berth
+        .wait_for_logs(&["it would reach a link-local or cloud metadata address"]);
+    assert_eq!(
+        services.each_ref().map(MetadataService::hits),
+        [0, 0, 0],
+        "a metadata service was reached"
+    );
+
+    // Named by its address, it is the operator's choice: reached.
+    for (url, i) in [
+        ("http://169.254.169.254/latest/meta-data/", 0),
+        ("http://[fd00:ec2::254]/latest/api/token", 2),
+    ] {
+        let reply = get(&host.berth, &format!("/operator/fetch?url={url}")).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, "status=200\ncredentials"),
+            "{url}"
+        );
+        assert_eq!(services[i].hits(), 1, "{url}");
+    }
+    assert_eq!(services[1].hits(), 0);
+    let reply = get(&host.berth, "/hello/still-here").await;
+    assert_eq!(reply.text(), "hello from berth: /hello/still-here\n");
+}
+
 #[tokio::test]
 async fn path_tricks_through_links_loops_and_odd_spellings_stay_inside_the_mount() {
     // Beyond the plain tricks (capabilities.rs): chains of links, a link

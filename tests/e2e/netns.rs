@@ -55,10 +55,52 @@ impl Netns {
             .map(str::to_owned)
             .to_vec()
     }
+
+    /// Gives the namespace's loopback interface the address `cidr` too.
+    pub fn add_address(&self, cidr: &str) {
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", "lo"]);
+    }
+
+    /// The `/etc/hosts` of what runs inside (by [`Netns::wrap`], which
+    /// mounts `/etc/netns/NAME/hosts` over it).
+    pub fn hosts(&self, text: &str) {
+        let dir = self.etc();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), text).unwrap();
+    }
+
+    fn etc(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
+    /// A TCP listener on `addr` inside the namespace, for this process
+    /// (bound by a thread that enters the namespace; the socket stays in
+    /// it).
+    pub fn bind(&self, addr: &str) -> std::net::TcpListener {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = addr.to_owned();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns with a namespace file this thread opened; only
+            // this thread moves, and it ends here.
+            let entered =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(
+                entered,
+                0,
+                "setns {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            std::net::TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+        })
+        .join()
+        .unwrap()
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.etc());
         // Its veth links go with it, once the processes in it are gone.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
@@ -83,6 +125,7 @@ fn remove_stale() {
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
         }
     }
 }

@@ -467,6 +467,37 @@ impl OutboundRule {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// Whether this rule names the address `ip` itself: its host is an IP
+    /// literal (`169.254.169.254`, `[fd00:ec2::254]`), not a name, a
+    /// wildcard or another spelling of a number (`2852039166`).
+    pub fn names_address(&self, ip: std::net::IpAddr) -> bool {
+        let HostPattern::Exact(host) = &self.host else {
+            return false;
+        };
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|named| named.to_canonical() == ip.to_canonical())
+    }
+}
+
+/// Whether `ip` is link-local or a cloud's metadata service: the
+/// addresses where a cloud machine's instance credentials are served
+/// (169.254.169.254 on most clouds, AWS's `fd00:ec2::254`, Alibaba's
+/// `100.100.100.200`) and the link-local networks around them. A guest
+/// reaches one only when its allow-list names the address itself (see
+/// [`OutboundRule::names_address`]); a name that resolves to it, or any
+/// other spelling of it, is refused.
+pub fn is_metadata_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => {
+            v6.is_unicast_link_local()
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
 }
 
 impl fmt::Display for OutboundRule {
@@ -531,6 +562,43 @@ pub fn destination(rules: &[OutboundRule], uri: &http::Uri) -> Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_addresses_are_allowed_only_by_rules_naming_them() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for metadata in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_metadata_address(ip(metadata)), "{metadata}");
+        }
+        for other in [
+            "10.0.0.1",
+            "100.100.100.201",
+            "127.0.0.1",
+            "fd00::254",
+            "::1",
+        ] {
+            assert!(!is_metadata_address(ip(other)), "{other}");
+        }
+        let named =
+            |rule: &str, addr: &str| OutboundRule::parse(rule).unwrap().names_address(ip(addr));
+        assert!(named("http://169.254.169.254", "169.254.169.254"));
+        assert!(named("http://169.254.169.254:*", "::ffff:169.254.169.254"));
+        assert!(named("http://[fd00:ec2::254]", "fd00:ec2::254"));
+        assert!(named("http://[::ffff:a9fe:a9fe]", "169.254.169.254"));
+        // Names, wildcards and other spellings of the number do not.
+        assert!(!named("http://metadata.google.internal", "169.254.169.254"));
+        assert!(!named("http://*.254", "169.254.169.254"));
+        assert!(!named("http://2852039166", "169.254.169.254"));
+        assert!(!named("http://0xa9fea9fe", "169.254.169.254"));
+        assert!(!named("http://0251.0376.0251.0376", "169.254.169.254"));
+        assert!(!named("http://169.254.169.253", "169.254.169.254"));
+    }
 
     #[test]
     fn outbound_rules_parse_and_match() {

@@ -295,10 +295,11 @@ fn send_remote(
     };
     tracing::debug!(uri = %request.uri(), "outgoing HTTP request");
     let listeners = out.listeners.get();
+    let rules = out.rules.clone();
     Box::new(async move {
         use http_body_util::BodyExt;
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            pin_address(&mut request, &listeners, left, &tag).await?;
+            pin_address(&mut request, &listeners, &rules, left, &tag).await?;
         }
         let (response, io) =
             wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
@@ -311,14 +312,17 @@ fn send_remote(
 
 /// Resolves a plain-HTTP request's host now, refuses addresses of this
 /// host's own listeners (the admin API takes no token on loopback, and
-/// the public listener would be a way around the call-depth bound), and
-/// points the request at the address it checked, so nothing resolves the
-/// name differently afterwards. The `Host` header keeps the name.
-/// (HTTPS needs the name for TLS; Berth's listeners speak plain HTTP, so
-/// an HTTPS request to one fails its handshake.)
+/// the public listener would be a way around the call-depth bound) and
+/// metadata addresses the allow-list does not name itself
+/// ([`capabilities::is_metadata_address`]), and points the request at the
+/// address it checked, so nothing resolves the name differently
+/// afterwards. The `Host` header keeps the name. (HTTPS needs the name for
+/// TLS; Berth's listeners and the clouds' metadata services speak plain
+/// HTTP, so an HTTPS request to one fails its handshake.)
 async fn pin_address(
     request: &mut http::Request<WasiBody>,
     listeners: &[SocketAddr],
+    rules: &[OutboundRule],
     within: Duration,
     tag: &Tag,
 ) -> Result<(), wasmtime_wasi_http::Error> {
@@ -335,16 +339,26 @@ async fn pin_address(
             Ok(Ok(addrs)) => addrs.collect(),
         };
     let local = local_addresses();
-    let Some(addr) = addrs
-        .iter()
-        .copied()
-        .find(|a| !is_own_listener(*a, listeners, &local))
-    else {
+    let refused = |a: &SocketAddr| {
+        if is_own_listener(*a, listeners, &local) {
+            Some("it would reach this host's own listener")
+        } else if capabilities::is_metadata_address(a.ip())
+            && !rules.iter().any(|r| r.names_address(a.ip()))
+        {
+            Some(
+                "it would reach a link-local or cloud metadata address, which allowed_outbound does not name itself",
+            )
+        } else {
+            None
+        }
+    };
+    let Some(addr) = addrs.iter().copied().find(|a| refused(a).is_none()) else {
+        let why = addrs.first().and_then(refused).unwrap_or("no address");
         tracing::warn!(
             service = %tag.service,
             invocation = %tag.invocation,
             uri = %uri,
-            "outgoing HTTP request denied: it would reach this host's own listener"
+            "outgoing HTTP request denied: {why}"
         );
         return Err(if addrs.is_empty() {
             wasmtime_wasi_http::Error::DestinationNotFound
