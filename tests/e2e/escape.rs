@@ -183,9 +183,10 @@ impl Drop for MetadataService {
 /// and the names resolve through the namespace's `/etc/hosts`.
 #[tokio::test]
 async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() {
-    use crate::netns::{Netns, Veth};
+    use crate::netns::{Block, Netns, Veth};
+    let block = Block::take();
     let ns = Netns::new("escape");
-    let link = Veth::new(3, None, Some(&ns));
+    let link = Veth::new(&block, 0, None, Some(&ns));
     for cidr in [
         "169.254.169.254/32",
         "100.100.100.200/32",
@@ -234,7 +235,7 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
     host.deploy_manifest(&format!(
         "[service.sneaky]\ncomponent = {:?}\nroute = \"/sneaky/...\"\nallowed_outbound = [{}]\n\
          [service.operator]\ncomponent = {:?}\nroute = \"/operator/...\"\n\
-         allowed_outbound = [\"http://169.254.169.254\", \"http://[fd00:ec2::254]\"]\n\
+         allowed_outbound = [\"http://169.254.169.254\", \"http://[fd00:ec2::254]\", \"http://imds.test\"]\n\
          [service.bystander]\ncomponent = {:?}\nroute = \"/hello/...\"\n",
         programs::CAPS,
         list(&allowed),
@@ -249,8 +250,11 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
             "{url}"
         );
     }
-    host.berth
-        .wait_for_logs(&["it would reach a link-local or cloud metadata address"]);
+    // Each refused as a metadata address, not by the allow-list.
+    host.berth.wait_for_count(
+        "it would reach a link-local or cloud metadata address",
+        attempts.len(),
+    );
     assert_eq!(
         services.each_ref().map(MetadataService::hits),
         [0, 0, 0],
@@ -270,7 +274,22 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
         );
         assert_eq!(services[i].hits(), 1, "{url}");
     }
-    assert_eq!(services[1].hits(), 0);
+    // Not by a name for it, even then: the request must be to the
+    // address as the allow-list writes it.
+    let reply = get(
+        &host.berth,
+        "/operator/fetch?url=http://imds.test/latest/api/token",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (502, "error=ErrorCode::HttpRequestDenied")
+    );
+    host.berth.wait_for_count(
+        "it would reach a link-local or cloud metadata address",
+        attempts.len() + 1,
+    );
+    assert_eq!(services.each_ref().map(MetadataService::hits), [1, 0, 1]);
     let reply = get(&host.berth, "/hello/still-here").await;
     assert_eq!(reply.text(), "hello from berth: /hello/still-here\n");
 }

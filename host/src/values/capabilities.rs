@@ -484,18 +484,34 @@ impl OutboundRule {
 
 /// Whether `ip` is link-local or a cloud's metadata service: the
 /// addresses where a cloud machine's instance credentials are served
-/// (169.254.169.254 on most clouds, AWS's `fd00:ec2::254`, Alibaba's
-/// `100.100.100.200`) and the link-local networks around them. A guest
-/// reaches one only when its allow-list names the address itself (see
+/// (169.254.169.254 on most clouds; AWS's `fd00:ec2::/32`, its IPv6
+/// metadata service and EKS's pod identity agent; Google's IPv6
+/// `fd20:ce::/32`; Alibaba's `100.100.100.200`; Azure's WireServer
+/// `168.63.129.16`) and the link-local networks around them, also when
+/// carried inside an IPv6 address (IPv4-mapped or -compatible, NAT64's
+/// `64:ff9b::/96`, 6to4's `2002::/16`). A guest reaches one only by a
+/// request to the address itself that its allow-list names (see
 /// [`OutboundRule::names_address`]); a name that resolves to it, or any
 /// other spelling of it, is refused.
 pub fn is_metadata_address(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
+    let v4 = |v4: Ipv4Addr| {
+        v4.is_link_local() || matches!(v4.octets(), [100, 100, 100, 200] | [168, 63, 129, 16])
+    };
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V4(ip) => v4(ip),
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let o = v6.octets();
+            let embedded = |at: usize| Ipv4Addr::new(o[at], o[at + 1], o[at + 2], o[at + 3]);
             v6.is_unicast_link_local()
-                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || (s[0] == 0xfd00 && s[1] == 0x0ec2)
+                || (s[0] == 0xfd20 && s[1] == 0x00ce)
+                // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d).
+                || (s[..6] == [0; 6] && v4(embedded(12)))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(embedded(12)))
+                // 6to4: 2002:aabb:ccdd::/48.
+                || (s[0] == 0x2002 && v4(embedded(2)))
         }
     }
 }
@@ -570,9 +586,15 @@ mod tests {
             "169.254.169.254",
             "169.254.0.1",
             "100.100.100.200",
+            "168.63.129.16",
             "fd00:ec2::254",
+            "fd00:ec2::23",
+            "fd20:ce::254",
             "fe80::1",
             "::ffff:169.254.169.254",
+            "::169.254.169.254",
+            "64:ff9b::169.254.169.254",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(is_metadata_address(ip(metadata)), "{metadata}");
         }
@@ -582,6 +604,10 @@ mod tests {
             "127.0.0.1",
             "fd00::254",
             "::1",
+            "::",
+            "64:ff9b::10.0.0.1",
+            "2002:a00:1::1",
+            "2001:db8::a9fe:a9fe",
         ] {
             assert!(!is_metadata_address(ip(other)), "{other}");
         }

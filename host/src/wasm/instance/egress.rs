@@ -327,10 +327,11 @@ async fn pin_address(
     tag: &Tag,
 ) -> Result<(), wasmtime_wasi_http::Error> {
     let uri = request.uri().clone();
-    let host = uri
+    let written = uri
         .host()
-        .ok_or(wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+        .ok_or(wasmtime_wasi_http::Error::HttpRequestUriInvalid)?
+        .to_ascii_lowercase();
+    let host = written.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
     let addrs: Vec<SocketAddr> =
         match tokio::time::timeout(within, tokio::net::lookup_host((host, port))).await {
@@ -343,7 +344,12 @@ async fn pin_address(
         if is_own_listener(*a, listeners, &local) {
             Some("it would reach this host's own listener")
         } else if capabilities::is_metadata_address(a.ip())
-            && !rules.iter().any(|r| r.names_address(a.ip()))
+            // The request is to the address, as written in a rule that
+            // names it (not a name, and not a wildcard covering the
+            // literal), on that rule's port.
+            && !rules
+                .iter()
+                .any(|r| r.names_address(a.ip()) && r.allows(false, &written, a.port()))
         {
             Some(
                 "it would reach a link-local or cloud metadata address, which allowed_outbound does not name itself",
@@ -353,7 +359,10 @@ async fn pin_address(
         }
     };
     let Some(addr) = addrs.iter().copied().find(|a| refused(a).is_none()) else {
-        let why = addrs.first().and_then(refused).unwrap_or("no address");
+        let why = addrs
+            .first()
+            .and_then(refused)
+            .unwrap_or("its name resolves to no address");
         tracing::warn!(
             service = %tag.service,
             invocation = %tag.invocation,
