@@ -334,6 +334,77 @@ async fn oversized_heads_are_refused_and_the_host_serves_on() {
     assert_eq!(get(&berth, "/info/ok").await.status, 200);
 }
 
+/// Requests framed so that a proxy in front and Berth could read them
+/// differently (request smuggling), or with two hosts: each refused with a
+/// 400 and the connection closed; a length and a chunked coding at once
+/// are read as chunked, and the connection is closed after the answer, so
+/// what the length would have left over is never taken for a request.
+#[tokio::test]
+async fn ambiguous_framing_and_two_hosts_are_refused_and_nothing_is_smuggled() {
+    let berth = Berth::up(&format!(
+        "{}{}",
+        info_service(),
+        service("echo", programs::ECHO, "/echo/...", "")
+    ));
+    let send_raw = |raw: &str| {
+        let mut s = TcpStream::connect(berth.addr).unwrap();
+        let _ = s.write_all(raw.as_bytes());
+        read_all(&mut s, Duration::from_secs(3))
+    };
+    let post = "POST /echo/a HTTP/1.1\r\nHost: x\r\n";
+    let refused = [
+        ("two lengths", format!("{post}Content-Length: 4\r\nContent-Length: 40\r\n\r\nabcd")),
+        ("a list of lengths", format!("{post}Content-Length: 4, 4\r\n\r\nabcd")),
+        ("a signed length", format!("{post}Content-Length: +4\r\n\r\nabcd")),
+        ("a negative length", format!("{post}Content-Length: -1\r\n\r\nabcd")),
+        ("an unknown coding", format!("{post}Transfer-Encoding: xchunked\r\n\r\nabcd")),
+        (
+            "chunked, not last",
+            format!("{post}Transfer-Encoding: chunked, identity\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunked on HTTP/1.0",
+            "POST /echo/a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".into(),
+        ),
+        ("a folded header", "GET /info/a HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n".into()),
+        ("a space before the colon", "GET /info/a HTTP/1.1\r\nHost: x\r\nX-A : a\r\n\r\n".into()),
+        ("a NUL in the target", "GET /info/a\0b HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+        ("two Host lines", "GET /info/a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n".into()),
+    ];
+    for (what, raw) in &refused {
+        let answer = send_raw(raw);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer:.200}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close") || what == &"two Host lines",
+            "{what}: {answer:.200}"
+        );
+    }
+    let answer = send_raw("GET /info/a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n");
+    assert!(answer.ends_with("more than one Host header\n"), "{answer}");
+
+    // A length and chunked: chunked wins (an empty body), and the
+    // connection ends with the answer.
+    let answer = send_raw(&format!(
+        "{post}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /info/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    // A chunk size past 64 bits: no answer but the connection's end.
+    let answer = send_raw(&format!(
+        "{post}Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\nabcd\r\n0\r\n\r\n"
+    ));
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    // Nothing was taken for a request but what was sent as one.
+    assert!(!berth.logs().contains("smuggled"));
+    assert_eq!(get(&berth, "/info/ok").await.status, 200);
+    let reply = crate::support::post(&berth, "/echo/ok", "body").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "body"));
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_header_timeout_while_others_are_served() {
     let berth = Berth::up_with(

@@ -130,6 +130,11 @@ pub async fn handle(
     if let Some(response) = health(runtime, req.uri().path()) {
         return response;
     }
+    // Two Host lines: a proxy in front and the guest could each take
+    // another for the request's host (RFC 9112, 3.2: a 400).
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        return plain(StatusCode::BAD_REQUEST, "more than one Host header\n");
+    }
     gateway::strip_principal(req.headers_mut());
     let Some((route, service)) = runtime.registry().route_match(req.uri().path()) else {
         return plain(StatusCode::NOT_FOUND, "no service is routed at this path\n");
