@@ -33,14 +33,14 @@ pub struct Nats {
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
-/// Where the servers listen and how they are reached.
+/// Where the servers run and listen.
 struct Place {
     /// What runs a server there (`ip netns exec NAME`), if anything.
     wrap: Vec<String>,
     /// The address the servers listen on.
     bind: String,
-    /// The address this process reaches them at.
-    reach: String,
+    /// The network namespace they run in, if not this process's.
+    inside: Option<String>,
 }
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -113,20 +113,21 @@ impl Nats {
         let place = Place {
             wrap: Vec::new(),
             bind: "127.0.0.1".into(),
-            reach: "127.0.0.1".into(),
+            inside: None,
         };
         Nats::cluster_at(n, extra, place)
     }
 
     /// `n` clustered servers in the network namespace `ns`, listening on
-    /// all its addresses, reached from here at `reach`. They advertise no
-    /// addresses to clients (those of the namespace's other links, which
-    /// a client would try): clients use the URLs they are given.
-    pub fn cluster_in(n: usize, ns: &crate::netns::Netns, reach: &str) -> Nats {
+    /// all its addresses (clients reach them with [`Nats::urls_at`] an
+    /// address of a link to it). They advertise no addresses to clients
+    /// (those of the namespace's other links, which a client would try):
+    /// clients use the URLs they are given.
+    pub fn cluster_in(n: usize, ns: &crate::netns::Netns) -> Nats {
         let place = Place {
             wrap: ns.wrap(),
             bind: "0.0.0.0".into(),
-            reach: reach.into(),
+            inside: Some(ns.name().to_owned()),
         };
         Nats::cluster_at(n, &["--no_advertise"], place)
     }
@@ -203,10 +204,11 @@ impl Nats {
 
     /// Waits until server `i` answers its health check with JetStream up.
     fn wait_ready(&self, i: usize) {
-        let url = format!("{}:{}", self.place.reach, self.servers[i].monitor);
+        let url = format!("127.0.0.1:{}", self.servers[i].monitor);
+        let inside = self.place.inside.as_deref();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if health_ok(&url) {
+            if health_ok(inside, &url) {
                 return;
             }
             if Instant::now() > deadline {
@@ -218,17 +220,18 @@ impl Nats {
         }
     }
 
-    /// The client URLs, comma-separated (what `--cluster` takes).
+    /// The client URLs on loopback, comma-separated (what `--cluster`
+    /// takes).
     pub fn urls(&self) -> String {
-        self.urls_at(&self.place.reach)
+        self.urls_at("127.0.0.1")
     }
 
-    /// Server `i`'s client URL.
+    /// Server `i`'s client URL on loopback.
     pub fn url(&self, i: usize) -> String {
-        self.url_at(i, &self.place.reach)
+        self.url_at(i, "127.0.0.1")
     }
 
-    /// Server `i`'s client URL at `addr`, another address of its network
+    /// Server `i`'s client URL at `addr`, an address of its network
     /// namespace.
     pub fn url_at(&self, i: usize, addr: &str) -> String {
         format!("nats://{addr}:{}", self.servers[i].port)
@@ -273,11 +276,15 @@ impl Drop for Nats {
     }
 }
 
-/// `GET /healthz` on a NATS monitoring port: 200 once JetStream is up and
-/// current.
-fn health_ok(addr: &str) -> bool {
+/// `GET /healthz` on a NATS monitoring port (in the network namespace
+/// `inside`, if any): 200 once JetStream is up and current.
+fn health_ok(inside: Option<&str>, addr: &str) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+    let connected = match inside {
+        Some(ns) => crate::netns::connect_in(ns, addr, Duration::from_secs(2)),
+        None => std::net::TcpStream::connect(addr),
+    };
+    let Ok(mut stream) = connected else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

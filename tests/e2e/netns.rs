@@ -1,8 +1,14 @@
 //! Network namespaces and veth links a test makes for itself (`ip netns`,
-//! `ip link`, as root), to put servers on a network of their own and cut
-//! a link and heal it. Names carry the test process's id; a test's
-//! namespaces are deleted when it ends, and those of a test process that
-//! died are deleted by the next one.
+//! `ip link`, as root), to put servers on networks of their own and cut a
+//! link and heal it.
+//!
+//! Servers run inside namespaces, which have no route out: whatever they
+//! try to reach, nothing leaves the machine. This process reaches them on
+//! links of its own, in 198.18.0.0/15 (set aside for benchmarking network
+//! devices, RFC 2544: no real network uses it), each test process on /24s
+//! it holds ([`Block`]). Names carry the process's id; a
+//! test's namespaces are deleted when it ends, and those of a test process
+//! that died, with what still runs in them, by the next one.
 
 use std::process::Command;
 
@@ -64,52 +70,91 @@ impl Netns {
     /// The `/etc/hosts` of what runs inside (by [`Netns::wrap`], which
     /// mounts `/etc/netns/NAME/hosts` over it).
     pub fn hosts(&self, text: &str) {
-        let dir = self.etc();
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hosts"), text).unwrap();
+        let dir = etc(&self.name);
+        // Another test may remove `/etc/netns` between the two, once.
+        let write = || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("hosts"), text)
+        };
+        write().or_else(|_| write()).unwrap();
     }
 
-    fn etc(&self) -> std::path::PathBuf {
-        std::path::Path::new("/etc/netns").join(&self.name)
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// A TCP listener on `addr` inside the namespace, for this process
-    /// (bound by a thread that enters the namespace; the socket stays in
-    /// it).
+    /// Runs `f` on a thread inside the namespace: sockets it makes stay
+    /// in the namespace.
+    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        within(&self.name, f)
+    }
+
+    /// A TCP listener on `addr` inside the namespace, for this process.
     pub fn bind(&self, addr: &str) -> std::net::TcpListener {
-        let path = format!("/run/netns/{}", self.name);
         let addr = addr.to_owned();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns with a namespace file this thread opened; only
-            // this thread moves, and it ends here.
-            let entered =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-            assert_eq!(
-                entered,
-                0,
-                "setns {path}: {}",
-                std::io::Error::last_os_error()
-            );
+        self.within(move || {
             std::net::TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
         })
-        .join()
-        .unwrap()
     }
+}
+
+/// Runs `f` on a thread inside the namespace `name`.
+fn within<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns with a namespace file this thread opened; only
+        // this thread moves, and it ends here.
+        let entered =
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(
+            entered,
+            0,
+            "setns {path}: {}",
+            std::io::Error::last_os_error()
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP connection to `addr` inside the namespace `name`, for this
+/// process.
+pub fn connect_in(
+    name: &str,
+    addr: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    within(name, move || {
+        std::net::TcpStream::connect_timeout(&addr, timeout)
+    })
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.etc());
-        // Its veth links go with it, once the processes in it are gone.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        delete(&self.name);
     }
 }
 
+fn etc(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(name)
+}
+
+/// Deletes namespace `name` and its `/etc/netns` folder; its veth links
+/// go with it once the processes in it are gone.
+fn delete(name: &str) {
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+    let _ = std::fs::remove_dir_all(etc(name));
+    // The machine's own folder, if it is empty: made by a test.
+    let _ = std::fs::remove_dir("/etc/netns");
+}
+
 /// Deletes the namespaces of test processes that are gone (killed before
-/// they could).
+/// they could), after killing what still runs in them: servers the dead
+/// process started there.
 fn remove_stale() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
@@ -123,40 +168,87 @@ fn remove_stale() {
         else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
+        if alive(pid) {
+            continue;
         }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        delete(name);
     }
 }
 
-/// A /24 of this test process for link `n` (0–9): `10.20N.X.0/24`, X from
-/// the process id, so that test runs side by side do not share one.
-fn subnet(n: u8) -> String {
-    format!("10.{}.{}", 200 + n, 20 + std::process::id() % 200)
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Four /24s of 198.18.0.0/15 held by this test process (one of 128
+/// blocks), for as long as it holds a lock on the block's file: a lock the
+/// kernel lets go when the process ends, however it ends.
+pub struct Block {
+    index: usize,
+    _lock: std::fs::File,
+}
+
+impl Block {
+    pub fn take() -> Block {
+        let dir = std::env::temp_dir().join("berth-test-networks");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid = std::process::id() as usize;
+        for step in 0..128 {
+            let index = (pid + step) % 128;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("block-{index}")))
+                .unwrap();
+            // SAFETY: flock on a descriptor this function holds open.
+            let locked = unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            } == 0;
+            if locked {
+                return Block { index, _lock: file };
+            }
+        }
+        panic!("every block of test networks is held");
+    }
+
+    /// The `n`th /24 (0–3) of the block, as `a.b.c`.
+    fn subnet(&self, n: u8) -> String {
+        let k = self.index * 4 + usize::from(n);
+        format!("198.{}.{}", 18 + k / 256, k % 256)
+    }
 }
 
 /// A veth pair between two namespaces (`None`: this process's own), its
-/// ends at `.1` and `.2` of a subnet of their own.
+/// ends at `.1` and `.2` of a /24 of the test's.
 pub struct Veth {
     ends: [(Option<String>, String); 2],
     subnet: String,
 }
 
 impl Veth {
-    /// Link `n` (0–9) between `one` (at `.1`) and `two` (at `.2`), up.
-    pub fn new(n: u8, one: Option<&Netns>, two: Option<&Netns>) -> Veth {
-        let pid = std::process::id();
+    /// Link `n` (0–3) of `block` between `one` (at `.1`) and `two` (at
+    /// `.2`), up.
+    pub fn new(block: &Block, n: u8, one: Option<&Netns>, two: Option<&Netns>) -> Veth {
+        // Named by the block, which no other test holds.
+        let i = block.index;
         let ends = [
-            (one.map(|ns| ns.name.clone()), format!("bt{pid}l{n}a")),
-            (two.map(|ns| ns.name.clone()), format!("bt{pid}l{n}b")),
+            (one.map(|ns| ns.name.clone()), format!("berth{i}l{n}a")),
+            (two.map(|ns| ns.name.clone()), format!("berth{i}l{n}b")),
         ];
         ip(&[
             "link", "add", &ends[0].1, "type", "veth", "peer", "name", &ends[1].1,
         ]);
         let veth = Veth {
             ends,
-            subnet: subnet(n),
+            subnet: block.subnet(n),
         };
         for (i, (ns, dev)) in veth.ends.iter().enumerate() {
             if let Some(ns) = ns {

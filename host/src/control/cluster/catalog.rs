@@ -621,10 +621,20 @@ pub async fn follow(
         if stop.is_cancelled() {
             return;
         }
-        control.runtime().set_unready(Some(format!(
-            "not converged with the cluster at {}: {why}",
-            catalog.cluster.display
-        )));
+        // Cut off, it says so, whichever noticed first: the connection's
+        // pings or the watch's heartbeats.
+        let unready = if link.borrow().up {
+            format!(
+                "not converged with the cluster at {}: {why}",
+                catalog.cluster.display
+            )
+        } else {
+            format!(
+                "lost the cluster at {}; serving what is loaded",
+                catalog.cluster.display
+            )
+        };
+        control.runtime().set_unready(Some(unready));
         if last.as_deref() != Some(why.as_str()) {
             tracing::warn!(error = %why, "following the cluster again");
         } else {
