@@ -612,6 +612,20 @@ mod tests {
             state
                 .activate(&name, 1)
                 .unwrap_or_else(|e| panic!("rollback {i}: {e}"));
+            // The other connection writes between them throughout (the
+            // writers' lock is not fair: on a loaded machine this loop
+            // could take it back every time, and test nothing).
+            if i % 20 == 19 {
+                let seen = writes.load(Relaxed);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while writes.load(Relaxed) == seen {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the other connection never wrote"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
         }
         stop.store(true, Relaxed);
         writer.join().unwrap();
