@@ -286,8 +286,9 @@ impl ClusterCatalog {
                 Ok(info) if !info.deleted => return Ok(Some(info)),
                 Ok(_) => return Ok(None),
                 Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
+                // A read, asked again whatever became of it.
                 Err(e)
-                    if refused(&e.to_string())
+                    if (refused(&e.to_string()) || e.to_string().contains("timed out"))
                         && started.elapsed() < TRANSIENT
                         && self.cluster.ensure_up().is_ok() =>
                 {
@@ -492,7 +493,8 @@ impl Catalog for ClusterCatalog {
             return Ok((artifact_record(digest, &info), false));
         }
         // Storing the same bytes under the same name again is harmless:
-        // a put JetStream refused is tried again for a while.
+        // a put JetStream refused, or did not answer in time (while a
+        // stream elects its leader), is tried again for a while.
         let started = std::time::Instant::now();
         loop {
             let mut reader: &[u8] = &bytes;
@@ -504,7 +506,7 @@ impl Catalog for ClusterCatalog {
             {
                 Ok(info) => return Ok((artifact_record(digest, &info), true)),
                 Err(e)
-                    if refused(&e.to_string())
+                    if (refused(&e.to_string()) || e.to_string().contains("timed out"))
                         && started.elapsed() < TRANSIENT
                         && self.cluster.ensure_up().is_ok() =>
                 {
