@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 
 const V1: &str = "hello from berth: /hello\n";
 const V2: &str = "hello from wstd: /hello\n";
+/// The CLI's arguments to deploy what answers [`V2`] as `hello`.
+const DEPLOY_V2: [&str; 6] = [
+    "deploy",
+    "hello",
+    "--component",
+    programs::HELLO_WSTD,
+    "--route",
+    "/hello",
+];
 
 /// A `berth serve` joined to `nats` as node `name`.
 fn node(nats: &Nats, name: &str, extra: &[&str]) -> Host {
@@ -533,24 +542,7 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
     }
     assert!(answered >= 20, "{answered}");
     // Changes fail at once, naming the cluster.
-    let tried = Instant::now();
-    let out = a.cli(&[
-        "deploy",
-        "hello",
-        "--component",
-        programs::HELLO_WSTD,
-        "--route",
-        "/hello",
-    ]);
-    let took = tried.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("cluster_unavailable"), "{stderr}");
-    assert!(stderr.contains(&nats.url(0)), "{stderr}");
-    assert!(
-        took < Duration::from_secs(5),
-        "the deploy took {took:?} to fail"
-    );
+    deploy_fails_at_once(&a, &nats.url(0));
     let removed = a.cli(&["rm", "hello"]);
     assert!(!removed.status.success());
     assert!(String::from_utf8_lossy(&removed.stderr).contains("cluster_unavailable"));
@@ -616,14 +608,7 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
     // The change goes through now, and reaches both.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = b.cli(&[
-            "deploy",
-            "hello",
-            "--component",
-            programs::HELLO_WSTD,
-            "--route",
-            "/hello",
-        ]);
+        let out = b.cli(&DEPLOY_V2);
         if out.status.success() {
             break;
         }
@@ -635,6 +620,22 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     wait_all(&[&a, &b], "/hello", 200, V2).await;
+}
+
+/// A deploy through `node`, cut off from the cluster, fails within 5 s
+/// with `cluster_unavailable`, naming the cluster (`naming`).
+fn deploy_fails_at_once(node: &Host, naming: &str) {
+    let tried = Instant::now();
+    let out = node.cli(&DEPLOY_V2);
+    let took = tried.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cluster_unavailable"), "{stderr}");
+    assert!(stderr.contains(naming), "{stderr}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the deploy took {took:?} to fail"
+    );
 }
 
 /// Every id handled by the consumer on any of `hosts` (with `also`, the
@@ -1469,15 +1470,7 @@ async fn a_node_cut_off_from_nats_by_the_network_serves_what_it_has_and_catches_
     let early = tokio::task::spawn_blocking({
         let admin = c.admin_url();
         move || {
-            let args = [
-                "deploy",
-                "hello",
-                "--component",
-                programs::HELLO_WSTD,
-                "--route",
-                "/hello",
-            ];
-            let out = cli_with_token(&admin, Some(TOKEN), &args);
+            let out = cli_with_token(&admin, Some(TOKEN), &DEPLOY_V2);
             (out, cut.elapsed())
         }
     });
@@ -1509,21 +1502,7 @@ async fn a_node_cut_off_from_nats_by_the_network_serves_what_it_has_and_catches_
     assert!(stderr.contains("cluster_unavailable"), "{stderr}");
     // Noticed, changes and publishes through c fail at once, naming the
     // cluster.
-    let tried = Instant::now();
-    let out = c.cli(&[
-        "deploy",
-        "hello",
-        "--component",
-        programs::HELLO_WSTD,
-        "--route",
-        "/hello",
-    ]);
-    let took = tried.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("cluster_unavailable"), "{stderr}");
-    assert!(stderr.contains(&c_to_nats.two()), "{stderr}");
-    assert!(took < Duration::from_secs(5), "the deploy took {took:?}");
+    deploy_fails_at_once(&c, &c_to_nats.two());
     let reply = c
         .publish_batch("load.cut", &[crate::events::event("lost?", "load", "x")])
         .await;
@@ -1543,14 +1522,7 @@ async fn a_node_cut_off_from_nats_by_the_network_serves_what_it_has_and_catches_
 
     // The rest of the cluster carries on: a change through a reaches b,
     // not c, which serves what it has; a and b stop listing c.
-    a.cli_ok(&[
-        "deploy",
-        "hello",
-        "--component",
-        programs::HELLO_WSTD,
-        "--route",
-        "/hello",
-    ]);
+    a.cli_ok(&DEPLOY_V2);
     wait_all(&[&a, &b], "/hello", 200, V2).await;
     wait_until_async("a lists c no more", Duration::from_secs(30), || {
         node_names(&a) == ["a", "b"]
