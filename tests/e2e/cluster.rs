@@ -1408,6 +1408,60 @@ async fn crash_loop_of_nodes_and_nats_servers_loses_nothing_acknowledged() {
     );
 }
 
+/// A NATS server that hangs (stopped: its connections stay open and it
+/// answers nothing) while events flow, every node connected to it: the
+/// nodes give it up and go on with the other servers, no subscription
+/// stalls on a request the hung server never answers (found by the crash
+/// loop: a fetch waited for ever), and every acknowledged event is
+/// handled; let go again, it rejoins.
+#[tokio::test]
+async fn a_hung_nats_server_stalls_no_subscription_and_loses_nothing() {
+    let nats = Nats::cluster(3);
+    // Given only the first server, every node connects to it, and learns
+    // the others from it.
+    let first = nats.url(0);
+    let nodes = ["a", "b", "c"]
+        .map(|name| Host::start(&["--cluster", &first, "--node", name, "--log-buffer", "0ms"]));
+    nodes[0].deploy_manifest(&crate::events::consumer("load.*", "concurrency = 8"));
+    serving_everywhere(&nodes[2], "consumer", 3);
+    let refs: Vec<&Host> = nodes.iter().collect();
+    let publisher = Publisher::start(&nodes[0], "load.hang", "hang".into());
+    wait_until_async("events are handled", Duration::from_secs(30), || {
+        handled_across(&refs, &[]).len() >= 50
+    })
+    .await;
+    nats.set_running(0, false);
+    let hung = Instant::now();
+    // Long enough for the nodes to give it up (their pings: about 10 s)
+    // and for a fetch lost with it to have waited past any answer.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    nats.set_running(0, true);
+    let before = handled_across(&refs, &[]).len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = publisher.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let seen = loop {
+        let seen = handled_across(&refs, &[]);
+        if acked.iter().all(|id| seen.contains_key(id)) {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged events handled {:?} after the server hung (a subscription stalled?)",
+            acked.iter().filter(|id| seen.contains_key(*id)).count(),
+            acked.len(),
+            hung.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let duplicates = crate::events::all_handled(&acked, &seen);
+    drained(&nodes[1]);
+    eprintln!(
+        "a NATS server hung for 25 s under every node: {} events acknowledged, all handled ({duplicates} twice; {before} handled by the time it went on)",
+        acked.len()
+    );
+}
+
 /// A node cut off from NATS by the network — its link down, so what it
 /// sends is lost without a word, as on a cut cable — while the rest of
 /// the cluster carries on: it serves what it has loaded, is not ready,

@@ -253,6 +253,21 @@ impl Nats {
         }
     }
 
+    /// Stops server `i` where it is (SIGSTOP; `false`) or lets it go on
+    /// (SIGCONT; `true`): stopped, it keeps its connections open and
+    /// answers nothing, as a hung server does.
+    pub fn set_running(&self, i: usize, running: bool) {
+        let child = self.servers[i].child.as_ref().expect("server {i} runs");
+        let signal = if running {
+            libc::SIGCONT
+        } else {
+            libc::SIGSTOP
+        };
+        // SAFETY: a signal to a child this process started and still holds.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill {signal} {}", child.id());
+    }
+
     /// Starts server `i` again on its ports and store.
     pub fn start(&mut self, i: usize) {
         self.spawn(i);

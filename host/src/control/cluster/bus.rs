@@ -68,6 +68,10 @@ const MAX_ERROR: usize = 4096;
 /// How long a fetch waits for a delivery before it returns none.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
 
+/// How long past its wait a fetch's answer may be late before the fetch
+/// is given up (the client's own margin for a pull with an expiry).
+const FETCH_ANSWER: Duration = Duration::from_secs(5);
+
 /// A subscription this node knows, and its open message stream.
 struct Sub {
     spec: SubscriptionSpec,
@@ -549,8 +553,21 @@ impl Bus for JetStreamBus {
             .messages()
             .await
             .map_err(|e| self.unavailable(e))?;
-        while let Some(message) = now.next().await {
-            taken.push(message.map_err(|e| self.unavailable(e))?);
+        // The server ends a fetch with a status; the client waits for it
+        // without a bound. A request lost with its server (killed, or
+        // hung until the connection was given up) would hold this
+        // subscription's deliveries on this node for ever: give up on it
+        // after a while, keeping what came.
+        let until = tokio::time::Instant::now() + FETCH_WAIT + FETCH_ANSWER;
+        loop {
+            match tokio::time::timeout_at(until, now.next()).await {
+                Ok(Some(message)) => taken.push(message.map_err(|e| self.unavailable(e))?),
+                Ok(None) => break,
+                Err(_) if taken.is_empty() => {
+                    return Err(self.unavailable("a fetch got no answer in time"));
+                }
+                Err(_) => break,
+            }
         }
         if taken.is_empty() {
             let mut one = consumer
