@@ -223,11 +223,13 @@ impl Nats {
     /// The client URLs on loopback, comma-separated (what `--cluster`
     /// takes).
     pub fn urls(&self) -> String {
+        assert!(self.place.inside.is_none(), "in a namespace: urls_at");
         self.urls_at("127.0.0.1")
     }
 
     /// Server `i`'s client URL on loopback.
     pub fn url(&self, i: usize) -> String {
+        assert!(self.place.inside.is_none(), "in a namespace: url_at");
         self.url_at(i, "127.0.0.1")
     }
 

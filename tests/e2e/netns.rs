@@ -48,6 +48,8 @@ impl Netns {
     pub fn new(tag: &str) -> Netns {
         remove_stale();
         let name = format!("{PREFIX}{tag}-{}", std::process::id());
+        // One of this name is a dead process's whose id this one has.
+        clear(&name);
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
@@ -168,16 +170,23 @@ fn remove_stale() {
         else {
             continue;
         };
-        if alive(pid) {
-            continue;
+        if !alive(pid) {
+            clear(name);
         }
-        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
-            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-        }
-        delete(name);
     }
+}
+
+/// Kills what runs in the namespace `name`, if it exists, and deletes it.
+fn clear(name: &str) {
+    if !std::path::Path::new("/run/netns").join(name).exists() {
+        return;
+    }
+    if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+    delete(name);
 }
 
 fn alive(pid: u32) -> bool {
@@ -194,8 +203,9 @@ pub struct Block {
 
 impl Block {
     pub fn take() -> Block {
-        let dir = std::env::temp_dir().join("berth-test-networks");
-        std::fs::create_dir_all(&dir).unwrap();
+        // One folder for every test process, whatever its TMPDIR.
+        let dir = std::path::Path::new("/tmp/berth-test-networks");
+        std::fs::create_dir_all(dir).unwrap();
         let pid = std::process::id() as usize;
         for step in 0..128 {
             let index = (pid + step) % 128;
@@ -237,12 +247,20 @@ impl Veth {
     /// Link `n` (0–3) of `block` between `one` (at `.1`) and `two` (at
     /// `.2`), up.
     pub fn new(block: &Block, n: u8, one: Option<&Netns>, two: Option<&Netns>) -> Veth {
-        // Named by the block, which no other test holds.
+        assert!(n < 4, "a block has four links");
+        // Named by the block, which no other test holds now; a link of the
+        // block's last holder, killed, may be left here: it goes first.
         let i = block.index;
         let ends = [
             (one.map(|ns| ns.name.clone()), format!("berth{i}l{n}a")),
             (two.map(|ns| ns.name.clone()), format!("berth{i}l{n}b")),
         ];
+        for (_, dev) in &ends {
+            let _ = Command::new("ip")
+                .args(["link", "del", dev])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         ip(&[
             "link", "add", &ends[0].1, "type", "veth", "peer", "name", &ends[1].1,
         ]);

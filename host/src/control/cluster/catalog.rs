@@ -492,11 +492,17 @@ impl Catalog for ClusterCatalog {
         if let Some(info) = self.object_info(&digest).await? {
             return Ok((artifact_record(digest, &info), false));
         }
-        // Storing the same bytes under the same name again is harmless:
-        // a put JetStream refused, or did not answer in time (while a
-        // stream elects its leader), is tried again for a while.
+        // A put JetStream refused, or did not answer in time (while a
+        // stream elects its leader), is tried again for a while. One that
+        // timed out may have been stored all the same: it is looked for
+        // first, rather than stored again (a second copy would purge the
+        // first's chunks under a node fetching them).
         let started = std::time::Instant::now();
+        let mut timed_out = false;
         loop {
+            if timed_out && let Some(info) = self.object_info(&digest).await? {
+                return Ok((artifact_record(digest, &info), true));
+            }
             let mut reader: &[u8] = &bytes;
             match self
                 .cluster
@@ -511,6 +517,7 @@ impl Catalog for ClusterCatalog {
                         && self.cluster.ensure_up().is_ok() =>
                 {
                     tracing::debug!(error = %e, "the cluster refused an artifact; trying again");
+                    timed_out = e.to_string().contains("timed out");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => {
