@@ -560,18 +560,7 @@ async fn without_nats_loaded_services_answer_changes_fail_clearly_and_the_nodes_
         reply.text()
     );
     // So do publishes: nothing is accepted that is not stored.
-    let reply = b
-        .publish_batch(
-            "orders.created",
-            &[crate::events::event("lost?", "order", "x")],
-        )
-        .await;
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    assert!(
-        reply.text().contains("cluster_unavailable"),
-        "{}",
-        reply.text()
-    );
+    publish_is_refused(&b, "orders.created", "order").await;
     // Reads still answer, from what the node knows.
     let names: Vec<Value> = json(&b, &["ls"])
         .as_array()
@@ -635,6 +624,20 @@ fn deploy_fails_at_once(node: &Host, naming: &str) {
     assert!(
         took < Duration::from_secs(5),
         "the deploy took {took:?} to fail"
+    );
+}
+
+/// A publish through `node` of an event on `topic` is refused with 503
+/// `cluster_unavailable`: nothing is accepted that is not stored.
+async fn publish_is_refused(node: &Host, topic: &str, kind: &str) {
+    let reply = node
+        .publish_batch(topic, &[crate::events::event("lost?", kind, "x")])
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(
+        reply.text().contains("cluster_unavailable"),
+        "{}",
+        reply.text()
     );
 }
 
@@ -1557,15 +1560,7 @@ async fn a_node_cut_off_from_nats_by_the_network_serves_what_it_has_and_catches_
     // Noticed, changes and publishes through c fail at once, naming the
     // cluster.
     deploy_fails_at_once(&c, &c_to_nats.two());
-    let reply = c
-        .publish_batch("load.cut", &[crate::events::event("lost?", "load", "x")])
-        .await;
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    assert!(
-        reply.text().contains("cluster_unavailable"),
-        "{}",
-        reply.text()
-    );
+    publish_is_refused(&c, "load.cut", "load").await;
     // Cut off, c knows of no other node, and says why it is not ready.
     let nodes = json(&c, &["nodes"]);
     assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
