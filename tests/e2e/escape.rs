@@ -5,6 +5,8 @@
 
 use crate::support::*;
 use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A raw TCP port that records whether anything ever connected to it.
@@ -26,29 +28,49 @@ impl Tripwire {
     }
 }
 
-/// An upstream that answers every request with a redirect to `location`.
-async fn redirector(location: String) -> u16 {
+/// An upstream on `listener` that answers every request with `status`,
+/// `body` and, if given, a `location`; how many connections it took.
+fn upstream(
+    listener: tokio::net::TcpListener,
+    status: u16,
+    location: Option<String>,
+    body: &'static [u8],
+) -> Arc<AtomicUsize> {
     use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let location = location.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                    let response = http::Response::builder()
-                        .status(302)
-                        .header("location", location.clone())
-                        .body(http_body_util::Full::new(Bytes::from_static(b"moved")))
-                        .unwrap();
-                    async move { Ok::<_, std::convert::Infallible>(response) }
+    let hits = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let hits = hits.clone();
+        async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let location = location.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                        let mut response = http::Response::builder().status(status);
+                        if let Some(location) = &location {
+                            response = response.header("location", location);
+                        }
+                        let response = response
+                            .body(http_body_util::Full::new(Bytes::from_static(body)))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            }
         }
     });
+    hits
+}
+
+/// An upstream on loopback that answers every request with a redirect to
+/// `location`; its port.
+async fn redirector(location: String) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    upstream(listener, 302, Some(location), b"moved");
     port
 }
 
@@ -123,55 +145,12 @@ async fn no_spelling_of_this_host_reaches_its_admin_api_and_redirects_are_not_fo
     assert_eq!(reply.text(), "hello from berth: /hello/still-here\n");
 }
 
-/// A stand-in for a cloud's metadata service: answers every request on
-/// its listener with `credentials`, and counts the connections; stops when
-/// dropped.
-struct MetadataService {
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl MetadataService {
-    fn start(listener: std::net::TcpListener) -> MetadataService {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering;
-        listener.set_nonblocking(true).unwrap();
-        let service = MetadataService {
-            hits: Default::default(),
-            stop: Default::default(),
-        };
-        let (hits, stop) = (service.hits.clone(), service.stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                hits.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\ncredentials",
-                );
-            }
-        });
-        service
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for MetadataService {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
+/// A stand-in for a cloud's metadata service on `listener`: answers
+/// every request with `credentials`; how many connections it took.
+fn metadata_service(listener: std::net::TcpListener) -> Arc<AtomicUsize> {
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    upstream(listener, 200, None, b"credentials")
 }
 
 /// Metadata services (where a cloud machine's credentials are served) are
@@ -205,7 +184,7 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
         "100.100.100.200:80",
         "[fd00:ec2::254]:80",
     ]
-    .map(|addr| MetadataService::start(ns.bind(addr)));
+    .map(|addr| metadata_service(ns.bind(addr)));
     let attempts = [
         "http://metadata.google.internal/computeMetadata/v1/",
         "http://metadata.test/latest/meta-data/",
@@ -256,7 +235,7 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
         attempts.len(),
     );
     assert_eq!(
-        services.each_ref().map(MetadataService::hits),
+        services.each_ref().map(|h| h.load(Ordering::SeqCst)),
         [0, 0, 0],
         "a metadata service was reached"
     );
@@ -272,7 +251,7 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
             (200, "status=200\ncredentials"),
             "{url}"
         );
-        assert_eq!(services[i].hits(), 1, "{url}");
+        assert_eq!(services[i].load(Ordering::SeqCst), 1, "{url}");
     }
     // Not by a name for it, even then: the request must be to the
     // address as the allow-list writes it.
@@ -289,7 +268,10 @@ async fn metadata_addresses_are_out_of_reach_unless_the_allow_list_names_them() 
         "it would reach a link-local or cloud metadata address",
         attempts.len() + 1,
     );
-    assert_eq!(services.each_ref().map(MetadataService::hits), [1, 0, 1]);
+    assert_eq!(
+        services.each_ref().map(|h| h.load(Ordering::SeqCst)),
+        [1, 0, 1]
+    );
     let reply = get(&host.berth, "/hello/still-here").await;
     assert_eq!(reply.text(), "hello from berth: /hello/still-here\n");
 }
@@ -385,7 +367,6 @@ fn made(raw: &str) -> usize {
 
 #[tokio::test]
 async fn what_a_guest_makes_the_host_hold_is_bounded_by_its_limits() {
-    use std::sync::atomic::Ordering;
     let (sink_port, accepted) = silent_upstream().await;
     let manifest = format!(
         "[service.greedy]\ncomponent = {:?}\nroute = \"/x/...\"\n\

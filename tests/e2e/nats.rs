@@ -259,7 +259,10 @@ impl Nats {
     /// (SIGCONT; `true`): stopped, it keeps its connections open and
     /// answers nothing, as a hung server does.
     pub fn set_running(&self, i: usize, running: bool) {
-        let child = self.servers[i].child.as_ref().expect("server {i} runs");
+        let child = self.servers[i]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("server {i} is not running"));
         let signal = if running {
             libc::SIGCONT
         } else {

@@ -280,23 +280,17 @@ impl ClusterCatalog {
     async fn object_info(&self, digest: &Digest) -> Result<Option<ObjectInfo>, ControlError> {
         use async_nats::jetstream::object_store::InfoErrorKind;
         self.cluster.ensure_up()?;
-        let started = std::time::Instant::now();
-        loop {
-            match self.cluster.artifacts.info(Self::object_name(digest)).await {
-                Ok(info) if !info.deleted => return Ok(Some(info)),
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == InfoErrorKind::NotFound => return Ok(None),
-                // A read, asked again whatever became of it.
-                Err(e)
-                    if (refused(&e.to_string()) || e.to_string().contains("timed out"))
-                        && started.elapsed() < TRANSIENT
-                        && self.cluster.ensure_up().is_ok() =>
-                {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+        let artifacts = &self.cluster.artifacts;
+        let name = &Self::object_name(digest);
+        self.cluster
+            .read(move || async move {
+                match artifacts.info(name).await {
+                    Ok(info) => Ok((!info.deleted).then_some(info)),
+                    Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
                 }
-                Err(e) => return Err(self.cluster.unavailable(e)),
-            }
-        }
+            })
+            .await
     }
 }
 
@@ -317,6 +311,12 @@ type CreateKind = async_nats::jetstream::kv::CreateErrorKind;
 /// answers for the stream now (its leader is being elected).
 pub(super) fn refused(e: &str) -> bool {
     e.contains("no responders") || e.contains("503") || e.contains("no stream found")
+}
+
+/// Whether a request got no answer in time: it may have been done, or
+/// not (a leader being elected, or lost with its server).
+pub(super) fn timed_out(e: &str) -> bool {
+    e.contains("timed out")
 }
 
 /// Whether a write failed because the entry changed since it was read
@@ -498,9 +498,9 @@ impl Catalog for ClusterCatalog {
         // first, rather than stored again (a second copy would purge the
         // first's chunks under a node fetching them).
         let started = std::time::Instant::now();
-        let mut timed_out = false;
+        let mut maybe_stored = false;
         loop {
-            if timed_out && let Some(info) = self.object_info(&digest).await? {
+            if maybe_stored && let Some(info) = self.object_info(&digest).await? {
                 return Ok((artifact_record(digest, &info), true));
             }
             let mut reader: &[u8] = &bytes;
@@ -512,12 +512,12 @@ impl Catalog for ClusterCatalog {
             {
                 Ok(info) => return Ok((artifact_record(digest, &info), true)),
                 Err(e)
-                    if (refused(&e.to_string()) || e.to_string().contains("timed out"))
+                    if (refused(&e.to_string()) || timed_out(&e.to_string()))
                         && started.elapsed() < TRANSIENT
                         && self.cluster.ensure_up().is_ok() =>
                 {
                     tracing::debug!(error = %e, "the cluster refused an artifact; trying again");
-                    timed_out = e.to_string().contains("timed out");
+                    maybe_stored = timed_out(&e.to_string());
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => {

@@ -321,8 +321,7 @@ impl Cluster {
                 // A read can be asked again whatever became of it: one that
                 // timed out (no leader answered in time) too.
                 Err(e)
-                    if (catalog::refused(&e.to_string())
-                        || e.to_string().contains("timed out"))
+                    if (catalog::refused(&e.to_string()) || catalog::timed_out(&e.to_string()))
                         && started.elapsed() < catalog::TRANSIENT
                         && self.ensure_up().is_ok() =>
                 {
